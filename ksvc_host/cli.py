@@ -1,0 +1,174 @@
+"""The ``ksvc`` command: ``plugins``, ``probe``, ``demo``.
+
+Every failure a user can cause (a missing plugin, an unknown name, a
+kernel without io_uring) ends in one sentence on stderr and exit status 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ksvc_host.errors import KsvcError
+from ksvc_host.plugins import REGISTER_HOOKS, PluginManager, get_plugin_manager
+from ksvc_host.selection import PRESETS
+from ksvc_host.traits import TRAITS
+
+
+def _plugins_data(pm: PluginManager) -> dict[str, Any]:
+    defaults = PRESETS["default"]
+    impls = []
+    for trait in REGISTER_HOOKS:
+        for name in pm.names(trait):
+            impl = pm.implementations[trait][name]
+            impls.append(
+                {
+                    "trait": trait,
+                    "name": name,
+                    "distribution": impl.distribution,
+                    "version": impl.version,
+                    "plugin": impl.plugin,
+                    "default": defaults.get(trait) == name,
+                    "description": impl.description,
+                }
+            )
+    return {
+        "plugins": [p.as_dict() for p in pm.plugins.values()],
+        "implementations": impls,
+        "conflicts": [
+            {"trait": t, "name": n, "distributions": [c.distribution for c in claims]}
+            for (t, n), claims in pm.conflicts.items()
+        ],
+    }
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """List installed plugins and their implementations per trait."""
+    pm = get_plugin_manager()
+    data = _plugins_data(pm)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    if not data["plugins"]:
+        print("No KSVC plugins installed. Install the defaults with: pip install ksvc-basic")
+        return 0
+    print(f"{'TRAIT':<16} {'NAME':<16} {'DISTRIBUTION':<18} {'VERSION':<9} DEFAULT")
+    for row in data["implementations"]:
+        mark = "*" if row["default"] else ""
+        print(f"{row['trait']:<16} {row['name']:<16} {row['distribution']:<18} {row['version']:<9} {mark}")
+    for p in data["plugins"]:
+        if p["error"]:
+            print(f"plugin {p['name']} ({p['distribution']}) failed: {p['error']}", file=sys.stderr)
+    for c in data["conflicts"]:
+        print(f"conflict: {c['trait']} {c['name']!r} is claimed by {' and '.join(c['distributions'])}", file=sys.stderr)
+    missing = [t for t in TRAITS if not pm.names(t)]
+    if missing:
+        print(f"No implementation of {', '.join(missing)}: pip install ksvc-basic", file=sys.stderr)
+    return 0
+
+
+def _probe_data(kernel: str | None) -> dict[str, Any]:
+    from ksvc_host.abi.io_uring import IoringOp, opcodes_for_kernel
+    from ksvc_host.abi.syscalls import SYSCALL_NAMES
+    from ksvc_host.routing import TableRouter, tier_counts
+
+    if kernel is not None:
+        router: Any = TableRouter(opcodes_for_kernel(kernel), description=f"static table for kernel {kernel}")
+        source = f"static table for kernel {kernel}"
+        release = kernel
+    else:
+        from ksvc_host.instance import build_instance
+
+        inst = build_instance(dispatcher="inline", router="probe")
+        try:
+            router = inst.router
+        finally:
+            inst.close()
+        source = "probed from the running kernel"
+        release = os.uname().release
+    table = router.table()
+    counts = tier_counts(table)
+    ops = sorted(router.supported_opcodes)
+    names = {int(o): o.name for o in IoringOp}
+    return {
+        "kernel": release,
+        "source": source,
+        "supported_opcodes": [names.get(o, str(o)) for o in ops],
+        "opcode_count": len(ops),
+        "tiers": {f"T{int(t)}": n for t, n in counts.items()},
+        "routes": {
+            SYSCALL_NAMES[nr]: {"nr": nr, "tier": int(r.tier), "opcode": names.get(r.opcode) if r.opcode is not None else None}
+            for nr, r in sorted(table.items())
+        },
+    }
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Show the routing table: of the running kernel, or of a named one."""
+    data = _probe_data(args.kernel)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"kernel {data['kernel']} ({data['source']})")
+    print(f"io_uring opcodes supported: {data['opcode_count']}")
+    print("  " + " ".join(data["supported_opcodes"]))
+    print("tiers: " + "  ".join(f"{k}={v}" for k, v in data["tiers"].items()))
+    width = max(len(n) for n in data["routes"])
+    for name, r in data["routes"].items():
+        if r["tier"] == 3 and not args.all:
+            continue
+        extra = f" via {r['opcode']}" if r["opcode"] else ""
+        print(f"  {name:<{width}} T{r['tier']}{extra}")
+    if not args.all:
+        print(f"({data['tiers']['T3']} Tier 3 syscalls hidden; --all shows them)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Push real calls through tiers 0, 1 and 2 and compare with the direct calls."""
+    from ksvc_host.demo import run_demo
+
+    return run_demo(io_backend=args.io_backend, preset=args.preset)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ksvc``."""
+    parser = argparse.ArgumentParser(prog="ksvc", description="KSVC: syscalls offloaded through a ring.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("plugins", help="list installed plugins and implementations")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_plugins)
+    p = sub.add_parser("probe", help="show how each syscall is routed on this kernel")
+    p.add_argument("--kernel", metavar="VERSION", help="use the static table of a named kernel (6.8, 6.11, 6.14, newest)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--all", action="store_true", help="also list Tier 3 (not offloaded) syscalls")
+    p.set_defaults(func=cmd_probe)
+    p = sub.add_parser("demo", help="run real calls through every tier, side by side with direct calls")
+    p.add_argument("--io-backend", default=None, help="io backend name, e.g. basic or sqpoll")
+    p.add_argument("--preset", default=None, help="preset name (default, server)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``ksvc`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (KsvcError, ValueError) as exc:
+        print(f"ksvc: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"ksvc: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

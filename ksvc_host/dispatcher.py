@@ -1,0 +1,503 @@
+"""The dispatcher: one generic loop over the traits (DESIGN section 5).
+
+Each turn of :meth:`Dispatcher.run_once`:
+
+1. reap io_uring and worker completions into the completion sink;
+2. take up to 64 submit entries from the submit ring;
+3. route each: Tier 0 answered here, Tier 1 to an SQE, Tier 2 to a worker,
+   Tier 3 completed with an error;
+4. flush the io_uring once for the batch and notify the consumer once.
+
+LINKED chains and DRAIN barriers follow io_uring's IOSQE_IO_LINK and
+IOSQE_IO_DRAIN, across tiers, because the dispatcher sequences them
+itself. Back-pressure (a full SQ, worker queue or completion ring) keeps
+entries and completions here until there is room: nothing is dropped.
+
+It runs on its own thread (:meth:`start`) or inline, driven by the caller
+(:meth:`run_once` and :meth:`wait`). Idle, it sleeps on one eventfd that
+io_uring (registered eventfd), the workers and submitters write, and only
+while the dispatcher says it is sleeping: no spinning, no fixed sleep.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import select
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ksvc_host import native
+from ksvc_host.abi import layout as L
+from ksvc_host.abi.syscalls import SYSCALLS
+from ksvc_host.channel.base import Channel
+from ksvc_host.routing import is_refused
+from ksvc_host.traits import CompletionSink, IoBackend, SyscallRouter, Tier, WorkerPool
+from ksvc_host.translate import translate
+
+_PAGE_ANSWERS = {
+    SYSCALLS["getpid"]: "pid",
+    SYSCALLS["getppid"]: "ppid",
+    SYSCALLS["getuid"]: "uid",
+    SYSCALLS["getgid"]: "gid",
+    SYSCALLS["geteuid"]: "euid",
+    SYSCALLS["getegid"]: "egid",
+    SYSCALLS["getpgrp"]: "pgid",
+}
+_NR_GETSID = SYSCALLS["getsid"]
+_IDENTITY_REFRESH_NS = 50_000_000
+
+
+class _Op:
+    """One issued entry awaiting its completion."""
+
+    __slots__ = ("corr_id", "finish", "keep", "full_length", "chain", "tier", "drain")
+
+    def __init__(self, corr_id: int, tier: Tier, chain: list[L.SubmitEntry], drain: bool) -> None:
+        self.corr_id = corr_id
+        self.tier = tier
+        self.chain = chain
+        self.drain = drain
+        self.finish: Callable[[int], int] | None = None
+        self.keep: Any = None
+        self.full_length = -1
+
+
+class Dispatcher:
+    """Drains the submit ring and routes entries to the tiers."""
+
+    def __init__(
+        self,
+        *,
+        channel: Channel,
+        router: SyscallRouter,
+        io_backend: IoBackend,
+        worker_pool: WorkerPool,
+        sink: CompletionSink,
+        on_batch: Callable[[int], None] | None = None,
+        batch_size: int = L.MAX_BATCH,
+    ) -> None:
+        self.channel = channel
+        self.router = router
+        self.io_backend = io_backend
+        self.worker_pool = worker_pool
+        self.sink = sink
+        self.batch_size = max(1, min(batch_size, L.MAX_BATCH))
+        self._on_batch = on_batch
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._poller = select.poll()
+        self._poller.register(self._wake_fd, select.POLLIN)
+        io_backend.set_wakeup_fd(self._wake_fd)
+        worker_pool.set_wakeup(self.wake)
+
+        self.sleeping = True  # inline mode: workers always ring; the thread clears it while busy
+        self._wake_pending = False
+        self._inflight: dict[int, _Op] = {}
+        self._held: deque[list[L.SubmitEntry]] = deque()  # chains taken from the ring, not yet issued
+        self._overflow: deque[tuple[int, int, int]] = deque()  # completions the sink had no room for
+        self._barrier = False
+        self._cancels: deque[int] = deque()
+        self._tokens = itertools.count(1)
+        self._pushed = False
+        self._issued_io = 0
+        self._ring_head = channel.submit_ring.head
+        self._last_identity = 0
+
+        self.entries_processed = 0
+        self.batches_processed = 0
+        self.failure: BaseException | None = None
+        self.on_failure: Callable[[BaseException], None] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self._drain_deadline: float | None = None
+        self._cancelled = False
+
+    # Wake-ups -------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Tell the dispatcher there is work; costs a syscall only if it sleeps."""
+        self._wake_pending = True
+        if self.sleeping:
+            try:
+                os.eventfd_write(self._wake_fd, 1)
+            except BlockingIOError:  # counter saturated: it is awake anyway
+                pass
+            except OSError:
+                pass  # closed during shutdown
+
+    def wait(self, timeout: float | None) -> None:
+        """Sleep until woken or *timeout* seconds pass (inline mode and the thread)."""
+        if self._wake_pending:
+            return
+        ms = -1 if timeout is None else max(0, int(timeout * 1000))
+        if self._poller.poll(ms):
+            try:
+                os.eventfd_read(self._wake_fd)
+            except BlockingIOError:
+                pass
+
+    def fileno(self) -> int:
+        """The wake-up eventfd (readable when the inline dispatcher has work)."""
+        return self._wake_fd
+
+    def clear_wakeup(self) -> None:
+        """Consume a pending wake-up without blocking (inline mode driven by an event loop)."""
+        try:
+            os.eventfd_read(self._wake_fd)
+        except BlockingIOError:
+            pass
+
+    def request_cancel(self, corr_id: int) -> None:
+        """Ask for the entry *corr_id* to be cancelled (thread-safe, best effort).
+
+        An io_uring operation gets ASYNC_CANCEL; one on a worker runs to its
+        end. Either way the entry still gets exactly one completion.
+        """
+        self._cancels.append(corr_id)
+        self.wake()
+
+    @property
+    def has_overflow(self) -> bool:
+        """True while completions wait for room in the sink."""
+        return bool(self._overflow)
+
+    def idle(self) -> bool:
+        """Nothing in flight, held, overflowing or waiting in the submit ring."""
+        return not (self._inflight or self._held or self._overflow or self.channel.submit_ring.used())
+
+    # The loop ----------------------------------------------------------------------
+
+    def run_once(self) -> bool:
+        """One turn of the loop; True when anything moved."""
+        self._wake_pending = False
+        if self._cancels:
+            self._process_cancels()
+        progress = self._reap()
+        if self._pushed:
+            self.sink.flush_and_notify()
+            self._pushed = False
+        taken = self._take()
+        progress = self._issue() or progress or taken > 0
+        if self._issued_io:
+            self.io_backend.flush()
+            self._issued_io = 0
+        if self._pushed:
+            self.sink.flush_and_notify()
+            self._pushed = False
+        if taken:
+            self.batches_processed += 1
+            if self._on_batch is not None:
+                self._on_batch(taken)
+        if progress:
+            self._publish_stats()
+        return progress
+
+    def start(self) -> None:
+        """Run the loop on a thread of its own."""
+        self.sleeping = False
+        self._thread = threading.Thread(target=self._thread_main, name="ksvc-dispatcher", daemon=True)
+        self._thread.start()
+
+    @property
+    def threaded(self) -> bool:
+        """True when the loop runs on its own thread."""
+        return self._thread is not None
+
+    def _thread_main(self) -> None:
+        try:
+            while True:
+                if self.run_once():
+                    continue
+                if self._stop and self._stopping_done():
+                    break
+                self.sleeping = True
+                if self._wake_pending or self._ready_without_wakeup():
+                    self.sleeping = False
+                    continue
+                self.wait(self._wait_timeout())
+                self.sleeping = False
+        except BaseException as exc:  # noqa: BLE001 - report any failure to the callers
+            self._fail(exc)
+
+    def _ready_without_wakeup(self) -> bool:
+        # Entries in the ring that we can take, or overflow the sink may now accept.
+        return (self.channel.submit_ring.used() > 0 and len(self._held) < self.batch_size) or (
+            bool(self._overflow) and not self._stop
+        )
+
+    def _wait_timeout(self) -> float | None:
+        if self._stop and self._drain_deadline is not None:
+            return max(0.0, min(0.05, self._drain_deadline - time.monotonic()))
+        return None
+
+    def _process_cancels(self) -> None:
+        wanted = set()
+        while self._cancels:
+            wanted.add(self._cancels.popleft())
+        for token, op in self._inflight.items():
+            if op.corr_id in wanted and op.tier is Tier.IO_URING:
+                self.io_backend.cancel(token)
+                self._issued_io += 1
+
+    # Reaping ---------------------------------------------------------------------------
+
+    def _reap(self) -> bool:
+        progress = False
+        while self._overflow:
+            corr, res, flags = self._overflow[0]
+            if not self.sink.push(corr, res, flags):
+                break
+            self._overflow.popleft()
+            self._pushed = progress = True
+        for user_data, res, flags in self.io_backend.poll_completions(self.batch_size * 4):
+            progress = True
+            op = self._inflight.get(user_data)
+            if op is None:
+                continue
+            if flags & 0x2:  # IORING_CQE_F_MORE: a multishot series goes on
+                self._emit(op.corr_id, res, L.COMPLETION_FLAG_MORE)
+                continue
+            del self._inflight[user_data]
+            self._finish(op, res)
+        for token, res in self.worker_pool.poll_completions(self.batch_size * 4):
+            progress = True
+            op = self._inflight.pop(token, None)
+            if op is not None:
+                self._finish(op, res)
+        return progress
+
+    def _finish(self, op: _Op, res: int) -> None:
+        if op.finish is not None:
+            try:
+                res = op.finish(res)
+            except Exception:  # a finisher must never lose the completion
+                res = -errno.EIO
+        op.keep = None
+        self._emit(op.corr_id, res, 0)
+        if op.drain:
+            self._barrier = False
+        if op.chain:
+            ok = res >= 0 and (op.full_length < 0 or res == op.full_length)
+            if ok:
+                self._held.appendleft(op.chain)
+            else:
+                for entry in op.chain:
+                    self._emit(entry.corr_id, -errno.ECANCELED, 0)
+
+    def _emit(self, corr_id: int, result: int, flags: int) -> None:
+        if self._overflow or not self.sink.push(corr_id, result, flags):
+            self._overflow.append((corr_id, result, flags))
+        else:
+            self._pushed = True
+        if not flags & L.COMPLETION_FLAG_MORE:
+            self.entries_processed += 1
+
+    # Taking entries ------------------------------------------------------------------
+
+    def _take(self) -> int:
+        if len(self._held) >= self.batch_size:
+            return 0  # back-pressure: leave entries in the ring until we issue what we hold
+        ring = self.channel.submit_ring
+        head = self._ring_head
+        tail = ring.tail
+        used = ring.check(head, tail)
+        if not used:
+            return 0
+        want = min(used, self.batch_size)
+        buf = ring.buf
+        chain: list[L.SubmitEntry] = []
+        taken = 0
+        while taken < used:
+            entry = L.SubmitEntry.unpack(buf, ring.slot_offset(head + taken))
+            taken += 1
+            chain.append(entry)
+            # A LINKED entry at the visible tail ends its chain, like io_uring at the end of a submit.
+            if not entry.flags & L.SUBMIT_FLAG_LINKED or taken == used:
+                self._held.append(chain)
+                chain = []
+                if taken >= want:
+                    break
+        self._ring_head = head + taken
+        ring.publish_head(self._ring_head)
+        return taken
+
+    # Issuing ---------------------------------------------------------------------------
+
+    def _issue(self) -> bool:
+        progress = False
+        while self._held:
+            if self._barrier:
+                break
+            chain = self._held[0]
+            entry = chain[0]
+            if entry.flags & L.SUBMIT_FLAG_DRAIN and self._inflight:
+                break
+            # Pop first: completing inline may push a chain continuation to the front.
+            self._held.popleft()
+            if not self._issue_one(entry, chain[1:]):
+                self._held.appendleft(chain)
+                break
+            progress = True
+        return progress
+
+    def _issue_one(self, entry: L.SubmitEntry, rest: list[L.SubmitEntry]) -> bool:
+        """Start *entry*; False when the target tier is full (nothing changes then)."""
+        if entry.flags & ~L.SUBMIT_FLAGS_VALID:
+            self._complete_now(entry, -errno.EINVAL, rest)
+            return True
+        nr = entry.syscall_nr
+        route = self.router.route(nr)
+        drain = bool(entry.flags & L.SUBMIT_FLAG_DRAIN)
+        if route.tier is Tier.IO_URING:
+            tr = translate(nr, entry.args)
+            if tr is not None and -(1 << 31) <= tr.sqe.fd < (1 << 31):
+                token = next(self._tokens)
+                if not self.io_backend.submit(token, tr.sqe):
+                    return False
+                op = _Op(entry.corr_id, Tier.IO_URING, rest, drain)
+                op.finish, op.keep, op.full_length = tr.finish, tr.keep, tr.full_length
+                self._inflight[token] = op
+                self._issued_io += 1
+                self._barrier = drain
+                return True
+            route = route._replace(tier=Tier.WORKER)  # no exact SQE for these arguments
+        if route.tier is Tier.WORKER:
+            token = next(self._tokens)
+            if not self.worker_pool.enqueue(token, nr, entry.args):
+                return False
+            self._inflight[token] = _Op(entry.corr_id, Tier.WORKER, rest, drain)
+            self._barrier = drain
+            return True
+        if route.tier is Tier.SHARED_PAGE:
+            self._complete_now(entry, self._tier0(nr, entry.args), rest)
+            return True
+        self._complete_now(entry, -errno.EPERM if is_refused(nr) else -errno.ENOSYS, rest)
+        return True
+
+    def _complete_now(self, entry: L.SubmitEntry, result: int, rest: list[L.SubmitEntry]) -> None:
+        op = _Op(entry.corr_id, Tier.SHARED_PAGE, rest, False)
+        self._finish(op, result)
+
+    def _tier0(self, nr: int, args: tuple[int, ...]) -> int:
+        field = _PAGE_ANSWERS.get(nr)
+        if field is None and nr == _NR_GETSID and args[0] == 0:
+            field = "sid"
+        if field is not None:
+            return int(self.channel.read_page_field(field))
+        # getsid(other), getrlimit and uname need more than the page holds; they never block.
+        return native.syscall_u64(nr, args)
+
+    # Statistics ------------------------------------------------------------------------
+
+    def _publish_stats(self) -> None:
+        ch = self.channel
+        if not ch.writable_page:
+            return
+        w = ch.write_page_field
+        w("entries_processed", self.entries_processed)
+        w("batches_processed", self.batches_processed)
+        w("io_uring_inflight", self.io_backend.inflight())
+        w("worker_pool_active", self.worker_pool.busy)
+        w("submit_head", self._ring_head)
+        w("submit_tail", ch.submit_ring.tail)
+        w("completion_head", ch.completion_ring.head)
+        w("completion_tail", ch.completion_ring.tail)
+        w("worker_state", L.WORKER_STATE_IDLE if self.sleeping else L.WORKER_STATE_BUSY)
+        now = time.monotonic_ns()
+        w("clock_monotonic_ns", now)
+        if now - self._last_identity > _IDENTITY_REFRESH_NS:
+            self._last_identity = now
+            ch.refresh_identity()
+            ch.refresh_clocks()
+
+    # Shutdown and failure ---------------------------------------------------------------
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Complete everything submitted, then stop the loop.
+
+        Work still running after *timeout* seconds is cancelled (io_uring)
+        or completed with ``-ECANCELED`` (workers that never return), so
+        every entry still gets exactly one completion.
+        """
+        self._drain_deadline = time.monotonic() + timeout
+        self._stop = True
+        if self._thread is not None:
+            self.wake()
+            os.eventfd_write(self._wake_fd, 1)
+            self._thread.join(timeout + 5.0)
+        else:
+            while not self._stopping_done():
+                if not self.run_once():
+                    self.wait(self._wait_timeout())
+
+    def _stopping_done(self) -> bool:
+        if self.idle():
+            return True
+        deadline = self._drain_deadline
+        if deadline is None or time.monotonic() < deadline:
+            return False
+        if not self._cancelled:
+            self._cancelled = True
+            for token, op in list(self._inflight.items()):
+                if op.tier is Tier.IO_URING:
+                    self.io_backend.cancel(token)
+            self.io_backend.flush()
+            self._drain_deadline = time.monotonic() + 1.0
+            return False
+        self._abandon(-errno.ECANCELED)
+        return True
+
+    def _abandon(self, result: int) -> None:
+        """Complete everything not yet completed with *result*."""
+        chains = list(self._held)
+        self._held.clear()
+        ring = self.channel.submit_ring
+        try:
+            while ring.check(self._ring_head, ring.tail):
+                chains.append([L.SubmitEntry.unpack(ring.buf, ring.slot_offset(self._ring_head))])
+                self._ring_head += 1
+            ring.publish_head(self._ring_head)
+        except Exception:  # a corrupted ring: what is in it cannot be trusted
+            pass
+        for op in list(self._inflight.values()):
+            self._emit(op.corr_id, result, 0)
+            for entry in op.chain:
+                self._emit(entry.corr_id, -errno.ECANCELED, 0)
+        self._inflight.clear()
+        for chain in chains:
+            for entry in chain:
+                self._emit(entry.corr_id, result, 0)
+        try:
+            while self._overflow:
+                corr, res, flags = self._overflow[0]
+                if not self.sink.push(corr, res, flags):
+                    break
+                self._overflow.popleft()
+            self.sink.flush_and_notify()
+        except Exception:
+            pass
+
+    def abandoned(self) -> list[tuple[int, int, int]]:
+        """Completions that never fit in the sink (returned to the caller after a stop)."""
+        out = list(self._overflow)
+        self._overflow.clear()
+        return out
+
+    def _fail(self, exc: BaseException) -> None:
+        self.failure = exc
+        try:
+            self._abandon(-errno.EIO)
+        finally:
+            if self.on_failure is not None:
+                self.on_failure(exc)
+
+    def close(self) -> None:
+        """Release the wake-up eventfd (after :meth:`stop`)."""
+        try:
+            os.close(self._wake_fd)
+        except OSError:
+            pass

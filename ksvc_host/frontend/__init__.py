@@ -1,0 +1,1 @@
+"""Front ends over an instance: blocking, asyncio, batch and raw (DESIGN section 6)."""

@@ -1,0 +1,168 @@
+"""The asyncio front end: ``async with ksvc.open_async() as k: await k.pread(fd, 4096, 0)``.
+
+Completions wake the event loop through the notifier's descriptor
+(``loop.add_reader``); a notifier without one (a futex word) gets a small
+waiter thread. With the inline dispatcher the loop itself drives the
+dispatcher. Cancelling a task cancels the operation in the kernel where
+it can (io_uring); its buffers stay referenced until the kernel's
+completion arrives either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import threading
+from collections import deque
+from typing import Any
+
+from ksvc_host.abi import layout as L
+from ksvc_host.errors import DispatcherFailed
+from ksvc_host.frontend.blocking import check_route
+from ksvc_host.frontend.core import Completer, Waiter
+from ksvc_host.frontend.operations import Op, Operations
+from ksvc_host.instance import Instance
+
+
+class AsyncKsvc(Operations):
+    """Asyncio helpers over one instance; each returns an awaitable future."""
+
+    def __init__(self, instance: Instance, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.instance = instance
+        self.loop = loop or asyncio.get_running_loop()
+        self._completer = Completer(instance)
+        self._completer.on_reaped = self._flush_backlog
+        self._buffers = instance.buffer_provider
+        self._page = instance.shared_page
+        self._backlog: deque[tuple[Op, Waiter]] = deque()
+        self._drive_scheduled = False
+        self._waiter_thread: threading.Thread | None = None
+        self._closed = False
+        disp = instance.dispatcher
+        if self._completer.inline:
+            self._fd: int | None = disp.fileno()
+            self.loop.add_reader(self._fd, self._drive)
+        else:
+            self._fd = instance.notifier.fileno()
+            if self._fd is not None:
+                self.loop.add_reader(self._fd, self._on_notified)
+            else:
+                self._waiter_thread = threading.Thread(target=self._wait_thread, name="ksvc-async-waiter", daemon=True)
+                self._waiter_thread.start()
+
+    # Completion side ---------------------------------------------------------------------
+
+    def _on_notified(self) -> None:
+        self.instance.notifier.clear()
+        self._completer.reap()
+
+    def _wait_thread(self) -> None:
+        notifier = self.instance.notifier
+        while not self._closed:
+            if notifier.wait(None) and not self._closed:
+                try:
+                    self.loop.call_soon_threadsafe(self._completer.reap)
+                except RuntimeError:  # loop closed
+                    return
+
+    def _drive(self) -> None:
+        self._drive_scheduled = False
+        disp = self.instance.dispatcher
+        disp.clear_wakeup()
+        for _ in range(64):  # bounded: let other callbacks run
+            progressed = disp.run_once()
+            self._completer.reap()
+            if not progressed:
+                return
+        self._schedule_drive()
+
+    def _schedule_drive(self) -> None:
+        if not self._drive_scheduled:
+            self._drive_scheduled = True
+            self.loop.call_soon(self._drive)
+
+    def _flush_backlog(self) -> None:
+        while self._backlog:
+            op, w = self._backlog[0]
+            if not self._completer.try_submit(((op.nr, op.args, 0),), (w,)):
+                return
+            self._backlog.popleft()
+
+    # Submission side ---------------------------------------------------------------------
+
+    def _run(self, op: Op) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        try:
+            check_route(self.instance, op.nr)
+        except OSError as exc:
+            if op.cleanup is not None:
+                op.cleanup()
+            fut.set_exception(exc)
+            return fut
+
+        def on_done(corr_id: int, result: int, flags: int) -> None:
+            if flags > 0 and flags & L.COMPLETION_FLAG_MORE:
+                return
+            if fut.done():  # cancelled: the kernel is finished with the memory only now
+                w.keep = None
+                if op.cleanup is not None:
+                    op.cleanup()
+                return
+            if flags == -1 and self._completer.failure is not None:
+                fut.set_exception(DispatcherFailed(f"the dispatcher failed: {self._completer.failure!r}"))
+                return
+            try:
+                fut.set_result(op.outcome(result))
+            except Exception as exc:  # noqa: BLE001 - becomes the awaiting task's exception
+                fut.set_exception(exc)
+
+        w = Waiter(op.keep, on_done)
+        fut.add_done_callback(lambda f: self._cancelled(f, w))
+        if self._backlog or not self._completer.try_submit(((op.nr, op.args, 0),), (w,)):
+            self._backlog.append((op, w))  # ring full: sent when completions free room
+        if self._completer.inline:
+            self._schedule_drive()
+        return fut
+
+    def _cancelled(self, fut: asyncio.Future[Any], w: Waiter) -> None:
+        if fut.cancelled() and w.corr_id:
+            self.instance.dispatcher.request_cancel(w.corr_id)
+            if self._completer.inline:
+                self._schedule_drive()
+
+    # Tier 0 ---------------------------------------------------------------------------------
+
+    def getpid(self) -> int:
+        """Process id, from the shared page (no await needed)."""
+        self.instance.check_usable()
+        return self._page.pid
+
+    def getuid(self) -> int:
+        """Real user id, from the shared page."""
+        self.instance.check_usable()
+        return self._page.uid
+
+    # Lifetime ----------------------------------------------------------------------------------
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Wait for what is in flight, then close the instance."""
+        if self._closed:
+            return
+        deadline = self.loop.time() + timeout
+        while (self._completer.pending_count() or self._backlog) and self.loop.time() < deadline:
+            await asyncio.sleep(0.001)
+        self._closed = True
+        if self._fd is not None:
+            self.loop.remove_reader(self._fd)
+        if self._waiter_thread is not None:
+            self.instance.notifier.notify()  # let the waiter thread see _closed and leave
+            self._waiter_thread.join()
+        await self.loop.run_in_executor(None, self.instance.close, timeout)
+        self._completer.reap()
+        self._completer.fail_pending(-errno.ECANCELED)
+
+    async def __aenter__(self) -> AsyncKsvc:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

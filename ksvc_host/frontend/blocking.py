@@ -1,0 +1,184 @@
+"""The blocking front end: ``with ksvc.open() as k: k.pread(fd, 4096, 0)``."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+from typing import Any
+
+from ksvc_host.abi.syscalls import SYSCALL_NAMES
+from ksvc_host.errors import DispatcherFailed, NotOffloaded, RefusedSyscall
+from ksvc_host.frontend.core import Completer, Waiter
+from ksvc_host.frontend.operations import Op, Operations
+from ksvc_host.frontend.raw import RawChannel
+from ksvc_host.instance import Instance
+from ksvc_host.routing import is_refused
+from ksvc_host.traits import Tier
+
+
+def check_route(instance: Instance, nr: int) -> None:
+    """Raise the clear error for a syscall that the channel will not execute."""
+    if instance.router.route(nr).tier is not Tier.LEGACY:
+        return
+    name = SYSCALL_NAMES.get(nr)
+    label = f"{name} ({nr})" if name else f"number {nr}"
+    if is_refused(nr):
+        raise RefusedSyscall(
+            errno.EPERM, f"syscall {label} alters the process; KSVC never executes it: call it directly"
+        )
+    if name is None:
+        raise NotOffloaded(errno.ENOSYS, f"unknown syscall number {nr} (not in the x86-64 table)")
+    raise NotOffloaded(errno.ENOSYS, f"syscall {label} is not offloaded by KSVC (Tier 3): call it directly")
+
+
+class Ksvc(Operations):
+    """Blocking helpers over one instance; results and errors as ``os.*`` gives them.
+
+    Thread-safe: any number of threads may call helpers at once.
+    """
+
+    def __init__(self, instance: Instance) -> None:
+        self.instance = instance
+        self._completer = Completer(instance)
+        self._buffers = instance.buffer_provider
+        self._page = instance.shared_page
+        self.raw = RawChannel(instance, self._completer)
+        """The raw entry interface (unsafe: pointers are the caller's responsibility)."""
+
+    def _run(self, op: Op) -> Any:
+        try:
+            check_route(self.instance, op.nr)
+        except OSError:
+            if op.cleanup is not None:
+                op.cleanup()
+            raise
+        w = Waiter(op.keep)
+        self._completer.submit_all(((op.nr, op.args, 0),), (w,))
+        self._completer.wait(w)
+        if w.flags == -1 and self._completer.failure is not None:
+            raise DispatcherFailed(f"the dispatcher failed: {self._completer.failure!r}; open a new instance")
+        return op.outcome(w.result)
+
+    def batch(self, *, linked: bool = False) -> Batch:
+        """Collect operations and submit them in one go (see :class:`Batch`)."""
+        return Batch(self, linked=linked)
+
+    def run_batch(self, ops: Sequence[Op], flags: Sequence[int] | None = None) -> list[Any]:
+        """Submit *ops* at once, wait for all, return each outcome (an exception object on error)."""
+        for op in ops:
+            check_route(self.instance, op.nr)
+        waiters = [Waiter(op.keep) for op in ops]
+        fl = flags or [0] * len(ops)
+        self._completer.submit_all([(op.nr, op.args, f) for op, f in zip(ops, fl, strict=True)], waiters)
+        out: list[Any] = []
+        for op, w in zip(ops, waiters, strict=True):
+            self._completer.wait(w)
+            try:
+                out.append(op.outcome(w.result))
+            except OSError as exc:
+                out.append(exc)
+        return out
+
+    # Tier 0: straight from the shared page ------------------------------------------
+
+    def getpid(self) -> int:
+        """Process id, from the shared page."""
+        self.instance.check_usable()
+        return self._page.pid
+
+    def getppid(self) -> int:
+        """Parent process id, from the shared page."""
+        self.instance.check_usable()
+        return self._page.ppid
+
+    def getuid(self) -> int:
+        """Real user id, from the shared page."""
+        self.instance.check_usable()
+        return self._page.uid
+
+    def geteuid(self) -> int:
+        """Effective user id, from the shared page."""
+        self.instance.check_usable()
+        return self._page.euid
+
+    def getgid(self) -> int:
+        """Real group id, from the shared page."""
+        self.instance.check_usable()
+        return self._page.gid
+
+    def getegid(self) -> int:
+        """Effective group id, from the shared page."""
+        self.instance.check_usable()
+        return self._page.egid
+
+    def getpgrp(self) -> int:
+        """Process group id, from the shared page."""
+        self.instance.check_usable()
+        return self._page.pgid
+
+    def getsid(self) -> int:
+        """Session id of this process, from the shared page."""
+        self.instance.check_usable()
+        return self._page.sid
+
+    # Lifetime ----------------------------------------------------------------------------
+
+    def close(self, fd: int | None = None, *, timeout: float = 5.0) -> Any:  # type: ignore[override]
+        """``close(fd)`` closes a descriptor; ``close()`` closes the instance (drains first)."""
+        if fd is not None:
+            return super().close(fd)
+        self.instance.close(timeout)
+        self._completer.fail_pending(-errno.ECANCELED)
+        return None
+
+    def __enter__(self) -> Ksvc:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Batch(Operations):
+    """Operations collected, then submitted together with :meth:`run`.
+
+    Each helper returns the :class:`Op` it queued; :meth:`run` returns the
+    outcomes in order (an ``OSError`` instance where one failed). With
+    ``linked=True`` every entry but the last carries LINKED: each starts
+    only after the previous succeeded, and a failure cancels the rest.
+    """
+
+    def __init__(self, k: Ksvc, *, linked: bool = False) -> None:
+        self._k = k
+        self._buffers = k._buffers
+        self._ops: list[Op] = []
+        self._flags: list[int] = []
+        self.linked = linked
+        self._drain_next = False
+
+    def _run(self, op: Op) -> Op:
+        self._ops.append(op)
+        self._flags.append(0)
+        if self._drain_next:
+            from ksvc_host.abi.layout import SUBMIT_FLAG_DRAIN
+
+            self._flags[-1] |= SUBMIT_FLAG_DRAIN
+            self._drain_next = False
+        return op
+
+    def barrier(self) -> None:
+        """The next operation waits for every earlier one (DRAIN)."""
+        self._drain_next = True
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def run(self) -> list[Any]:
+        """Submit everything queued and wait for all of it."""
+        from ksvc_host.abi.layout import SUBMIT_FLAG_LINKED
+
+        flags = list(self._flags)
+        if self.linked:
+            for i in range(len(flags) - 1):
+                flags[i] |= SUBMIT_FLAG_LINKED
+        ops, self._ops, self._flags = self._ops, [], []
+        return self._k.run_batch(ops, flags)

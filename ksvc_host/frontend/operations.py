@@ -1,0 +1,467 @@
+"""Typed operations: Python arguments to a raw syscall entry, and the result back.
+
+Each helper is written once here, in :class:`Operations`, and used by both
+the blocking and the asyncio front end: it builds an :class:`Op` (syscall
+number, raw arguments, the memory to keep alive, how to turn the result
+into a Python value) and hands it to ``self._run``, which the front end
+implements (blocking: wait and return; asyncio: return a future).
+
+Errors follow ``os.*``: a negative result raises ``OSError`` with that
+errno (and the file name, for path operations).
+"""
+
+from __future__ import annotations
+
+import os
+import socket as _socket
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ksvc_host import native
+from ksvc_host.abi import linux as lx
+from ksvc_host.abi.syscalls import SYSCALLS
+from ksvc_host.frontend import sockaddr
+from ksvc_host.traits import BufferProvider
+
+ffi = native.ffi
+NR = SYSCALLS
+AT_FDCWD = lx.AT_FDCWD
+_IOVEC = struct.Struct("<QQ")
+
+PathLike = str | bytes | os.PathLike[str] | os.PathLike[bytes]
+
+
+class Op:
+    """One syscall ready to submit."""
+
+    __slots__ = ("nr", "args", "keep", "finish", "filename", "cleanup")
+
+    def __init__(
+        self,
+        nr: int,
+        args: Sequence[int],
+        *,
+        keep: Any = None,
+        finish: Callable[[int], Any] | None = None,
+        filename: Any = None,
+        cleanup: Callable[[], None] | None = None,
+    ) -> None:
+        self.nr = nr
+        self.args = tuple(args) + (0,) * (6 - len(args))
+        self.keep = keep
+        self.finish = finish
+        self.filename = filename
+        self.cleanup = cleanup
+
+    def outcome(self, result: int) -> Any:
+        """The Python value for *result*, or raise ``OSError`` like ``os.*``."""
+        try:
+            if result < 0:
+                raise oserror(-result, self.filename)
+            return result if self.finish is None else self.finish(result)
+        finally:
+            if self.cleanup is not None:
+                self.cleanup()
+
+
+def oserror(err: int, filename: Any = None) -> OSError:
+    """An ``OSError`` subclass for *err*, as ``os`` functions raise it."""
+    if filename is None:
+        return OSError(err, os.strerror(err))
+    return OSError(err, os.strerror(err), filename)
+
+
+def _path(p: PathLike) -> Any:
+    raw = os.fsencode(p)
+    if b"\0" in raw:
+        raise ValueError("embedded null byte in path")
+    return ffi.new("char[]", raw)
+
+
+def _addr(cdata: Any) -> int:
+    return int(ffi.cast("uintptr_t", cdata))
+
+
+def _u(v: int) -> int:
+    return v & lx.U64_MASK
+
+
+def _stat_result(raw: bytes) -> os.stat_result:
+    (dev, ino, nlink, mode, uid, gid, rdev, size, blksize, blocks,
+     a_s, a_ns, m_s, m_ns, c_s, c_ns) = lx.STAT.unpack(raw)  # fmt: skip
+    return os.stat_result(
+        (mode, ino, dev, nlink, uid, gid, size, a_s, m_s, c_s,
+         a_s + a_ns * 1e-9, m_s + m_ns * 1e-9, c_s + c_ns * 1e-9,
+         a_s * 10**9 + a_ns, m_s * 10**9 + m_ns, c_s * 10**9 + c_ns, blksize, blocks, rdev)
+    )  # fmt: skip
+
+
+class Operations:
+    """The typed helpers, shared by the blocking and asyncio front ends.
+
+    Subclasses provide ``_run(op)`` and ``_buffers`` (a BufferProvider).
+    Return values are those of the front end: the value itself (blocking)
+    or an awaitable (asyncio).
+    """
+
+    _buffers: BufferProvider
+
+    def _run(self, op: Op) -> Any:  # pragma: no cover - provided by the front end
+        raise NotImplementedError
+
+    # -- memory -------------------------------------------------------------------
+
+    def _out(self, n: int) -> tuple[int, Any, Callable[[], None]]:
+        """Memory for *n* bytes of output: address, owner, release."""
+        handle = self._buffers.acquire(n) if n > 0 else None
+        if handle is None:
+            mem = native.alloc(n)
+            return _addr(mem), mem, _noop
+        provider = self._buffers
+        return handle.address, handle, lambda: provider.release(handle)
+
+    def _bytes_result(self, n: int, nr: int, args: Callable[[int], Sequence[int]]) -> Op:
+        address, owner, release = self._out(n)
+        return Op(nr, args(address), keep=owner, finish=lambda r: bytes(ffi.buffer(ffi.cast("char *", address), r)),
+                  cleanup=release)  # fmt: skip
+
+    # -- raw -----------------------------------------------------------------------------
+
+    def syscall(self, nr: int, *args: int, keep: Any = None) -> Any:
+        """Make syscall *nr* with up to six raw integer arguments; return its result.
+
+        Pointers are the caller's responsibility; pass the objects they
+        point into as *keep* so they outlive the call.
+        """
+        if len(args) > 6:
+            raise TypeError(f"a syscall takes at most 6 arguments, got {len(args)}")
+        return self._run(Op(nr, [_u(a) for a in args], keep=keep))
+
+    # -- reads and writes ---------------------------------------------------------
+
+    def read(self, fd: int, n: int) -> Any:
+        """Read up to *n* bytes at the file position (like ``os.read``)."""
+        return self._bytes_result(n, NR["read"], lambda a: (fd, a, n))
+
+    def pread(self, fd: int, n: int, offset: int) -> Any:
+        """Read up to *n* bytes at *offset* (like ``os.pread``)."""
+        return self._bytes_result(n, NR["pread64"], lambda a: (fd, a, n, _u(offset)))
+
+    def readinto(self, fd: int, buffer: Any) -> Any:
+        """Read into a writable *buffer* at the file position; return the byte count."""
+        view = ffi.from_buffer(buffer, require_writable=True)
+        return self._run(Op(NR["read"], (fd, _addr(view), len(view)), keep=(view, buffer)))
+
+    def preadinto(self, fd: int, buffer: Any, offset: int) -> Any:
+        """Read into a writable *buffer* at *offset*; return the byte count."""
+        view = ffi.from_buffer(buffer, require_writable=True)
+        return self._run(Op(NR["pread64"], (fd, _addr(view), len(view), _u(offset)), keep=(view, buffer)))
+
+    def write(self, fd: int, data: Any) -> Any:
+        """Write *data* at the file position (like ``os.write``); return the byte count."""
+        view = ffi.from_buffer(data)
+        return self._run(Op(NR["write"], (fd, _addr(view), len(view)), keep=(view, data)))
+
+    def pwrite(self, fd: int, data: Any, offset: int) -> Any:
+        """Write *data* at *offset* (like ``os.pwrite``)."""
+        view = ffi.from_buffer(data)
+        return self._run(Op(NR["pwrite64"], (fd, _addr(view), len(view), _u(offset)), keep=(view, data)))
+
+    def _iov(self, buffers: Sequence[Any], writable: bool) -> tuple[int, int, Any]:
+        views = [ffi.from_buffer(b, require_writable=writable) for b in buffers]
+        table = native.alloc(_IOVEC.size * max(1, len(views)))
+        tview = ffi.buffer(table)
+        for i, v in enumerate(views):
+            _IOVEC.pack_into(tview, i * _IOVEC.size, _addr(v), len(v))  # type: ignore[arg-type]
+        return _addr(table), len(views), (table, views, buffers)
+
+    def readv(self, fd: int, buffers: Sequence[Any]) -> Any:
+        """Scatter-read into *buffers* (like ``os.readv``)."""
+        addr, n, keep = self._iov(buffers, True)
+        return self._run(Op(NR["readv"], (fd, addr, n), keep=keep))
+
+    def writev(self, fd: int, buffers: Sequence[Any]) -> Any:
+        """Gather-write *buffers* (like ``os.writev``)."""
+        addr, n, keep = self._iov(buffers, False)
+        return self._run(Op(NR["writev"], (fd, addr, n), keep=keep))
+
+    def preadv(self, fd: int, buffers: Sequence[Any], offset: int, flags: int = 0) -> Any:
+        """Scatter-read at *offset* (like ``os.preadv``)."""
+        addr, n, keep = self._iov(buffers, True)
+        return self._run(Op(NR["preadv2"], (fd, addr, n, _u(offset), 0, flags), keep=keep))
+
+    def pwritev(self, fd: int, buffers: Sequence[Any], offset: int, flags: int = 0) -> Any:
+        """Gather-write at *offset* (like ``os.pwritev``)."""
+        addr, n, keep = self._iov(buffers, False)
+        return self._run(Op(NR["pwritev2"], (fd, addr, n, _u(offset), 0, flags), keep=keep))
+
+    # -- files -------------------------------------------------------------------------------
+
+    def openat(self, dir_fd: int, path: PathLike, flags: int, mode: int = 0o777) -> Any:
+        """Open *path* relative to *dir_fd*; return the descriptor (``O_CLOEXEC`` is the caller's choice)."""
+        p = _path(path)
+        return self._run(Op(NR["openat"], (_u(dir_fd), _addr(p), flags, mode), keep=p, filename=path))
+
+    def open(self, path: PathLike, flags: int, mode: int = 0o777, *, dir_fd: int = AT_FDCWD) -> Any:
+        """Open *path* (like ``os.open``, which also adds ``O_CLOEXEC``)."""
+        return self.openat(dir_fd, path, flags | os.O_CLOEXEC, mode)
+
+    def close(self, fd: int) -> Any:
+        """Close *fd*."""
+        return self._run(Op(NR["close"], (fd,), finish=_none))
+
+    def fsync(self, fd: int) -> Any:
+        """Flush *fd*'s data and metadata to storage."""
+        return self._run(Op(NR["fsync"], (fd,), finish=_none))
+
+    def fdatasync(self, fd: int) -> Any:
+        """Flush *fd*'s data to storage."""
+        return self._run(Op(NR["fdatasync"], (fd,), finish=_none))
+
+    def ftruncate(self, fd: int, length: int) -> Any:
+        """Truncate *fd* to *length* bytes."""
+        return self._run(Op(NR["ftruncate"], (fd, _u(length)), finish=_none))
+
+    def fallocate(self, fd: int, mode: int, offset: int, length: int) -> Any:
+        """Allocate space (``fallocate(2)``)."""
+        return self._run(Op(NR["fallocate"], (fd, mode, _u(offset), _u(length)), finish=_none))
+
+    def fadvise(self, fd: int, offset: int, length: int, advice: int) -> Any:
+        """Declare an access pattern (like ``os.posix_fadvise``)."""
+        return self._run(Op(NR["fadvise64"], (fd, _u(offset), _u(length), advice), finish=_none))
+
+    def sync_file_range(self, fd: int, offset: int, nbytes: int, flags: int) -> Any:
+        """Sync part of a file (``sync_file_range(2)``)."""
+        return self._run(Op(NR["sync_file_range"], (fd, _u(offset), _u(nbytes), flags), finish=_none))
+
+    def _stat_op(self, nr: int, args: Callable[[int], Sequence[int]], keep: Any, filename: Any) -> Any:
+        buf = native.alloc(lx.STAT_SIZE)
+        return self._run(Op(nr, args(_addr(buf)), keep=(buf, keep), filename=filename,
+                            finish=lambda r: _stat_result(bytes(ffi.buffer(buf, lx.STAT_SIZE)))))  # fmt: skip
+
+    def stat(self, path: PathLike) -> Any:
+        """``os.stat(path)`` through KSVC (Tier 1: STATX converted to ``struct stat``)."""
+        p = _path(path)
+        return self._stat_op(NR["stat"], lambda a: (_addr(p), a), p, path)
+
+    def lstat(self, path: PathLike) -> Any:
+        """``os.lstat(path)``."""
+        p = _path(path)
+        return self._stat_op(NR["lstat"], lambda a: (_addr(p), a), p, path)
+
+    def fstat(self, fd: int) -> Any:
+        """``os.fstat(fd)``."""
+        return self._stat_op(NR["fstat"], lambda a: (fd, a), None, None)
+
+    def statx(self, path: PathLike, flags: int = 0, mask: int = lx.STATX_BASIC_STATS, *, dir_fd: int = AT_FDCWD) -> Any:
+        """The raw 256-byte ``struct statx`` for *path* (``statx(2)``)."""
+        p = _path(path)
+        buf = native.alloc(lx.STATX_SIZE)
+        return self._run(Op(NR["statx"], (_u(dir_fd), _addr(p), flags, mask, _addr(buf)), keep=(p, buf),
+                            filename=path, finish=lambda r: bytes(ffi.buffer(buf, lx.STATX_SIZE))))  # fmt: skip
+
+    def _path_op(self, name: str, path: PathLike, *rest: int) -> Any:
+        p = _path(path)
+        return self._run(Op(NR[name], (_addr(p), *rest), keep=p, filename=path, finish=_none))
+
+    def _two_paths(self, name: str, src: PathLike, dst: PathLike) -> Any:
+        a, b = _path(src), _path(dst)
+        return self._run(Op(NR[name], (_addr(a), _addr(b)), keep=(a, b), filename=src, finish=_none))
+
+    def unlink(self, path: PathLike) -> Any:
+        """Remove a file."""
+        return self._path_op("unlink", path)
+
+    def rmdir(self, path: PathLike) -> Any:
+        """Remove an empty directory."""
+        return self._path_op("rmdir", path)
+
+    def mkdir(self, path: PathLike, mode: int = 0o777) -> Any:
+        """Create a directory."""
+        return self._path_op("mkdir", path, mode)
+
+    def rename(self, src: PathLike, dst: PathLike) -> Any:
+        """Rename *src* to *dst*."""
+        return self._two_paths("rename", src, dst)
+
+    def link(self, src: PathLike, dst: PathLike) -> Any:
+        """Create hard link *dst* to *src*."""
+        return self._two_paths("link", src, dst)
+
+    def symlink(self, src: PathLike, dst: PathLike) -> Any:
+        """Create symbolic link *dst* pointing to *src*."""
+        return self._two_paths("symlink", src, dst)
+
+    def readlink(self, path: PathLike) -> Any:
+        """The target of symbolic link *path*, as bytes."""
+        p = _path(path)
+        buf = native.alloc(4096)
+        return self._run(Op(NR["readlink"], (_addr(p), _addr(buf), 4096), keep=(p, buf), filename=path,
+                            finish=lambda r: bytes(ffi.buffer(buf, r))))  # fmt: skip
+
+    def access(self, path: PathLike, mode: int) -> Any:
+        """True when *path* is accessible with *mode* (like ``os.access``)."""
+        p = _path(path)
+        op = Op(NR["access"], (_addr(p), mode), keep=p)
+        op.outcome = lambda r: r == 0  # type: ignore[method-assign]  # os.access never raises
+        return self._run(op)
+
+    def setxattr(self, path: PathLike, name: str | bytes, value: bytes, flags: int = 0) -> Any:
+        """Set extended attribute *name* of *path*."""
+        p, n, v = _path(path), _path(name), ffi.from_buffer(value)
+        return self._run(Op(NR["setxattr"], (_addr(p), _addr(n), _addr(v), len(value), flags), keep=(p, n, v, value),
+                            filename=path, finish=_none))  # fmt: skip
+
+    def getxattr(self, path: PathLike, name: str | bytes, size: int = 65536) -> Any:
+        """Extended attribute *name* of *path*, as bytes."""
+        p, n = _path(path), _path(name)
+        buf = native.alloc(size)
+        return self._run(Op(NR["getxattr"], (_addr(p), _addr(n), _addr(buf), size), keep=(p, n, buf),
+                            filename=path, finish=lambda r: bytes(ffi.buffer(buf, r))))  # fmt: skip
+
+    # -- descriptors (Tier 2) ---------------------------------------------------------------------
+
+    def fcntl(self, fd: int, cmd: int, arg: int = 0) -> Any:
+        """``fcntl(2)`` with an integer argument; return its result."""
+        return self._run(Op(NR["fcntl"], (fd, cmd, _u(arg))))
+
+    def lseek(self, fd: int, pos: int, how: int) -> Any:
+        """Move the file position (like ``os.lseek``)."""
+        return self._run(Op(NR["lseek"], (fd, _u(pos), how)))
+
+    def dup(self, fd: int) -> Any:
+        """Duplicate *fd* (the new descriptor is not inheritable only if you set it so)."""
+        return self._run(Op(NR["dup"], (fd,)))
+
+    def dup3(self, fd: int, fd2: int, flags: int = 0) -> Any:
+        """Duplicate *fd* onto *fd2*."""
+        return self._run(Op(NR["dup3"], (fd, fd2, flags)))
+
+    def flock(self, fd: int, operation: int) -> Any:
+        """Apply or remove an advisory lock."""
+        return self._run(Op(NR["flock"], (fd, operation), finish=_none))
+
+    def fchmod(self, fd: int, mode: int) -> Any:
+        """Change *fd*'s mode."""
+        return self._run(Op(NR["fchmod"], (fd, mode), finish=_none))
+
+    def getcwd(self) -> Any:
+        """The current directory, as str."""
+        buf = native.alloc(4096)
+        return self._run(Op(NR["getcwd"], (_addr(buf), 4096), keep=buf,
+                            finish=lambda r: os.fsdecode(bytes(ffi.buffer(buf, r)).rstrip(b"\0"))))  # fmt: skip
+
+    def getrandom(self, n: int, flags: int = 0) -> Any:
+        """*n* random bytes (``getrandom(2)``)."""
+        return self._bytes_result(n, NR["getrandom"], lambda a: (a, n, flags))
+
+    def pipe(self, flags: int = os.O_CLOEXEC) -> Any:
+        """A pipe as ``(read_fd, write_fd)`` (like ``os.pipe2``)."""
+        fds = ffi.new("int[2]")
+        return self._run(Op(NR["pipe2"], (_addr(fds), flags), keep=fds, finish=lambda r: (fds[0], fds[1])))
+
+    # -- sockets --------------------------------------------------------------------------------
+
+    def socket(self, family: int = _socket.AF_INET, type: int = _socket.SOCK_STREAM, proto: int = 0) -> Any:  # noqa: A002
+        """A new socket descriptor (add ``SOCK_CLOEXEC``/``SOCK_NONBLOCK`` to *type* as needed)."""
+        return self._run(Op(NR["socket"], (family, type, proto)))
+
+    def bind(self, fd: int, address: Any, family: int | None = None) -> Any:
+        """Bind *fd* to *address* (``(host, port)``, a 4-tuple for IPv6, or a path)."""
+        raw = sockaddr.encode(family or _family_of(address), address)
+        mem = ffi.from_buffer(raw)
+        return self._run(Op(NR["bind"], (fd, _addr(mem), len(raw)), keep=(mem, raw), finish=_none))
+
+    def connect(self, fd: int, address: Any, family: int | None = None) -> Any:
+        """Connect *fd* to *address*."""
+        raw = sockaddr.encode(family or _family_of(address), address)
+        mem = ffi.from_buffer(raw)
+        return self._run(Op(NR["connect"], (fd, _addr(mem), len(raw)), keep=(mem, raw), finish=_none))
+
+    def listen(self, fd: int, backlog: int = 128) -> Any:
+        """Mark *fd* as listening."""
+        return self._run(Op(NR["listen"], (fd, backlog), finish=_none))
+
+    def accept(self, fd: int, flags: int = _socket.SOCK_CLOEXEC) -> Any:
+        """Accept a connection: ``(new_fd, peer_address)``."""
+        buf = native.alloc(sockaddr.SOCKADDR_STORAGE)
+        length = ffi.new("unsigned int *", sockaddr.SOCKADDR_STORAGE)
+        return self._run(Op(NR["accept4"], (fd, _addr(buf), _addr(length), flags), keep=(buf, length),
+                            finish=lambda r: (r, sockaddr.decode(bytes(ffi.buffer(buf, length[0]))))))  # fmt: skip
+
+    def send(self, fd: int, data: Any, flags: int = 0) -> Any:
+        """Send *data*; return the byte count."""
+        view = ffi.from_buffer(data)
+        return self._run(Op(NR["sendto"], (fd, _addr(view), len(view), flags), keep=(view, data)))
+
+    def sendto(self, fd: int, data: Any, address: Any, flags: int = 0) -> Any:
+        """Send *data* to *address* (Tier 2: io_uring's SEND carries no address here)."""
+        view = ffi.from_buffer(data)
+        raw = sockaddr.encode(_family_of(address), address)
+        mem = ffi.from_buffer(raw)
+        return self._run(Op(NR["sendto"], (fd, _addr(view), len(view), flags, _addr(mem), len(raw)),
+                            keep=(view, data, mem, raw)))  # fmt: skip
+
+    def recv(self, fd: int, n: int, flags: int = 0) -> Any:
+        """Receive up to *n* bytes."""
+        return self._bytes_result(n, NR["recvfrom"], lambda a: (fd, a, n, flags))
+
+    def recv_into(self, fd: int, buffer: Any, flags: int = 0) -> Any:
+        """Receive into *buffer*; return the byte count."""
+        view = ffi.from_buffer(buffer, require_writable=True)
+        return self._run(Op(NR["recvfrom"], (fd, _addr(view), len(view), flags), keep=(view, buffer)))
+
+    def shutdown(self, fd: int, how: int) -> Any:
+        """Shut down part of a full-duplex connection."""
+        return self._run(Op(NR["shutdown"], (fd, how), finish=_none))
+
+    def _name_op(self, name: str, fd: int) -> Any:
+        buf = native.alloc(sockaddr.SOCKADDR_STORAGE)
+        length = ffi.new("unsigned int *", sockaddr.SOCKADDR_STORAGE)
+        return self._run(Op(NR[name], (fd, _addr(buf), _addr(length)), keep=(buf, length),
+                            finish=lambda r: sockaddr.decode(bytes(ffi.buffer(buf, length[0])))))  # fmt: skip
+
+    def getsockname(self, fd: int) -> Any:
+        """The address *fd* is bound to."""
+        return self._name_op("getsockname", fd)
+
+    def getpeername(self, fd: int) -> Any:
+        """The address *fd* is connected to."""
+        return self._name_op("getpeername", fd)
+
+    def setsockopt(self, fd: int, level: int, option: int, value: int | bytes) -> Any:
+        """Set a socket option (an int is passed as a C int)."""
+        raw = struct.pack("<i", value) if isinstance(value, int) else bytes(value)
+        mem = ffi.from_buffer(raw)
+        return self._run(Op(NR["setsockopt"], (fd, level, option, _addr(mem), len(raw)), keep=(mem, raw),
+                            finish=_none))  # fmt: skip
+
+    def getsockopt(self, fd: int, level: int, option: int, buflen: int = 0) -> Any:
+        """A socket option: an int, or *buflen* raw bytes when *buflen* is given."""
+        size = buflen or 4
+        buf = native.alloc(size)
+        length = ffi.new("unsigned int *", size)
+
+        def finish(_: int) -> Any:
+            raw = bytes(ffi.buffer(buf, length[0]))
+            return raw if buflen else struct.unpack("<i", raw.ljust(4, b"\0"))[0]
+
+        return self._run(Op(NR["getsockopt"], (fd, level, option, _addr(buf), _addr(length)), keep=(buf, length),
+                            finish=finish))  # fmt: skip
+
+
+def _none(_: int) -> None:
+    return None
+
+
+def _noop() -> None:
+    return None
+
+
+def _family_of(address: Any) -> int:
+    if isinstance(address, (str, bytes)):
+        return _socket.AF_UNIX
+    if len(address) == 4 or ":" in str(address[0]):
+        return _socket.AF_INET6
+    return _socket.AF_INET

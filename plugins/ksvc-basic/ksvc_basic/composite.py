@@ -1,0 +1,50 @@
+"""Building the io_uring backend from the basic ring plus selected features.
+
+Features (``io_backend="sqpoll+fixed-files"``) are objects contributed
+through ``ksvc_register_io_feature``; each may adjust the setup flags and
+ring arguments, act on the ring once it exists, and rewrite SQEs as they
+are submitted. With no feature this is the plain ``basic`` backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ksvc_host.instance import BuildContext
+from ksvc_host.traits.io_backend import SqeSpec
+
+from ksvc_basic.basic_iouring import BasicIoUring
+
+
+class CompositeIoUring(BasicIoUring):
+    """``basic`` with features applied: the seed's CompositeIoUring."""
+
+    def __init__(self, features: list[Any], entries: int, setup_flags: int, **ring_kwargs: Any) -> None:
+        super().__init__(entries, setup_flags=setup_flags, **ring_kwargs)
+        self.features = features
+        self.name = "+".join(["basic", *(getattr(f, "name", type(f).__name__) for f in features)])
+        self._preparers = [f.prepare for f in features if hasattr(f, "prepare")]
+        for f in features:
+            if hasattr(f, "after_setup"):
+                f.after_setup(self)
+
+    def submit(self, user_data: int, sqe: SqeSpec) -> bool:
+        """Let each feature rewrite the SQE, then queue it."""
+        for prepare in self._preparers:
+            sqe = prepare(user_data, sqe)
+        return super().submit(user_data, sqe)
+
+
+def build_io_uring(ctx: BuildContext) -> BasicIoUring:
+    """The ``basic`` factory: a plain ring, or a composite when features are selected."""
+    entries = int(ctx.option("sq_entries", 256))
+    flags = 0
+    kwargs: dict[str, Any] = {}
+    for f in ctx.io_features:
+        if hasattr(f, "setup_flags"):
+            flags = f.setup_flags(flags)
+        if hasattr(f, "ring_kwargs"):
+            kwargs = f.ring_kwargs(kwargs)
+    if not ctx.io_features:
+        return BasicIoUring(entries, setup_flags=flags, **kwargs)
+    return CompositeIoUring(list(ctx.io_features), entries, flags, **kwargs)

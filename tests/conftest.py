@@ -1,0 +1,42 @@
+"""Shared fixtures: real instances on the running kernel."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+import ksvc_host as ksvc
+
+
+def _require_fixture_plugins() -> bool:
+    return os.environ.get("KSVC_REQUIRE_FIXTURES") == "1"
+
+
+@pytest.fixture
+def fixture_plugins_installed() -> None:
+    """Skip (or, under tox, fail) when the fixture distributions are not installed."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution("ksvc-test-plugin")
+    except importlib.metadata.PackageNotFoundError:
+        msg = "fixture plugins not installed: pip install tests/fixtures/ksvc-test-*"
+        if _require_fixture_plugins():
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+@pytest.fixture(params=["thread", "inline"])
+def k(request: pytest.FixtureRequest) -> Iterator[ksvc.Ksvc]:
+    """A default-stack instance, with the threaded and the inline dispatcher."""
+    with ksvc.open(dispatcher=request.param) as inst:
+        yield inst
+
+
+@pytest.fixture
+def kt() -> Iterator[ksvc.Ksvc]:
+    """A default-stack instance with the threaded dispatcher only."""
+    with ksvc.open() as inst:
+        yield inst

@@ -1,0 +1,127 @@
+"""Plugin discovery through real installed distributions (tests/fixtures/*), selection and hints."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import ksvc_host as ksvc
+from ksvc_host.plugins import PluginManager
+from ksvc_host.selection import resolve
+
+pytestmark = pytest.mark.usefixtures("fixture_plugins_installed")
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    full = dict(os.environ)
+    full.update(env or {})
+    return subprocess.run([sys.executable, "-m", "ksvc_host.cli", *args], capture_output=True, text=True, env=full)
+
+
+def test_basic_lists_all_nine_implementations() -> None:
+    pm = PluginManager()
+    basic = pm.plugins["basic"]
+    assert basic.distribution == "ksvc-basic" and basic.error is None
+    names = sorted((t, n) for t, ns in basic.implementations.items() for n in ns)
+    assert names == sorted(
+        [
+            ("router", "probe"), ("router", "static"), ("io_backend", "basic"), ("worker_pool", "fixed"),
+            ("worker_pool", "inline"), ("notifier", "eventfd"), ("completion_sink", "ring"),
+            ("buffer_provider", "heap"), ("shared_page", "mmap"),
+        ]
+    )  # fmt: skip
+
+
+def test_broken_plugin_is_reported_and_others_work() -> None:
+    pm = PluginManager()
+    broken = pm.plugins["test-broken"]
+    assert broken.distribution == "ksvc-test-broken"
+    assert "ksvc_test_missing_dependency" in (broken.error or "")
+    assert pm.get("notifier", "counting") is not None  # the others keep working
+    assert pm.get("router", "probe") is not None
+
+
+def test_conflicting_name_is_an_error_naming_both() -> None:
+    pm = PluginManager()
+    with pytest.raises(ksvc.PluginError) as info:
+        pm.get("shared_page", "twin")
+    assert "ksvc-test-plugin" in str(info.value) and "ksvc-test-conflict" in str(info.value)
+    with pytest.raises(ksvc.PluginError, match="ksvc-test-conflict"):
+        ksvc.open(shared_page="twin")
+
+
+def test_third_party_notifier_is_selectable_and_observers_fire() -> None:
+    import ksvc_test_plugin
+
+    ksvc_test_plugin.EVENTS.clear()
+    with ksvc.open(notifier="counting") as k:
+        assert k.instance.notifier.name == "counting"
+        assert k.pread(k.open("/proc/self/stat", 0), 10, 0)
+        assert k.instance.notifier.calls >= 1
+        inst = k.instance
+    kinds = [e[0] for e in ksvc_test_plugin.EVENTS]
+    assert kinds[0] == "created" and ksvc_test_plugin.EVENTS[0][1] is inst
+    assert "batch" in kinds and "closing" in kinds
+
+
+def test_env_var_limits_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KSVC_PLUGINS", "ksvc-basic")
+    pm = PluginManager()
+    assert set(pm.plugins) == {"basic"}
+    monkeypatch.setenv("KSVC_PLUGINS", "")
+    assert PluginManager().plugins == {}
+
+
+def test_selection_order_code_env_preset(monkeypatch: pytest.MonkeyPatch) -> None:
+    pm = PluginManager()
+    assert resolve(pm).names["worker_pool"] == "fixed"
+    monkeypatch.setenv("KSVC_WORKER_POOL", "inline")
+    assert resolve(pm).names["worker_pool"] == "inline"
+    assert resolve(pm, worker_pool="fixed").names["worker_pool"] == "fixed"
+
+
+def test_unknown_name_says_what_is_available_and_what_to_install() -> None:
+    pm = PluginManager()
+    with pytest.raises(ksvc.SelectionError) as info:
+        resolve(pm, worker_pool="lazy")
+    text = str(info.value)
+    assert "'lazy'" in text and "fixed" in text and "pip install ksvc-lazypool" in text
+    with pytest.raises(ksvc.SelectionError, match="unknown selection keyword"):
+        resolve(pm, workerpool="fixed")  # type: ignore[arg-type]
+
+
+def test_missing_preset_plugins_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KSVC_PLUGINS", "ksvc-basic")
+    pm = PluginManager()
+    with pytest.raises(ksvc.SelectionError) as info:
+        resolve(pm, preset="server")
+    for dist in ("ksvc-sqpoll", "ksvc-lazypool", "ksvc-futex", "ksvc-regbuf"):
+        assert dist in str(info.value)
+
+
+def test_cli_plugins_json() -> None:
+    out = _cli("plugins", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    basic = [i for i in data["implementations"] if i["distribution"] == "ksvc-basic"]
+    assert len(basic) == 9
+    assert {i["name"] for i in basic if i["default"]} == {"probe", "basic", "fixed", "eventfd", "ring", "heap", "mmap"}
+    assert any(p["name"] == "test-broken" and p["error"] for p in data["plugins"])
+
+
+def test_host_alone_says_which_plugin_to_install() -> None:
+    env = {"KSVC_PLUGINS": ""}
+    out = _cli("plugins", env=env)
+    assert out.returncode == 0 and "pip install ksvc-basic" in out.stdout
+    out = _cli("demo", env=env)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and "pip install ksvc-basic" in out.stderr
+    code = "import ksvc_host as k\ntry:\n    k.open()\nexcept k.SelectionError as e:\n    print(e)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**__import__("os").environ, **env})  # fmt: skip
+    assert "pip install ksvc-basic" in run.stdout
