@@ -96,8 +96,13 @@ class Selection:
         return " ".join(f"{t}={self.names[t]}" for t in TRAITS)
 
 
+def _provider(trait: str, name: str) -> str | None:
+    """The distribution known to provide *name* for *trait* (io backends may be features)."""
+    return PROVIDERS.get((trait, name)) or (PROVIDERS.get(("io_feature", name)) if trait == "io_backend" else None)
+
+
 def _hint(trait: str, name: str) -> str:
-    dist = PROVIDERS.get((trait, name)) or (PROVIDERS.get(("io_feature", name)) if trait == "io_backend" else None)
+    dist = _provider(trait, name)
     if dist:
         return f"install it with: pip install {dist}"
     return "check the spelling, or install the plugin that provides it"
@@ -148,7 +153,7 @@ def resolve(pm: PluginManager, preset: str | None = None, **names: str | None) -
             parts = [(trait, name)]
         for kind, part in parts:
             if pm.get(kind, part) is None:
-                dist = PROVIDERS.get((kind, part))
+                dist = _provider(kind, part)
                 if dist and sources[trait].startswith("preset"):
                     missing.append(dist)
                 else:

@@ -165,8 +165,10 @@ class Completer:
             ring.publish_head(self._chead)
         if self.dispatcher.has_overflow:
             self.dispatcher.wake()  # room freed for completions the dispatcher holds
-        if self._blocked:
-            with self._cv:
+        # Under the lock: a follower checks its waiter and sleeps while holding it, so a
+        # notify made here cannot fall between its check and its wait.
+        with self._cv:
+            if self._blocked:
                 self._cv.notify_all()
         if self.on_reaped is not None:
             self.on_reaped()

@@ -35,7 +35,7 @@ PathLike = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 class Op:
     """One syscall ready to submit."""
 
-    __slots__ = ("nr", "args", "keep", "finish", "filename", "cleanup")
+    __slots__ = ("nr", "args", "keep", "finish", "filename", "cleanup", "on_error")
 
     def __init__(
         self,
@@ -46,6 +46,7 @@ class Op:
         finish: Callable[[int], Any] | None = None,
         filename: Any = None,
         cleanup: Callable[[], None] | None = None,
+        on_error: Callable[[int], Any] | None = None,
     ) -> None:
         self.nr = nr
         self.args = tuple(args) + (0,) * (6 - len(args))
@@ -53,11 +54,15 @@ class Op:
         self.finish = finish
         self.filename = filename
         self.cleanup = cleanup
+        self.on_error = on_error
+        """Maps an errno to a value instead of raising (``access`` returns False)."""
 
     def outcome(self, result: int) -> Any:
         """The Python value for *result*, or raise ``OSError`` like ``os.*``."""
         try:
             if result < 0:
+                if self.on_error is not None:
+                    return self.on_error(-result)
                 raise oserror(-result, self.filename)
             return result if self.finish is None else self.finish(result)
         finally:
@@ -123,8 +128,8 @@ class Operations:
 
     def _bytes_result(self, n: int, nr: int, args: Callable[[int], Sequence[int]]) -> Op:
         address, owner, release = self._out(n)
-        return Op(nr, args(address), keep=owner, finish=lambda r: bytes(ffi.buffer(ffi.cast("char *", address), r)),
-                  cleanup=release)  # fmt: skip
+        return self._run(Op(nr, args(address), keep=owner, cleanup=release,
+                            finish=lambda r: bytes(ffi.buffer(ffi.cast("char *", address), r))))  # fmt: skip
 
     # -- raw -----------------------------------------------------------------------------
 
@@ -303,9 +308,7 @@ class Operations:
     def access(self, path: PathLike, mode: int) -> Any:
         """True when *path* is accessible with *mode* (like ``os.access``)."""
         p = _path(path)
-        op = Op(NR["access"], (_addr(p), mode), keep=p)
-        op.outcome = lambda r: r == 0  # type: ignore[method-assign]  # os.access never raises
-        return self._run(op)
+        return self._run(Op(NR["access"], (_addr(p), mode), keep=p, finish=lambda r: True, on_error=lambda e: False))
 
     def setxattr(self, path: PathLike, name: str | bytes, value: bytes, flags: int = 0) -> Any:
         """Set extended attribute *name* of *path*."""

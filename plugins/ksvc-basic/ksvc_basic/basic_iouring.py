@@ -1,0 +1,90 @@
+"""BasicIoUring: the default IoBackend; io_uring_enter once per batch, no fixed files or buffers."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ksvc_host.abi import io_uring as U
+from ksvc_host.traits.io_backend import IoCompletion, SqeSpec
+
+from ksvc_basic.uring import IoUring
+
+INTERNAL = 1 << 63
+"""user_data bit reserved for the backend's own requests (cancels); never handed back."""
+
+
+class BasicIoUring:
+    """An :class:`~ksvc_host.traits.IoBackend` over one :class:`IoUring`."""
+
+    name = "basic"
+
+    def __init__(self, entries: int = 256, *, setup_flags: int = 0, **ring_kwargs: Any) -> None:
+        self.ring = IoUring(entries, flags=setup_flags, cq_entries=ring_kwargs.pop("cq_entries", entries * 4),
+                            **ring_kwargs)  # fmt: skip
+        self.capacity = self.ring.sq_entries
+        self._inflight = 0
+        self._internal = 0
+        self._opcodes: frozenset[int] | None = None
+
+    def submit(self, user_data: int, sqe: SqeSpec) -> bool:
+        """Queue one SQE; ``False`` when the SQ is full."""
+        if self._inflight >= self.ring.cq_entries - self.capacity:
+            return False  # keep completions from overflowing the CQ: back-pressure instead
+        if not self.ring.prep(user_data, sqe):
+            return False
+        self._inflight += 1
+        return True
+
+    def flush(self) -> int:
+        """One io_uring_enter for everything queued (none with SQPOLL while the poller is awake)."""
+        return self.ring.submit()
+
+    def poll_completions(self, max_count: int = 64) -> list[IoCompletion]:
+        """Reap CQEs, dropping those of internal requests."""
+        out = []
+        for c in self.ring.reap(max_count):
+            if c.user_data & INTERNAL:
+                self._internal -= 1
+                continue
+            if not c.flags & U.CqeFlag.MORE:
+                self._inflight -= 1
+            out.append(c)
+        return out
+
+    def cancel(self, user_data: int) -> bool:
+        """Queue an ASYNC_CANCEL for *user_data* (sent with the next flush)."""
+        ok = self.ring.prep(INTERNAL | user_data, SqeSpec(U.IoringOp.ASYNC_CANCEL, -1, addr=user_data))
+        if ok:
+            self._internal += 1
+        return ok
+
+    def inflight(self) -> int:
+        """Accepted SQEs whose final CQE has not been reaped."""
+        return self._inflight
+
+    def probe_opcodes(self) -> frozenset[int]:
+        """The kernel's supported opcodes (probed once)."""
+        if self._opcodes is None:
+            self._opcodes = self.ring.probe()
+        return self._opcodes
+
+    def set_wakeup_fd(self, fd: int) -> None:
+        """Have the kernel write eventfd *fd* on every CQE."""
+        self.ring.register_eventfd(fd)
+
+    def shutdown(self, timeout: float = 3.0) -> None:
+        """Cancel everything in flight, reap it, close the ring."""
+        if self.ring.closed:
+            return
+        if self._inflight:
+            spec = SqeSpec(U.IoringOp.ASYNC_CANCEL, -1, op_flags=U.IORING_ASYNC_CANCEL_ANY | U.IORING_ASYNC_CANCEL_ALL)
+            if self.ring.prep(INTERNAL, spec):
+                self._internal += 1
+            self.ring.submit()
+            deadline = time.monotonic() + timeout
+            while (self._inflight or self._internal) and time.monotonic() < deadline:
+                if not self.ring.cq_ready():
+                    time.sleep(0.001)
+                self.poll_completions(1024)
+        self.ring.close()

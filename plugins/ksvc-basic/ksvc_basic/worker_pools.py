@@ -1,0 +1,178 @@
+"""Worker pools for Tier 2: ``fixed`` (N threads from the start) and ``inline`` (tests only)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from ksvc_host import native
+
+Executor = Callable[[int, tuple[int, ...]], int]
+
+
+def default_workers() -> int:
+    """min(8, nproc / 2), at least 1."""
+    return max(1, min(8, (os.cpu_count() or 2) // 2))
+
+
+class _PoolBase:
+    """Completion bookkeeping shared by both pools."""
+
+    name = "base"
+
+    def __init__(self, allowed: Callable[[int], bool] | None, executor: Executor | None) -> None:
+        self._allowed = allowed
+        self._executor: Executor = executor or native.syscall_u64
+        self._done: deque[tuple[int, int]] = deque()
+        self._wakeup: Callable[[], None] | None = None
+        self._accepted = 0
+        self._polled = 0
+        self.wakeup_errors = 0
+        self._shut = False
+
+    def set_wakeup(self, callback: Callable[[], None]) -> None:
+        """Call *callback* after each posted completion."""
+        self._wakeup = callback
+
+    def _run(self, token: int, nr: int, args: tuple[int, ...]) -> None:
+        if self._allowed is not None and not self._allowed(nr):
+            result = -errno.EPERM  # the router does not allow it: never executed
+        else:
+            try:
+                result = self._executor(nr, args)
+            except Exception:
+                result = -errno.EIO
+        self._done.append((token, result))
+        cb = self._wakeup
+        if cb is not None:
+            try:
+                cb()
+            except Exception:
+                self.wakeup_errors += 1
+
+    def poll_completions(self, max_count: int = 64) -> list[tuple[int, int]]:
+        """Finished jobs, without waiting."""
+        out = []
+        done = self._done
+        while done and len(out) < max_count:
+            out.append(done.popleft())
+        self._polled += len(out)
+        return out
+
+    def pending(self) -> int:
+        """Jobs accepted whose completion has not been polled."""
+        return self._accepted - self._polled
+
+
+class FixedPool(_PoolBase):
+    """N daemon threads started at construction; a bounded queue; enqueue never blocks."""
+
+    name = "fixed"
+
+    def __init__(
+        self,
+        *,
+        workers: int | None = None,
+        queue_size: int = 4096,
+        allowed: Callable[[int], bool] | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        super().__init__(allowed, executor)
+        n = default_workers() if workers is None else int(workers)
+        if n < 1:
+            raise ValueError(f"workers must be at least 1, got {n}")
+        self._max = n
+        self._queue: deque[tuple[int, int, tuple[int, ...]]] = deque()
+        self._queue_size = queue_size
+        self._cv = threading.Condition(threading.Lock())
+        self._busy = 0
+        self._threads = [threading.Thread(target=self._work, name=f"ksvc-worker-{i}", daemon=True) for i in range(n)]
+        for t in self._threads:
+            t.start()
+
+    def enqueue(self, token: int, nr: int, args: tuple[int, ...]) -> bool:
+        """Queue a job; ``False`` when *queue_size* jobs are already waiting."""
+        with self._cv:
+            if self._shut:
+                raise RuntimeError("worker pool is shut down")
+            if len(self._queue) >= self._queue_size:
+                return False
+            self._queue.append((token, nr, args))
+            self._accepted += 1
+            self._cv.notify()
+        return True
+
+    def _work(self) -> None:
+        cv, queue = self._cv, self._queue
+        while True:
+            with cv:
+                while not queue and not self._shut:
+                    cv.wait()
+                if not queue:
+                    return  # shut down and drained
+                token, nr, args = queue.popleft()
+                self._busy += 1
+            try:
+                self._run(token, nr, args)
+            finally:
+                with cv:
+                    self._busy -= 1
+
+    @property
+    def busy(self) -> int:
+        """Workers running a job."""
+        return self._busy
+
+    @property
+    def total(self) -> int:
+        """Worker threads alive."""
+        return sum(t.is_alive() for t in self._threads)
+
+    @property
+    def max_workers(self) -> int:
+        """Thread count (fixed)."""
+        return self._max
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Run what is queued, then stop and (with *wait*) join the threads. Idempotent."""
+        with self._cv:
+            self._shut = True
+            self._cv.notify_all()
+        if wait:
+            for t in self._threads:
+                t.join()
+
+
+class InlinePool(_PoolBase):
+    """Runs each job synchronously inside ``enqueue``: deterministic, for tests."""
+
+    name = "inline"
+
+    def __init__(
+        self,
+        *,
+        workers: int | None = None,
+        queue_size: int = 4096,
+        allowed: Callable[[int], bool] | None = None,
+        executor: Executor | None = None,
+    ) -> None:
+        super().__init__(allowed, executor)
+
+    def enqueue(self, token: int, nr: int, args: tuple[int, ...]) -> bool:
+        """Run the job now; its completion is ready when this returns."""
+        if self._shut:
+            raise RuntimeError("worker pool is shut down")
+        self._accepted += 1
+        self._run(token, nr, args)
+        return True
+
+    busy = property(lambda self: 0, doc="Always 0: nothing runs in the background.")
+    total = property(lambda self: 0, doc="No threads.")
+    max_workers = property(lambda self: 0, doc="No threads.")
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Refuse further jobs."""
+        self._shut = True
