@@ -65,7 +65,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         if p["error"]:
             print(f"plugin {p['name']} ({p['distribution']}) failed: {p['error']}", file=sys.stderr)
     for c in data["conflicts"]:
-        print(f"conflict: {c['trait']} {c['name']!r} is claimed by {' and '.join(c['distributions'])}", file=sys.stderr)
+        print(
+            f"conflict: {c['trait']} {c['name']!r} is claimed by {' and '.join(c['distributions'])}",
+            file=sys.stderr,
+        )
     missing = [t for t in TRAITS if not pm.names(t)]
     if missing:
         print(f"No implementation of {', '.join(missing)}: pip install ksvc-basic", file=sys.stderr)
@@ -102,7 +105,11 @@ def _probe_data(kernel: str | None) -> dict[str, Any]:
         "opcode_count": len(ops),
         "tiers": {f"T{int(t)}": n for t, n in counts.items()},
         "routes": {
-            SYSCALL_NAMES[nr]: {"nr": nr, "tier": int(r.tier), "opcode": names.get(r.opcode) if r.opcode is not None else None}
+            SYSCALL_NAMES[nr]: {
+                "nr": nr,
+                "tier": int(r.tier),
+                "opcode": names.get(r.opcode) if r.opcode is not None else None,
+            }
             for nr, r in sorted(table.items())
         },
     }
@@ -144,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_plugins)
     p = sub.add_parser("probe", help="show how each syscall is routed on this kernel")
-    p.add_argument("--kernel", metavar="VERSION", help="use the static table of a named kernel (6.8, 6.11, 6.14, newest)")
+    p.add_argument(
+        "--kernel", metavar="VERSION", help="use the static table of a named kernel (6.8, 6.11, 6.14, newest)"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--all", action="store_true", help="also list Tier 3 (not offloaded) syscalls")
     p.set_defaults(func=cmd_probe)
@@ -163,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KsvcError, ValueError) as exc:
         print(f"ksvc: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
         print(f"ksvc: {exc.strerror or exc}", file=sys.stderr)
         return 2

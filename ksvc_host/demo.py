@@ -56,22 +56,52 @@ def run_demo(*, io_backend: str | None = None, preset: str | None = None) -> int
         row("getppid()", "getppid", k.getppid, os.getppid)
         fd = k.open(path, os.O_RDWR)
         dfd = os.open(path, os.O_RDWR)
-        row("open(data.bin) is a file", "openat", lambda: os.path.samestat(os.fstat(fd), os.stat(path)), lambda: True)
-        row("pread(fd, 4096, 1000)", "pread64", lambda: k.pread(fd, 4096, 1000), lambda: os.pread(dfd, 4096, 1000))
+        row(
+            "open(data.bin) is a file",
+            "openat",
+            lambda: os.path.samestat(os.fstat(fd), os.stat(path)),
+            lambda: True,
+        )
+        row(
+            "pread(fd, 4096, 1000)",
+            "pread64",
+            lambda: k.pread(fd, 4096, 1000),
+            lambda: os.pread(dfd, 4096, 1000),
+        )
         row("read(fd, 100) x2", "read", lambda: k.read(fd, 100) + k.read(fd, 100),
             lambda: os.read(dfd, 100) + os.read(dfd, 100))  # fmt: skip
-        row("lseek(fd, 0, SEEK_CUR)", "lseek", lambda: k.lseek(fd, 0, os.SEEK_CUR), lambda: os.lseek(dfd, 0, os.SEEK_CUR))
-        row("pwrite(fd, b'ksvc', 10)", "pwrite64", lambda: k.pwrite(fd, b"ksvc", 10), lambda: os.pwrite(dfd, b"ksvc", 10))
+        row(
+            "lseek(fd, 0, SEEK_CUR)",
+            "lseek",
+            lambda: k.lseek(fd, 0, os.SEEK_CUR),
+            lambda: os.lseek(dfd, 0, os.SEEK_CUR),
+        )
+        row(
+            "pwrite(fd, b'ksvc', 10)",
+            "pwrite64",
+            lambda: k.pwrite(fd, b"ksvc", 10),
+            lambda: os.pwrite(dfd, b"ksvc", 10),
+        )
         row("fstat(fd).st_size", "fstat", lambda: k.fstat(fd).st_size, lambda: os.fstat(dfd).st_size)
         row("stat(path)", "stat", lambda: tuple(k.stat(path)), lambda: tuple(os.stat(path)))
-        row("fcntl(fd, F_GETFL)", "fcntl", lambda: k.fcntl(fd, fcntl.F_GETFL), lambda: fcntl.fcntl(dfd, fcntl.F_GETFL))
+        row(
+            "fcntl(fd, F_GETFL)",
+            "fcntl",
+            lambda: k.fcntl(fd, fcntl.F_GETFL),
+            lambda: fcntl.fcntl(dfd, fcntl.F_GETFL),
+        )
         row("fsync(fd)", "fsync", lambda: k.fsync(fd), lambda: os.fsync(dfd))
         row("pread(bad fd)", "pread64", lambda: k.pread(9999, 10, 0), lambda: os.pread(9999, 10, 0))
         row("stat(missing)", "stat", lambda: k.stat(path + ".missing"), lambda: os.stat(path + ".missing"))
         r, w = k.pipe()
         row("pipe: write+read", "pipe2", lambda: (k.write(w, b"hello"), k.read(r, 5)), lambda: (5, b"hello"))
         s = k.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        row("socket+bind+listen", "bind", lambda: (k.bind(s, ("127.0.0.1", 0)), k.listen(s, 8)), lambda: (None, None))
+        row(
+            "socket+bind+listen",
+            "bind",
+            lambda: (k.bind(s, ("127.0.0.1", 0)), k.listen(s, 8)),
+            lambda: (None, None),
+        )
         row("getsockname(s) host", "getsockname", lambda: k.getsockname(s)[0], lambda: "127.0.0.1")
         row("getcwd()", "getcwd", k.getcwd, os.getcwd)
         for f in (fd, r, w, s):

@@ -152,7 +152,8 @@ def _build(impl: Implementation, ctx: BuildContext) -> Any:
         return impl.factory(ctx)
     except OSError as exc:
         raise OSError(
-            exc.errno, f"{impl.trait} {impl.name!r} ({impl.distribution}) could not start: {exc.strerror or exc}"
+            exc.errno,
+            f"{impl.trait} {impl.name!r} ({impl.distribution}) could not start: {exc.strerror or exc}",
         ) from exc
     except KsvcError:
         raise

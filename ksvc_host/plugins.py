@@ -160,8 +160,7 @@ class PluginManager:
         if claims:
             who = " and ".join(f"{c.distribution} (plugin {c.plugin})" for c in claims)
             raise PluginError(
-                f"{trait} {name!r} is claimed by {who}; uninstall one of them or limit loading with "
-                f"{ENV_PLUGINS}"
+                f"{trait} {name!r} is claimed by {who}; uninstall one of them or limit loading with {ENV_PLUGINS}"
             )
         return self.implementations[trait].get(name)
 

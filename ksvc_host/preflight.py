@@ -37,7 +37,10 @@ def main() -> int:
     """Exit 0 with a one-line report, or 1 with the reason io_uring is unavailable."""
     problem = check_io_uring()
     if problem:
-        print(f"preflight: io_uring is unavailable on this machine: {problem}. KSVC's tests need it.", file=sys.stderr)
+        print(
+            f"preflight: io_uring is unavailable on this machine: {problem}. KSVC's tests need it.",
+            file=sys.stderr,
+        )
         return 1
     print(f"preflight: io_uring available on kernel {os.uname().release}")
     return 0

@@ -113,18 +113,14 @@ def _unknown(pm: PluginManager, trait: str, name: str, source: str) -> Selection
     if trait == "io_backend":
         available += [f"+{f}" for f in pm.names("io_feature")]
     listed = ", ".join(available) if available else "none installed"
-    return SelectionError(
-        f"no {trait} named {name!r} (from {source}); available: {listed}; {_hint(trait, name)}"
-    )
+    return SelectionError(f"no {trait} named {name!r} (from {source}); available: {listed}; {_hint(trait, name)}")
 
 
 def resolve(pm: PluginManager, preset: str | None = None, **names: str | None) -> Selection:
     """Resolve a name per trait; raise :class:`SelectionError` naming what is missing."""
     unknown_keys = set(names) - set(TRAITS)
     if unknown_keys:
-        raise SelectionError(
-            f"unknown selection keyword(s) {sorted(unknown_keys)}; use: {', '.join(TRAITS)}, preset"
-        )
+        raise SelectionError(f"unknown selection keyword(s) {sorted(unknown_keys)}; use: {', '.join(TRAITS)}, preset")
     preset_name = preset or os.environ.get("KSVC_PRESET") or "default"
     if preset_name not in PRESETS:
         raise SelectionError(f"no preset named {preset_name!r}; available: {', '.join(PRESETS)}")

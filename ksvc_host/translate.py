@@ -95,7 +95,9 @@ def _rwv(op: IoringOp, *, positioned: bool, with_flags: bool) -> Translator:
 
 
 def _openat(a: Args) -> Translation | None:
-    return Translation(SqeSpec(IoringOp.OPENAT, a[0], addr=_u64(a[1]), len=a[3] & lx.U32_MAX, op_flags=a[2] & lx.U32_MAX))
+    return Translation(
+        SqeSpec(IoringOp.OPENAT, a[0], addr=_u64(a[1]), len=a[3] & lx.U32_MAX, op_flags=a[2] & lx.U32_MAX)
+    )
 
 
 def _open(a: Args) -> Translation | None:

@@ -144,8 +144,6 @@ def test_vectored(k: ksvc.Ksvc, files: dict[str, Path], name: str) -> None:
 
 
 def test_open_openat_openat2_close(k: ksvc.Ksvc, files: dict[str, Path]) -> None:
-    for s in "dk":
-        pass
     p, addr = cstr(str(files["k"]))
     run = (lambda *a: direct(*a)), (lambda *a: via(k, *a))
     for call in run:
@@ -223,7 +221,11 @@ def test_madvise(k: ksvc.Ksvc) -> None:
 
     m = mmap.mmap(-1, 8192)
     addr = native.address_of(ffi.from_buffer(m))
-    assert direct(NR["madvise"], addr, 8192, mmap.MADV_WILLNEED) == via(k, NR["madvise"], addr, 8192, mmap.MADV_WILLNEED) == 0
+    assert (
+        direct(NR["madvise"], addr, 8192, mmap.MADV_WILLNEED)
+        == via(k, NR["madvise"], addr, 8192, mmap.MADV_WILLNEED)
+        == 0
+    )
     assert direct(NR["madvise"], addr + 1, 10, 0) == via(k, NR["madvise"], addr + 1, 10, 0) == -errno.EINVAL
 
 
@@ -277,7 +279,10 @@ def test_xattrs(k: ksvc.Ksvc, files: dict[str, Path]) -> None:
     fds = {s: os.open(files[s], os.O_RDWR) for s in "dk"}
     assert both(k, NR["fsetxattr"], lambda s: (fds[s], naddr, vaddr, 3, 0)) == (0, 0)
     assert both(k, NR["fgetxattr"], lambda s: (fds[s], naddr, bufs[s][1], 64)) == (3, 3)
-    assert both(k, NR["fgetxattr"], lambda s: (fds[s], naddr, bufs[s][1], 1)) == (-errno.ERANGE, -errno.ERANGE)
+    assert both(k, NR["fgetxattr"], lambda s: (fds[s], naddr, bufs[s][1], 1)) == (
+        -errno.ERANGE,
+        -errno.ERANGE,
+    )
     for fd in fds.values():
         os.close(fd)
 
@@ -399,7 +404,9 @@ def test_waitid(k: ksvc.Ksvc) -> None:
         assert call(NR["waitid"], P_PID, pid, native.address_of(info), WEXITED, 0) == 0
         si_signo, _, si_code, _, si_pid, _, si_status = struct.unpack_from("<iiiiiii", ffi.buffer(info))
         assert (si_signo, si_pid, si_status) == (17, pid, 7)  # SIGCHLD, the child, its exit code
-    assert direct(NR["waitid"], P_PID, 1, 0, WEXITED, 0) == via(k, NR["waitid"], P_PID, 1, 0, WEXITED, 0) == -errno.ECHILD
+    assert (
+        direct(NR["waitid"], P_PID, 1, 0, WEXITED, 0) == via(k, NR["waitid"], P_PID, 1, 0, WEXITED, 0) == -errno.ECHILD
+    )
 
 
 # -- Tier 2 ------------------------------------------------------------------------------------------
@@ -409,7 +416,8 @@ def test_tier2_descriptor_calls(k: ksvc.Ksvc, files: dict[str, Path]) -> None:
     import fcntl
 
     fds = {s: os.open(files[s], os.O_RDWR) for s in "dk"}
-    assert both(k, NR["fcntl"], lambda s: (fds[s], fcntl.F_GETFL)) [0] == both(k, NR["fcntl"], lambda s: (fds[s], fcntl.F_GETFL))[1]
+    flags = both(k, NR["fcntl"], lambda s: (fds[s], fcntl.F_GETFL))
+    assert flags[0] == flags[1] >= 0
     assert both(k, NR["lseek"], lambda s: (fds[s], 100, os.SEEK_SET)) == (100, 100)
     assert both(k, NR["lseek"], lambda s: (fds[s], -1, os.SEEK_SET)) == (-errno.EINVAL, -errno.EINVAL)
     d1, d2 = both(k, NR["dup"], lambda s: (fds[s],))
@@ -428,7 +436,9 @@ def test_tier2_descriptor_calls(k: ksvc.Ksvc, files: dict[str, Path]) -> None:
 def test_tier2_path_calls(k: ksvc.Ksvc, files: dict[str, Path], tmp_path: Path) -> None:
     paths = {s: cstr(str(files[s])) for s in "dk"}
     assert both(k, NR["access"], lambda s: (paths[s][1], os.R_OK)) == (0, 0)
-    assert both(k, NR["faccessat"], lambda s: (AT_FDCWD, paths[s][1], os.X_OK)) == (-errno.EACCES,) * 2 or os.getuid() == 0
+    assert (
+        both(k, NR["faccessat"], lambda s: (AT_FDCWD, paths[s][1], os.X_OK)) == (-errno.EACCES,) * 2 or os.getuid() == 0
+    )
     assert both(k, NR["fchmodat"], lambda s: (AT_FDCWD, paths[s][1], 0o600)) == (0, 0)
     assert both(k, NR["fchownat"], lambda s: (AT_FDCWD, paths[s][1], os.getuid(), os.getgid(), 0)) == (0, 0)
     ts = ffi.new("long long[4]", [1, 2, 3, 4])
@@ -465,8 +475,17 @@ def test_tier2_dirents_and_socket_options(k: ksvc.Ksvc, tmp_path: Path) -> None:
                                                   native.address_of(one), 4)) == (0, 0)  # fmt: skip
     vals = {s: ffi.new("int *") for s in "dk"}
     lens = {s: ffi.new("unsigned int *", 4) for s in "dk"}
-    assert both(k, NR["getsockopt"], lambda s: (socks[s].fileno(), socket.SOL_SOCKET, socket.SO_REUSEADDR,
-                                                  native.address_of(vals[s]), native.address_of(lens[s]))) == (0, 0)  # fmt: skip
+    assert both(
+        k,
+        NR["getsockopt"],
+        lambda s: (
+            socks[s].fileno(),
+            socket.SOL_SOCKET,
+            socket.SO_REUSEADDR,
+            native.address_of(vals[s]),
+            native.address_of(lens[s]),
+        ),
+    ) == (0, 0)
     assert vals["d"][0] == vals["k"][0] != 0
     for s in "dk":
         socks[s].bind(("127.0.0.1", 0))

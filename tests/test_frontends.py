@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 import ksvc_host as ksvc
-from ksvc_host import native
 from ksvc_host.abi.syscalls import SYSCALLS
 
 
@@ -105,7 +104,15 @@ def test_pipe_and_sockets(k: ksvc.Ksvc) -> None:
 
 def test_tier0_from_the_shared_page(k: ksvc.Ksvc) -> None:
     assert (k.getpid(), k.getppid(), k.getuid(), k.geteuid(), k.getgid(), k.getegid(), k.getpgrp(), k.getsid()) == (
-        os.getpid(), os.getppid(), os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getpgrp(), os.getsid(0))  # fmt: skip
+        os.getpid(),
+        os.getppid(),
+        os.getuid(),
+        os.geteuid(),
+        os.getgid(),
+        os.getegid(),
+        os.getpgrp(),
+        os.getsid(0),
+    )
     page = k.instance.shared_page
     assert page.field("release") == os.uname().release.encode()
     assert page.rlimit_nofile == __import__("resource").getrlimit(__import__("resource").RLIMIT_NOFILE)[0]

@@ -110,7 +110,15 @@ def test_cli_plugins_json() -> None:
     data = json.loads(out.stdout)
     basic = [i for i in data["implementations"] if i["distribution"] == "ksvc-basic"]
     assert len(basic) == 9
-    assert {i["name"] for i in basic if i["default"]} == {"probe", "basic", "fixed", "eventfd", "ring", "heap", "mmap"}
+    assert {i["name"] for i in basic if i["default"]} == {
+        "probe",
+        "basic",
+        "fixed",
+        "eventfd",
+        "ring",
+        "heap",
+        "mmap",
+    }
     assert any(p["name"] == "test-broken" and p["error"] for p in data["plugins"])
 
 

@@ -60,7 +60,17 @@ def test_tier0_and_refused_sets() -> None:
     r = TableRouter(opcodes_for_kernel("newest"))
     for name in TIER0_NAMES:
         assert _tier(r, name) is Tier.SHARED_PAGE, name
-    for name in ("fork", "vfork", "clone", "clone3", "execve", "execveat", "exit", "exit_group", "rt_sigreturn"):
+    for name in (
+        "fork",
+        "vfork",
+        "clone",
+        "clone3",
+        "execve",
+        "execveat",
+        "exit",
+        "exit_group",
+        "rt_sigreturn",
+    ):
         assert name in REFUSED_NAMES
         assert _tier(r, name) is Tier.LEGACY, name
 
@@ -100,7 +110,9 @@ def test_tier_counts_add_up() -> None:
 
 
 def _probe_json(*args: str) -> dict[str, object]:
-    out = subprocess.run([sys.executable, "-m", "ksvc_host.cli", "probe", "--json", *args], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "ksvc_host.cli", "probe", "--json", *args], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
     return dict(json.loads(out.stdout))
 
@@ -116,5 +128,7 @@ def test_cli_probe_running_kernel_and_static() -> None:
     old = _probe_json("--kernel", "6.8")
     for name in ("bind", "listen", "pipe2"):
         assert old["routes"][name]["tier"] == 2  # type: ignore[index]
-    out = subprocess.run([sys.executable, "-m", "ksvc_host.cli", "probe", "--kernel", "banana"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "ksvc_host.cli", "probe", "--kernel", "banana"], capture_output=True, text=True
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr and "banana" in out.stderr

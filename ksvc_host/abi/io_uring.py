@@ -311,9 +311,29 @@ PARAMS_FIELDS: Final = MappingProxyType(
 )
 """``struct io_uring_params`` (resv[3] at 28..39)."""
 
-SQRING_OFFSETS: Final = ("head", "tail", "ring_mask", "ring_entries", "flags", "dropped", "array", "resv1", "user_addr")
+SQRING_OFFSETS: Final = (
+    "head",
+    "tail",
+    "ring_mask",
+    "ring_entries",
+    "flags",
+    "dropped",
+    "array",
+    "resv1",
+    "user_addr",
+)
 """``struct io_sqring_offsets``: seven u32 then u32 resv1 and u64 user_addr (40 bytes)."""
-CQRING_OFFSETS: Final = ("head", "tail", "ring_mask", "ring_entries", "overflow", "cqes", "flags", "resv1", "user_addr")
+CQRING_OFFSETS: Final = (
+    "head",
+    "tail",
+    "ring_mask",
+    "ring_entries",
+    "overflow",
+    "cqes",
+    "flags",
+    "resv1",
+    "user_addr",
+)
 """``struct io_cqring_offsets``: seven u32 then u32 resv1 and u64 user_addr (40 bytes)."""
 
 PROBE_HEADER_SIZE: Final = 16

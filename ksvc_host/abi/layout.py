@@ -74,7 +74,7 @@ class SubmitEntry(NamedTuple):
     def unpack(cls, data: bytes | memoryview, offset: int = 0) -> SubmitEntry:
         """Decode the entry at *offset* of *data*."""
         corr, nr, flags, *args = SUBMIT_ENTRY.unpack_from(data, offset)
-        return cls(corr, nr, flags, tuple(args))  # type: ignore[arg-type]
+        return cls(corr, nr, flags, tuple(args))
 
 
 class CompletionEntry(NamedTuple):
@@ -120,9 +120,7 @@ def ring_bytes(entries: int, entry_size: int) -> int:
 def check_ring_entries(entries: int, what: str) -> None:
     """Raise ``ValueError`` unless *entries* is a power of two in the ABI's range."""
     if not (RING_MIN_ENTRIES <= entries <= RING_MAX_ENTRIES) or entries & (entries - 1):
-        raise ValueError(
-            f"{what} must be a power of two from {RING_MIN_ENTRIES} to {RING_MAX_ENTRIES}, got {entries}"
-        )
+        raise ValueError(f"{what} must be a power of two from {RING_MIN_ENTRIES} to {RING_MAX_ENTRIES}, got {entries}")
 
 
 # -- shared page ----------------------------------------------------------------

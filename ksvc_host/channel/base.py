@@ -27,11 +27,15 @@ class Channel:
         view = memoryview(region)
         self._view = view
         self.submit_ring = Ring(
-            view[L.MMAP_SUBMIT_RING : L.MMAP_COMPLETION_RING], submit_entries, L.SUBMIT_ENTRY_SIZE,
+            view[L.MMAP_SUBMIT_RING : L.MMAP_COMPLETION_RING],
+            submit_entries,
+            L.SUBMIT_ENTRY_SIZE,
             initialize=initialize,
         )
         self.completion_ring = Ring(
-            view[L.MMAP_COMPLETION_RING : L.MMAP_SHARED_PAGE], complete_entries, L.COMPLETION_ENTRY_SIZE,
+            view[L.MMAP_COMPLETION_RING : L.MMAP_SHARED_PAGE],
+            complete_entries,
+            L.COMPLETION_ENTRY_SIZE,
             initialize=initialize,
         )
         self.page = view[L.MMAP_SHARED_PAGE : L.MMAP_SHARED_PAGE + L.PAGE_SIZE]
@@ -88,4 +92,3 @@ def open_channel(submit_entries: int = 256, complete_entries: int = 512, *, devi
 
 REGION_SIZE = _REGION_SIZE
 """Bytes from the first ring to the end of the shared page."""
-

@@ -123,7 +123,7 @@ class Ksvc(Operations):
 
     # Lifetime ----------------------------------------------------------------------------
 
-    def close(self, fd: int | None = None, *, timeout: float = 5.0) -> Any:  # type: ignore[override]
+    def close(self, fd: int | None = None, *, timeout: float = 5.0) -> Any:
         """``close(fd)`` closes a descriptor; ``close()`` closes the instance (drains first)."""
         if fd is not None:
             return super().close(fd)

@@ -119,9 +119,7 @@ class Completer:
                 if len(entries) - done > self._sring.size and all(
                     e[2] & L.SUBMIT_FLAG_LINKED for e in entries[done : done + self._sring.size]
                 ):
-                    raise ChannelFull(
-                        errno.EAGAIN, f"a LINKED chain longer than the submit ring ({self._sring.size})"
-                    )
+                    raise ChannelFull(errno.EAGAIN, f"a LINKED chain longer than the submit ring ({self._sring.size})")
                 self._wait_for_progress()
 
     def submit_raw(self, entries: Sequence[Entry], waiters: Sequence[Waiter]) -> None:
@@ -129,7 +127,8 @@ class Completer:
         with self._submit_lock:
             if self.free_slots() < len(entries):
                 raise ChannelFull(
-                    errno.EAGAIN, f"submit ring full ({self.free_slots()} free, {len(entries)} needed); reap and retry"
+                    errno.EAGAIN,
+                    f"submit ring full ({self.free_slots()} free, {len(entries)} needed); reap and retry",
                 )
         if self.try_submit(entries, waiters) != len(entries):
             raise ChannelFull(errno.EAGAIN, "submit ring filled concurrently; reap and retry")

@@ -178,7 +178,7 @@ class Operations:
         table = native.alloc(_IOVEC.size * max(1, len(views)))
         tview = ffi.buffer(table)
         for i, v in enumerate(views):
-            _IOVEC.pack_into(tview, i * _IOVEC.size, _addr(v), len(v))  # type: ignore[arg-type]
+            _IOVEC.pack_into(tview, i * _IOVEC.size, _addr(v), len(v))
         return _addr(table), len(views), (table, views, buffers)
 
     def readv(self, fd: int, buffers: Sequence[Any]) -> Any:

@@ -42,7 +42,12 @@ def decode(data: bytes) -> Any:
         return (socket.inet_ntop(socket.AF_INET, addr), int.from_bytes(port, "big"))
     if family == socket.AF_INET6:
         _, port, flow, addr, scope = _IN6.unpack_from(data.ljust(_IN6.size, b"\0"))
-        return (socket.inet_ntop(socket.AF_INET6, addr), int.from_bytes(port, "big"), int.from_bytes(flow, "big"), scope)
+        return (
+            socket.inet_ntop(socket.AF_INET6, addr),
+            int.from_bytes(port, "big"),
+            int.from_bytes(flow, "big"),
+            scope,
+        )
     if family == socket.AF_UNIX:
         path = data[2:]
         return path if path.startswith(b"\0") else path.split(b"\0", 1)[0].decode(errors="surrogateescape")

@@ -26,7 +26,7 @@ class BufferHandle:
         from ksvc_host.native import ffi
 
         n = self.size if length is None else length
-        return memoryview(ffi.buffer(ffi.cast("char *", self.address), n))  # type: ignore[arg-type]
+        return memoryview(ffi.buffer(ffi.cast("char *", self.address), n))
 
 
 @runtime_checkable

@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ksvc_basic.uring import IoUring
 from ksvc_host.abi import io_uring as U
 from ksvc_host.traits.io_backend import IoCompletion, SqeSpec
-
-from ksvc_basic.uring import IoUring
 
 INTERNAL = 1 << 63
 """user_data bit reserved for the backend's own requests (cancels); never handed back."""

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ksvc_basic.basic_iouring import BasicIoUring
 from ksvc_host.instance import BuildContext
 from ksvc_host.traits.io_backend import SqeSpec
-
-from ksvc_basic.basic_iouring import BasicIoUring
 
 
 class CompositeIoUring(BasicIoUring):

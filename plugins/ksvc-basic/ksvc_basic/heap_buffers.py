@@ -30,7 +30,9 @@ class HeapBuffers:
         try:
             self._live.remove(id(handle))
         except KeyError:
-            raise ValueError(f"buffer at {handle.address:#x} was already released (or not from this provider)") from None
+            raise ValueError(
+                f"buffer at {handle.address:#x} was already released (or not from this provider)"
+            ) from None
 
     @property
     def pool_size(self) -> int:

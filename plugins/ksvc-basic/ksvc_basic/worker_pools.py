@@ -55,7 +55,7 @@ class _PoolBase:
 
     def poll_completions(self, max_count: int = 64) -> list[tuple[int, int]]:
         """Finished jobs, without waiting."""
-        out = []
+        out: list[tuple[int, int]] = []
         done = self._done
         while done and len(out) < max_count:
             out.append(done.popleft())
