@@ -178,6 +178,7 @@ class Dispatcher:
             self._process_cancels()
         progress = self._reap()
         if self._pushed:
+            self._publish_stats()  # before the wake-up, so a woken caller reads current statistics
             self.sink.flush_and_notify()
             self._pushed = False
         taken = self._take()
@@ -186,14 +187,13 @@ class Dispatcher:
             self.io_backend.flush()
             self._issued_io = 0
         if self._pushed:
+            self._publish_stats()
             self.sink.flush_and_notify()
             self._pushed = False
         if taken:
             self.batches_processed += 1
             if self._on_batch is not None:
                 self._on_batch(taken)
-        if progress:
-            self._publish_stats()
         return progress
 
     def start(self) -> None:

@@ -30,10 +30,10 @@ class EventFdNotifier:
 
     def notify(self) -> None:
         """Wake the consumer; no syscall if a wake-up is already pending."""
-        if self._pending:
-            return
         if self._fd < 0:
             raise ValueError("notifier is closed")
+        if self._pending:
+            return
         self._pending = True
         self.count += 1
         try:
