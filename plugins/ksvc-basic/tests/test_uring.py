@@ -72,7 +72,8 @@ def test_constants_match_the_c_header(tmp_path: Path) -> None:
     names.update({f"IORING_SETUP_{f.name}": int(f) for f in U.SetupFlag})
     names.update({f"IORING_ENTER_{f.name}": int(f) for f in U.EnterFlag})
     names.update({f"IORING_{r.name}": int(r) for r in U.Register})
-    names.update({"IORING_OFF_SQ_RING": U.OFF_SQ_RING, "IORING_OFF_CQ_RING": U.OFF_CQ_RING, "IORING_OFF_SQES": U.OFF_SQES,
+    names.update({"IORING_OFF_SQ_RING": U.OFF_SQ_RING, "IORING_OFF_CQ_RING": U.OFF_CQ_RING,
+                  "IORING_OFF_SQES": U.OFF_SQES,
                   "IORING_FSYNC_DATASYNC": U.IORING_FSYNC_DATASYNC, "IORING_CQE_F_MORE": int(U.CqeFlag.MORE),
                   "IOSQE_IO_LINK": int(U.SqeFlag.IO_LINK), "IOSQE_IO_DRAIN": int(U.SqeFlag.IO_DRAIN),
                   "IORING_SQ_NEED_WAKEUP": int(U.SqRingFlag.NEED_WAKEUP),
