@@ -55,6 +55,15 @@ def test_conflicting_name_is_an_error_naming_both() -> None:
         ksvc.open(shared_page="twin")
 
 
+def test_third_party_notifier_passes_the_conformance_kit() -> None:
+    from ksvc_test_plugin import CountingNotifier
+
+    from ksvc_host import testing
+
+    testing.check_notifier(CountingNotifier)
+    testing.check_instance(notifier="counting")
+
+
 def test_third_party_notifier_is_selectable_and_observers_fire() -> None:
     import ksvc_test_plugin
 
@@ -85,7 +94,8 @@ def test_selection_order_code_env_preset(monkeypatch: pytest.MonkeyPatch) -> Non
     assert resolve(pm, worker_pool="fixed").names["worker_pool"] == "fixed"
 
 
-def test_unknown_name_says_what_is_available_and_what_to_install() -> None:
+def test_unknown_name_says_what_is_available_and_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KSVC_PLUGINS", "ksvc-basic")
     pm = PluginManager()
     with pytest.raises(ksvc.SelectionError) as info:
         resolve(pm, worker_pool="lazy")
@@ -93,6 +103,8 @@ def test_unknown_name_says_what_is_available_and_what_to_install() -> None:
     assert "'lazy'" in text and "fixed" in text and "pip install ksvc-lazypool" in text
     with pytest.raises(ksvc.SelectionError, match="unknown selection keyword"):
         resolve(pm, workerpool="fixed")  # type: ignore[arg-type]
+    with pytest.raises(ksvc.SelectionError, match="check the spelling"):
+        resolve(pm, notifier="no-such-notifier")
 
 
 def test_missing_preset_plugins_are_named(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -42,6 +42,8 @@ class AsyncKsvc(Operations):
         if self._completer.inline:
             self._fd: int | None = disp.fileno()
             self.loop.add_reader(self._fd, self._drive)
+        elif self._completer.direct:
+            self._fd = None  # results come through call_soon_threadsafe; nothing to watch
         else:
             self._fd = instance.notifier.fileno()
             if self._fd is not None:
@@ -116,7 +118,12 @@ class AsyncKsvc(Operations):
             except Exception as exc:  # noqa: BLE001 - becomes the awaiting task's exception
                 fut.set_exception(exc)
 
-        w = Waiter(op.keep, on_done)
+        if self._completer.direct and not self._completer.inline:
+            # Delivered on the dispatcher's thread: hand over to the loop's thread.
+            call = self.loop.call_soon_threadsafe
+            w = Waiter(op.keep, lambda c, r, f: call(on_done, c, r, f))
+        else:
+            w = Waiter(op.keep, on_done)
         fut.add_done_callback(lambda f: self._cancelled(f, w))
         if self._backlog or not self._completer.try_submit(((op.nr, op.args, 0),), (w,)):
             self._backlog.append((op, w))  # ring full: sent when completions free room

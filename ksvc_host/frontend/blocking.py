@@ -8,7 +8,7 @@ from typing import Any
 
 from ksvc_host.abi.syscalls import SYSCALL_NAMES
 from ksvc_host.errors import DispatcherFailed, NotOffloaded, RefusedSyscall
-from ksvc_host.frontend.core import Completer, Waiter
+from ksvc_host.frontend.core import Completer
 from ksvc_host.frontend.operations import Op, Operations
 from ksvc_host.frontend.raw import RawChannel
 from ksvc_host.instance import Instance
@@ -52,7 +52,7 @@ class Ksvc(Operations):
             if op.cleanup is not None:
                 op.cleanup()
             raise
-        w = Waiter(op.keep)
+        w = self._completer.new_waiter(op.keep)
         self._completer.submit_all(((op.nr, op.args, 0),), (w,))
         self._completer.wait(w)
         if w.flags == -1 and self._completer.failure is not None:
@@ -67,7 +67,7 @@ class Ksvc(Operations):
         """Submit *ops* at once, wait for all, return each outcome (an exception object on error)."""
         for op in ops:
             check_route(self.instance, op.nr)
-        waiters = [Waiter(op.keep) for op in ops]
+        waiters = [self._completer.new_waiter(op.keep) for op in ops]
         fl = flags or [0] * len(ops)
         self._completer.submit_all([(op.nr, op.args, f) for op, f in zip(ops, fl, strict=True)], waiters)
         out: list[Any] = []

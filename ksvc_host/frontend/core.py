@@ -31,7 +31,7 @@ class Waiter:
     ``(corr_id, result, flags)`` for every completion, MORE-flagged ones too.
     """
 
-    __slots__ = ("corr_id", "result", "flags", "done", "keep", "callback", "results")
+    __slots__ = ("corr_id", "result", "flags", "done", "keep", "callback", "results", "event")
 
     def __init__(self, keep: Any = None, callback: Callable[[int, int, int], None] | None = None) -> None:
         self.corr_id = 0
@@ -42,6 +42,8 @@ class Waiter:
         """References that must outlive the kernel's use of the memory (buffers)."""
         self.callback = callback
         self.results: list[int] | None = None
+        self.event: Any = None
+        """The caller's own wake-up, when the completion sink delivers directly."""
 
 
 class Completer:
@@ -68,6 +70,38 @@ class Completer:
         self._pack = L.SUBMIT_ENTRY.pack_into
         self._unpack = L.COMPLETION_ENTRY.unpack_from
         self.on_reaped: Callable[[], None] | None = None
+        sink = instance.completion_sink
+        attach = getattr(sink, "attach", None)
+        self.direct = callable(attach)
+        """True when the sink hands each result to its caller (``direct-wake``): no completion ring."""
+        if self.direct:
+            self._make_event: Callable[[], Any] = getattr(sink, "make_event", threading.Event)
+            attach(self.deliver)
+
+    def new_waiter(self, keep: Any = None, callback: Callable[[int, int, int], None] | None = None) -> Waiter:
+        """A waiter for one entry, with its own wake-up object when results are delivered directly."""
+        w = Waiter(keep, callback)
+        if self.direct and not self.inline and callback is None:
+            w.event = self._make_event()
+        return w
+
+    def deliver(self, corr: int, res: int, flags: int) -> None:
+        """Direct delivery of one completion (called by a ``direct-wake`` sink, on the dispatcher's thread)."""
+        w = self._pending.get(corr)
+        if w is None:
+            return
+        if not flags & L.COMPLETION_FLAG_MORE:
+            del self._pending[corr]
+            w.result, w.flags, w.done = res, flags, True
+        elif w.results is not None:
+            w.results.append(res)
+        if w.callback is not None:
+            w.callback(corr, res, flags)
+        if w.event is not None:
+            w.event.set()
+        if self._blocked:
+            with self._cv:
+                self._cv.notify_all()
 
     # Submitting ---------------------------------------------------------------------
 
@@ -181,10 +215,32 @@ class Completer:
 
     def wait(self, waiter: Waiter) -> None:
         """Block until *waiter* is done."""
+        if waiter.event is not None:
+            while not waiter.done:
+                waiter.event.wait()
+                self._check_alive()
+            return
         self.wait_until(lambda: waiter.done)
+
+    def _check_alive(self) -> None:
+        if self.failure is not None:
+            raise DispatcherFailed(f"the dispatcher failed: {self.failure!r}; open a new instance")
 
     def wait_until(self, done: Callable[[], bool]) -> None:
         """Block until *done()* holds, reaping (as leader) or waiting for the leader."""
+        if self.direct and not self.inline:
+            # Results arrive by deliver(); count ourselves blocked *before* checking, so a
+            # delivery either sees us and notifies, or happened before our check.
+            with self._cv:
+                self._blocked += 1
+                try:
+                    while not done():
+                        self._check_alive()
+                        self.instance.check_usable()
+                        self._cv.wait()
+                finally:
+                    self._blocked -= 1
+            return
         while not done():
             with self._cv:
                 if done():
@@ -253,6 +309,8 @@ class Completer:
             self._pending.clear()
         for w in waiters:
             w.result, w.flags, w.done = result, -1, True
+            if w.event is not None:
+                w.event.set()
             if w.callback is not None:
                 try:
                     w.callback(w.corr_id, result, 0)
