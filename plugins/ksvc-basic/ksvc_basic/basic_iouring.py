@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ksvc_basic.uring import IoUring
@@ -25,9 +26,16 @@ class BasicIoUring:
         self._inflight = 0
         self._internal = 0
         self._opcodes: frozenset[int] | None = None
+        self._preparers: list[Callable[[int, SqeSpec], SqeSpec]] = []
+
+    def add_preparer(self, prepare: Callable[[int, SqeSpec], SqeSpec]) -> None:
+        """Have *prepare* rewrite every SQE before it is queued (features and buffer providers use this)."""
+        self._preparers.append(prepare)
 
     def submit(self, user_data: int, sqe: SqeSpec) -> bool:
         """Queue one SQE; ``False`` when the SQ is full."""
+        for prepare in self._preparers:
+            sqe = prepare(user_data, sqe)
         if self._inflight >= self.ring.cq_entries - self.capacity:
             return False  # keep completions from overflowing the CQ: back-pressure instead
         if not self.ring.prep(user_data, sqe):

@@ -12,7 +12,6 @@ from typing import Any
 
 from ksvc_basic.basic_iouring import BasicIoUring
 from ksvc_host.instance import BuildContext
-from ksvc_host.traits.io_backend import SqeSpec
 
 
 class CompositeIoUring(BasicIoUring):
@@ -22,16 +21,11 @@ class CompositeIoUring(BasicIoUring):
         super().__init__(entries, setup_flags=setup_flags, **ring_kwargs)
         self.features = features
         self.name = "+".join(["basic", *(getattr(f, "name", type(f).__name__) for f in features)])
-        self._preparers = [f.prepare for f in features if hasattr(f, "prepare")]
         for f in features:
+            if hasattr(f, "prepare"):
+                self.add_preparer(f.prepare)
             if hasattr(f, "after_setup"):
                 f.after_setup(self)
-
-    def submit(self, user_data: int, sqe: SqeSpec) -> bool:
-        """Let each feature rewrite the SQE, then queue it."""
-        for prepare in self._preparers:
-            sqe = prepare(user_data, sqe)
-        return super().submit(user_data, sqe)
 
 
 def build_io_uring(ctx: BuildContext) -> BasicIoUring:
@@ -46,4 +40,12 @@ def build_io_uring(ctx: BuildContext) -> BasicIoUring:
             kwargs = f.ring_kwargs(kwargs)
     if not ctx.io_features:
         return BasicIoUring(entries, setup_flags=flags, **kwargs)
-    return CompositeIoUring(list(ctx.io_features), entries, flags, **kwargs)
+    try:
+        return CompositeIoUring(list(ctx.io_features), entries, flags, **kwargs)
+    except OSError as exc:
+        names = "+".join(getattr(f, "name", "?") for f in ctx.io_features)
+        raise OSError(
+            exc.errno,
+            f"io_uring with feature(s) {names} could not be set up: {exc.strerror or exc}; "
+            f"select io_backend='basic' to run without them",
+        ) from exc

@@ -1,0 +1,51 @@
+"""sqpoll: selected by name, same results as os.*, and no io_uring_enter per batch while the poller is awake."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from ksvc_basic.composite import CompositeIoUring
+from ksvc_sqpoll.feature import SqpollFeature
+
+import ksvc_host as ksvc
+from ksvc_host import testing
+from ksvc_host.abi.io_uring import SetupFlag
+
+
+def test_conformance_backend() -> None:
+    testing.check_io_backend(lambda: CompositeIoUring([SqpollFeature(idle_ms=100)], 16, SqpollFeature().setup_flags(0),
+                                                      sq_thread_idle_ms=100))  # fmt: skip
+
+
+@pytest.mark.parametrize("dispatcher", ["thread", "inline"])
+def test_stack(dispatcher: str) -> None:
+    testing.check_instance(io_backend="sqpoll", dispatcher=dispatcher)
+
+
+def test_no_enter_per_batch_while_the_poller_is_awake(tmp_path: Path) -> None:
+    p = tmp_path / "d"
+    p.write_bytes(os.urandom(1 << 16))
+    with ksvc.open(io_backend="sqpoll", options={"sq_idle_ms": 2000}) as k:
+        ring = k.instance.io_backend.ring  # type: ignore[attr-defined]
+        assert ring.flags & SetupFlag.SQPOLL
+        fd = k.open(p, os.O_RDONLY)
+        k.pread(fd, 10, 0)  # wakes the poller if it slept
+        before = ring.enter_calls
+        for i in range(200):
+            assert k.pread(fd, 256, i * 256) == os.pread(fd, 256, i * 256)
+        entered = ring.enter_calls - before
+        assert entered <= 5, f"{entered} io_uring_enter calls for 200 reads"
+        k.close(fd)
+
+
+def test_selection_and_composition_names() -> None:
+    with ksvc.open(io_backend="sqpoll") as k:
+        assert k.instance.io_backend.name == "basic+sqpoll"
+        assert k.instance.selection.io_features == ("sqpoll",)
+
+
+def test_bad_option_is_a_clear_error() -> None:
+    with pytest.raises(ksvc.KsvcError, match="sq_idle_ms"):
+        ksvc.open(io_backend="sqpoll", options={"sq_idle_ms": -5})
