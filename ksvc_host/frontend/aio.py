@@ -121,7 +121,11 @@ class AsyncKsvc(Operations):
         if self._completer.direct and not self._completer.inline:
             # Delivered on the dispatcher's thread: hand over to the loop's thread.
             call = self.loop.call_soon_threadsafe
-            w = Waiter(op.keep, lambda c, r, f: call(on_done, c, r, f))
+
+            def handoff(c: int, r: int, f: int) -> None:
+                call(on_done, c, r, f)
+
+            w = Waiter(op.keep, handoff)
         else:
             w = Waiter(op.keep, on_done)
         fut.add_done_callback(lambda f: self._cancelled(f, w))

@@ -76,7 +76,7 @@ class Completer:
         """True when the sink hands each result to its caller (``direct-wake``): no completion ring."""
         if self.direct:
             self._make_event: Callable[[], Any] = getattr(sink, "make_event", threading.Event)
-            attach(self.deliver)
+            attach(self.deliver)  # type: ignore[misc]  # callable() checked above
 
     def new_waiter(self, keep: Any = None, callback: Callable[[int, int, int], None] | None = None) -> Waiter:
         """A waiter for one entry, with its own wake-up object when results are delivered directly."""

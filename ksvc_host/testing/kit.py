@@ -46,6 +46,14 @@ def _until(pred: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
         time.sleep(0.001)
 
 
+def _submitter(be: IoBackend, user_data: int) -> Callable[[], bool]:
+    return lambda: be.submit(user_data, SqeSpec(IoringOp.NOP))
+
+
+def _enqueuer(pool: WorkerPool, token: int, nr: int) -> Callable[[], bool]:
+    return lambda: pool.enqueue(token, nr, (0,) * 6)
+
+
 def check_router(factory: Callable[[], SyscallRouter]) -> None:
     """Routes are total and O(1); refused and unknown numbers are Tier 3; Tier 0 identity reads."""
     router = factory()
@@ -73,11 +81,7 @@ def check_io_backend(factory: Callable[[], IoBackend]) -> None:
     buf = native.alloc(8)
     try:
         assert IoringOp.NOP in _quick("probe_opcodes()", be.probe_opcodes)
-        accepted = [
-            u
-            for u in range(1, be.capacity * 2 + 1)
-            if _quick("submit()", lambda u=u: be.submit(u, SqeSpec(IoringOp.NOP)))
-        ]
+        accepted = [u for u in range(1, be.capacity * 2 + 1) if _quick("submit()", _submitter(be, u))]
         assert 0 < len(accepted) <= be.capacity * 2, "submit() must accept up to capacity and then say no"
         _quick("flush()", be.flush)
         got: dict[int, int] = {}
@@ -100,7 +104,12 @@ def check_io_backend(factory: Callable[[], IoBackend]) -> None:
         assert be.cancel(10**6), "cancel() must accept a request for an in-flight SQE"
         be.flush()
         late: list[Any] = []
-        _until(lambda: bool(late.extend(be.poll_completions()) or late), "the cancelled read's completion")
+
+        def reap_late() -> bool:
+            late.extend(be.poll_completions())
+            return bool(late)
+
+        _until(reap_late, "the cancelled read's completion")
         assert [c.user_data for c in late] == [10**6] and late[0].result in (-errno.ECANCELED, -errno.EINTR)
         assert be.submit(10**6 + 1, SqeSpec(IoringOp.READ, r, addr=native.address_of(buf), len=8, off=2**64 - 1))
         be.flush()
@@ -119,7 +128,7 @@ def check_worker_pool(factory: Callable[[Callable[[int], bool]], WorkerPool]) ->
     assert isinstance(pool, WorkerPool), "a worker pool needs the WorkerPool methods"
     wakeups: list[int] = []
     pool.set_wakeup(lambda: wakeups.append(1))
-    accepted = [t for t in range(200) if _quick("enqueue()", lambda t=t: pool.enqueue(t, NR["getppid"], (0,) * 6))]
+    accepted = [t for t in range(200) if _quick("enqueue()", _enqueuer(pool, t, NR["getppid"]))]
     assert accepted, "enqueue() accepted nothing"
     _until(lambda: pool.enqueue(10**6, NR["getuid"], (0,) * 6), "room for one more job")
     got: dict[int, int] = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import textwrap
@@ -25,8 +24,14 @@ def test_conformance() -> None:
         be.shutdown()
 
 
-@pytest.mark.parametrize("selection", [{"buffer_provider": "registered"}, {"io_backend": "fixed-buffers"},
-                                       {"io_backend": "sqpoll+fixed-buffers", "buffer_provider": "registered"}])  # fmt: skip
+STACKS = [
+    {"buffer_provider": "registered"},
+    {"io_backend": "fixed-buffers"},
+    {"io_backend": "sqpoll+fixed-buffers", "buffer_provider": "registered"},
+]
+
+
+@pytest.mark.parametrize("selection", STACKS)
 def test_stacks(selection: dict[str, str]) -> None:
     try:
         import ksvc_sqpoll  # noqa: F401
@@ -63,4 +68,3 @@ def test_memlock_refusal_names_the_limit() -> None:
         pytest.skip("root is not bound by RLIMIT_MEMLOCK (CAP_IPC_LOCK); the refusal cannot be provoked")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "RLIMIT_MEMLOCK" in out.stdout, out.stdout + out.stderr
-    del resource
