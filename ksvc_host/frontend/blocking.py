@@ -121,6 +121,17 @@ class Ksvc(Operations):
         self.instance.check_usable()
         return self._page.sid
 
+    def refresh(self) -> None:
+        """Re-read ids, credentials and limits into the shared page now.
+
+        The emulated channel refreshes them with every dispatcher batch and
+        at most 50 ms apart; call this after changing credentials or limits
+        to see the change in Tier 0 answers at once. (The kernel module
+        keeps the page current by itself.)
+        """
+        self.instance.check_usable()
+        self.instance.channel.refresh_identity()
+
     # Lifetime ----------------------------------------------------------------------------
 
     def close(self, fd: int | None = None, *, timeout: float = 5.0) -> Any:

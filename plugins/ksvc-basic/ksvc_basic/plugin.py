@@ -63,6 +63,12 @@ def _mmap_page(ctx: BuildContext) -> Any:
     return MmapSharedPage(ctx.channel)
 
 
+def _cached_page(ctx: BuildContext) -> Any:
+    from ksvc_basic.cached_shared_page import CachedSharedPage
+
+    return CachedSharedPage(ctx.channel)
+
+
 @hookimpl
 def ksvc_register_router(register: Any) -> None:
     """``probe`` (default) and ``static``."""
@@ -103,5 +109,6 @@ def ksvc_register_buffer_provider(register: Any) -> None:
 
 @hookimpl
 def ksvc_register_shared_page(register: Any) -> None:
-    """``mmap``."""
+    """``mmap`` (default) and ``cached``."""
     register("mmap", _mmap_page, description="reads the mapped shared page on every access")
+    register("cached", _cached_page, description="pid/tgid as attributes, renewed after fork; the rest from the page")

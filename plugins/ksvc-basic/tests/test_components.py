@@ -195,3 +195,42 @@ def test_mmap_page_reads_identity() -> None:
     with pytest.raises(KeyError, match="no shared-page field"):
         page.field("nope")
     ch.close()
+
+
+def test_cached_page_conforms_and_renews_after_fork() -> None:
+    from ksvc_basic.cached_shared_page import CachedSharedPage
+
+    from ksvc_host import testing
+
+    testing.check_shared_page(CachedSharedPage)
+    ch = open_channel(16, 16, device="")
+    page = CachedSharedPage(ch)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, f"{page.pid} {page.tgid} {os.getpid()}".encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    a, b, c = os.read(r, 100).split()
+    assert a == b == c and int(a) != os.getpid()  # the child's own id, not the parent's from the page
+    assert page.pid == os.getpid()
+    os.close(r)
+    os.close(w)
+    ch.close()
+
+
+def test_credentials_follow_a_change_after_refresh() -> None:
+    import ksvc_host as ksvc
+
+    with ksvc.open(shared_page="cached") as k:
+        before = os.getegid()
+        target = 65534 if before == 0 else before
+        os.setegid(target) if os.geteuid() == 0 else None
+        try:
+            k.refresh()
+            assert k.getegid() == os.getegid() == target
+        finally:
+            if os.geteuid() == 0:
+                os.setegid(before)
+        k.refresh()
+        assert k.getegid() == os.getegid()
