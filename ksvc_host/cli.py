@@ -94,6 +94,14 @@ def _probe_data(kernel: str | None) -> dict[str, Any]:
             inst.close()
         source = "probed from the running kernel"
         release = os.uname().release
+    features = []
+    if kernel is None:
+        from ksvc_host.kernel_features import probe_features
+
+        pm = get_plugin_manager()
+        for f in probe_features(router.supported_opcodes):
+            kind = "buffer_provider" if f.feature == "provided-ring" else "io_feature"
+            features.append({**f._asdict(), "installed": pm.implementations[kind].get(f.feature) is not None})
     table = router.table()
     counts = tier_counts(table)
     ops = sorted(router.supported_opcodes)
@@ -104,6 +112,7 @@ def _probe_data(kernel: str | None) -> dict[str, Any]:
         "supported_opcodes": [names.get(o, str(o)) for o in ops],
         "opcode_count": len(ops),
         "tiers": {f"T{int(t)}": n for t, n in counts.items()},
+        "features": features,
         "routes": {
             SYSCALL_NAMES[nr]: {
                 "nr": nr,
@@ -125,6 +134,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
     print(f"io_uring opcodes supported: {data['opcode_count']}")
     print("  " + " ".join(data["supported_opcodes"]))
     print("tiers: " + "  ".join(f"{k}={v}" for k, v in data["tiers"].items()))
+    if data["features"]:
+        print("io_uring features:")
+        for f in data["features"]:
+            kernel_says = "yes" if f["supported"] else "NO "
+            plugin = "installed" if f["installed"] else f"pip install {f['distribution']}"
+            print(f"  {f['feature']:<17} kernel: {kernel_says} ({f['detail']}); plugin {f['distribution']}: {plugin}")
     width = max(len(n) for n in data["routes"])
     for name, r in data["routes"].items():
         if r["tier"] == 3 and not args.all:

@@ -125,6 +125,9 @@ def test_cli_probe_running_kernel_and_static() -> None:
     if "PIPE" in live["supported_opcodes"]:  # type: ignore[operator]
         for name in ("bind", "listen", "pipe2"):
             assert routes[name]["tier"] == 1
+    features = {f["feature"]: f for f in live["features"]}  # type: ignore[union-attr]
+    assert set(features) >= {"sqpoll", "fixed-buffers", "provided-ring", "send-zc", "multishot-accept"}
+    assert all(isinstance(f["supported"], bool) and f["detail"] for f in features.values())
     old = _probe_json("--kernel", "6.8")
     for name in ("bind", "listen", "pipe2"):
         assert old["routes"][name]["tier"] == 2  # type: ignore[index]
