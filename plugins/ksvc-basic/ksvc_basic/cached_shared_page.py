@@ -12,9 +12,8 @@ from __future__ import annotations
 import os
 import weakref
 
-from ksvc_host.channel.base import Channel
-
 from ksvc_basic.mmap_shared_page import MmapSharedPage
+from ksvc_host.channel.base import Channel
 
 _LIVE: weakref.WeakSet[CachedSharedPage] = weakref.WeakSet()
 
