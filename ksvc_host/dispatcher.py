@@ -33,6 +33,7 @@ from typing import Any
 
 from ksvc_host import native
 from ksvc_host.abi import layout as L
+from ksvc_host.abi.io_uring import IORING_ACCEPT_MULTISHOT, CqeFlag, IoringOp
 from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.channel.base import Channel
 from ksvc_host.routing import is_refused
@@ -258,7 +259,7 @@ class Dispatcher:
             op = self._inflight.get(user_data)
             if op is None:
                 continue
-            if flags & 0x2:  # IORING_CQE_F_MORE: a multishot series goes on
+            if flags & CqeFlag.MORE:  # a multishot series goes on
                 self._emit(op.corr_id, res, L.COMPLETION_FLAG_MORE)
                 continue
             del self._inflight[user_data]
@@ -352,6 +353,8 @@ class Dispatcher:
         nr = entry.syscall_nr
         route = self.router.route(nr)
         drain = bool(entry.flags & L.SUBMIT_FLAG_DRAIN)
+        if entry.flags & L.SUBMIT_FLAG_MULTISHOT:
+            return self._issue_multishot(entry, rest, route)
         if route.tier is Tier.IO_URING:
             tr = translate(nr, entry.args)
             if tr is not None and -(1 << 31) <= tr.sqe.fd < (1 << 31):
@@ -376,6 +379,22 @@ class Dispatcher:
             self._complete_now(entry, self._tier0(nr, entry.args), rest)
             return True
         self._complete_now(entry, -errno.EPERM if is_refused(nr) else -errno.ENOSYS, rest)
+        return True
+
+    def _issue_multishot(self, entry: L.SubmitEntry, rest: list[L.SubmitEntry], route: Any) -> bool:
+        """An accept that yields a completion per connection, when the backend offers it."""
+        tr = translate(entry.syscall_nr, entry.args) if route.tier is Tier.IO_URING else None
+        if tr is None or tr.sqe.opcode != IoringOp.ACCEPT or not getattr(self.io_backend, "multishot_accept", False):
+            self._complete_now(entry, -errno.EOPNOTSUPP, rest)
+            return True
+        tr.sqe.ioprio |= IORING_ACCEPT_MULTISHOT
+        token = next(self._tokens)
+        if not self.io_backend.submit(token, tr.sqe):
+            return False
+        op = _Op(entry.corr_id, Tier.IO_URING, rest, False)
+        op.keep = tr.keep
+        self._inflight[token] = op
+        self._issued_io += 1
         return True
 
     def _complete_now(self, entry: L.SubmitEntry, result: int, rest: list[L.SubmitEntry]) -> None:

@@ -49,7 +49,10 @@ SUBMIT_FLAG_LINKED: Final = 1 << 0
 """The next entry starts only after this one succeeds (IOSQE_IO_LINK semantics)."""
 SUBMIT_FLAG_DRAIN: Final = 1 << 1
 """Starts after every earlier entry completed; later ones wait for it (IOSQE_IO_DRAIN)."""
-SUBMIT_FLAGS_VALID: Final = SUBMIT_FLAG_LINKED | SUBMIT_FLAG_DRAIN
+SUBMIT_FLAG_MULTISHOT: Final = 1 << 2
+"""Appended in this edition: one accept entry, a completion per connection (MORE until the last).
+Needs the ``multishot-accept`` io feature; without it the entry completes with ``-EOPNOTSUPP``."""
+SUBMIT_FLAGS_VALID: Final = SUBMIT_FLAG_LINKED | SUBMIT_FLAG_DRAIN | SUBMIT_FLAG_MULTISHOT
 
 COMPLETION_ENTRY = struct.Struct("<QqII")
 """corr_id u64, result i64 (value or -errno), flags u32, pad u32: 32 bytes in the ring."""

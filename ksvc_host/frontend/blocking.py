@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import errno
-from collections.abc import Sequence
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ksvc_host.abi import layout as L
 from ksvc_host.abi.syscalls import SYSCALL_NAMES
+from ksvc_host.abi.syscalls import SYSCALLS as NR
 from ksvc_host.errors import DispatcherFailed, NotOffloaded, RefusedSyscall
 from ksvc_host.frontend.core import Completer
-from ksvc_host.frontend.operations import Op, Operations
+from ksvc_host.frontend.operations import Op, Operations, oserror
 from ksvc_host.frontend.raw import RawChannel
 from ksvc_host.instance import Instance
 from ksvc_host.routing import is_refused
@@ -78,6 +82,47 @@ class Ksvc(Operations):
             except OSError as exc:
                 out.append(exc)
         return out
+
+    def accept_iter(self, fd: int, flags: int = 0o2000000) -> Iterator[int]:
+        """Accepted descriptors from ONE multishot accept submission, as connections arrive.
+
+        Needs the ``multishot-accept`` io feature (``io_backend="...+multishot-accept"``);
+        without it this raises ``OSError(EOPNOTSUPP)``. Closing the generator cancels the
+        accept in the kernel; descriptors accepted after that are closed, not leaked.
+        *flags* are accept4's (``SOCK_CLOEXEC`` by default).
+        """
+        nr = NR["accept4"]
+        check_route(self.instance, nr)
+        arrived: deque[tuple[int, int]] = deque()
+        w = self._completer.new_waiter(None, lambda corr, res, fl: arrived.append((res, fl)))
+        self._completer.submit_all(((nr, (fd, 0, 0, flags, 0, 0), L.SUBMIT_FLAG_MULTISHOT),), (w,))
+        try:
+            while True:
+                self._completer.wait_until(lambda: bool(arrived) or w.done)
+                while arrived:
+                    res, fl = arrived.popleft()
+                    more = fl > 0 and fl & L.COMPLETION_FLAG_MORE
+                    if res < 0:
+                        if more:
+                            continue
+                        if res == -errno.ECANCELED:
+                            return
+                        raise oserror(-res)
+                    yield res
+                    if not more:
+                        return
+        finally:
+            if not w.done:
+                self.instance.dispatcher.request_cancel(w.corr_id)
+                self._completer.wait_until(lambda: w.done)
+                for res, _ in arrived:
+                    if res >= 0:
+                        os.close(res)
+
+    @property
+    def fixed_files(self) -> Any:
+        """The ``fixed-files`` feature's registry (``register(fd)``, ``unregister(fd)``), or ``None``."""
+        return getattr(self.instance.io_backend, "fixed_files", None)
 
     # Tier 0: straight from the shared page ------------------------------------------
 

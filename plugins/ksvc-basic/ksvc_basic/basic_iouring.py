@@ -27,6 +27,13 @@ class BasicIoUring:
         self._internal = 0
         self._opcodes: frozenset[int] | None = None
         self._preparers: list[Callable[[int, SqeSpec], SqeSpec]] = []
+        self._filters: list[Callable[[IoCompletion], IoCompletion | None]] = []
+        self.multishot_accept = False
+        """Set by the multishot-accept feature: ACCEPT may carry IORING_ACCEPT_MULTISHOT."""
+
+    def add_completion_filter(self, fn: Callable[[IoCompletion], IoCompletion | None]) -> None:
+        """Have *fn* see every CQE first: return it (possibly changed), or ``None`` to swallow it."""
+        self._filters.append(fn)
 
     def add_preparer(self, prepare: Callable[[int, SqeSpec], SqeSpec]) -> None:
         """Have *prepare* rewrite every SQE before it is queued (features and buffer providers use this)."""
@@ -56,7 +63,12 @@ class BasicIoUring:
                 continue
             if not c.flags & U.CqeFlag.MORE:
                 self._inflight -= 1
-            out.append(c)
+            for fn in self._filters:
+                c = fn(c)  # type: ignore[assignment]
+                if c is None:
+                    break
+            if c is not None:
+                out.append(c)
         return out
 
     def cancel(self, user_data: int) -> bool:
