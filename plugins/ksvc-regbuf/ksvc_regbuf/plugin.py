@@ -18,6 +18,14 @@ def _registered(ctx: BuildContext) -> Any:
     return RegisteredBuffers(backend, count=int(ctx.option("buffers", 64)), size=int(ctx.option("buffer_size", 65536)))
 
 
+def _provided(ctx: BuildContext) -> Any:
+    from ksvc_regbuf.provided import ProvidedBufferRing
+
+    return ProvidedBufferRing(
+        ctx.io_backend, count=int(ctx.option("provided_buffers", 64)), size=int(ctx.option("provided_size", 16384))
+    )
+
+
 class _FixedBuffersFeature:
     """Feature ``fixed-buffers``: register a pool at ring set-up and use it for reads and writes."""
 
@@ -34,8 +42,9 @@ class _FixedBuffersFeature:
 
 @hookimpl
 def ksvc_register_buffer_provider(register: Any) -> None:
-    """``registered``."""
+    """``registered`` and ``provided-ring``."""
     register("registered", _registered, description="pool pinned with IORING_REGISTER_BUFFERS; READ_FIXED/WRITE_FIXED")
+    register("provided-ring", _provided, description="io_uring picks the receive buffer from a registered ring")
 
 
 @hookimpl
