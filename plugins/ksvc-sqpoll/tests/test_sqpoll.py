@@ -49,3 +49,34 @@ def test_selection_and_composition_names() -> None:
 def test_bad_option_is_a_clear_error() -> None:
     with pytest.raises(ksvc.KsvcError, match="sq_idle_ms"):
         ksvc.open(io_backend="sqpoll", options={"sq_idle_ms": -5})
+
+
+@pytest.mark.skipif(__import__("shutil").which("strace") is None, reason="strace is not installed")
+def test_strace_shows_no_enter_per_batch(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    p = tmp_path / "d"
+    p.write_bytes(os.urandom(1 << 16))
+    script = textwrap.dedent(f"""
+        import os, sys, ksvc_host as ksvc
+        with ksvc.open(io_backend="sqpoll", options={{"sq_idle_ms": 2000}}) as k:
+            fd = k.open({str(p)!r}, os.O_RDONLY)
+            k.pread(fd, 10, 0)
+            os.write(2, b"MARK-START\\n")
+            for i in range(200):
+                assert k.pread(fd, 256, i * 256) == os.pread(fd, 256, i * 256)
+            os.write(2, b"MARK-END\\n")
+    """)
+    log = tmp_path / "trace"
+    out = subprocess.run(["strace", "-f", "-qq", "-e", "trace=io_uring_enter,write", "-o", str(log), sys.executable,
+                          "-c", script], capture_output=True, text=True)  # fmt: skip
+    if out.returncode != 0 and "ptrace" in out.stderr:
+        pytest.skip(f"strace cannot trace here: {out.stderr.strip()[:200]}")
+    assert out.returncode == 0, out.stderr
+    lines = log.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if "MARK-START" in line)
+    end = next(i for i, line in enumerate(lines) if "MARK-END" in line)
+    enters = [line for line in lines[start:end] if "io_uring_enter(" in line]
+    assert len(enters) <= 5, f"{len(enters)} io_uring_enter calls for 200 reads:\n" + "\n".join(enters[:10])
