@@ -85,11 +85,11 @@ class Completer:
             w.event = self._make_event()
         return w
 
-    def deliver(self, corr: int, res: int, flags: int) -> None:
-        """Direct delivery of one completion (called by a ``direct-wake`` sink, on the dispatcher's thread)."""
+    def _resolve(self, corr: int, res: int, flags: int) -> Waiter | None:
+        """Hand one completion to its waiter (the final one also unregisters it)."""
         w = self._pending.get(corr)
         if w is None:
-            return
+            return None
         if not flags & L.COMPLETION_FLAG_MORE:
             del self._pending[corr]
             w.result, w.flags, w.done = res, flags, True
@@ -97,7 +97,12 @@ class Completer:
             w.results.append(res)
         if w.callback is not None:
             w.callback(corr, res, flags)
-        if w.event is not None:
+        return w
+
+    def deliver(self, corr: int, res: int, flags: int) -> None:
+        """Direct delivery of one completion (called by a ``direct-wake`` sink, on the dispatcher's thread)."""
+        w = self._resolve(corr, res, flags)
+        if w is not None and w.event is not None:
             w.event.set()
         if self._blocked:
             with self._cv:
@@ -180,20 +185,10 @@ class Completer:
                 return 0
             buf = ring.buf
             unpack = self._unpack
-            pending = self._pending
+            resolve = self._resolve
             for i in range(n):
                 corr, res, flags, _ = unpack(buf, ring.slot_offset(head + i))
-                w = pending.get(corr)
-                if w is None:
-                    continue
-                more = flags & L.COMPLETION_FLAG_MORE
-                if not more:
-                    del pending[corr]
-                    w.result, w.flags, w.done = res, flags, True
-                elif w.results is not None:
-                    w.results.append(res)
-                if w.callback is not None:
-                    w.callback(corr, res, flags)
+                resolve(corr, res, flags)
             self._chead = head + n
             ring.publish_head(self._chead)
         if self.dispatcher.has_overflow:
