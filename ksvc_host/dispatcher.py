@@ -219,20 +219,24 @@ class Dispatcher:
                 if self._wake_pending or self._ready_without_wakeup():
                     self.sleeping = False
                     continue
-                self.wait(self._wait_timeout())
+                self.wait(self.wait_timeout())
                 self.sleeping = False
         except BaseException as exc:  # noqa: BLE001 - report any failure to the callers
             self._fail(exc)
 
     def _ready_without_wakeup(self) -> bool:
         # Entries in the ring that we can take, or overflow the sink may now accept.
-        return (self.channel.submit_ring.used() > 0 and len(self._held) < self.batch_size) or (
-            bool(self._overflow) and not self._stop
-        )
+        return self.channel.submit_ring.used() > 0 and len(self._held) < self.batch_size
 
-    def _wait_timeout(self) -> float | None:
+    def wait_timeout(self) -> float | None:
+        """How long an idle dispatcher may sleep: ``None`` (until woken) unless it must retry or drain."""
         if self._stop and self._drain_deadline is not None:
             return max(0.0, min(0.05, self._drain_deadline - time.monotonic()))
+        if (self._held and not self._inflight) or self._overflow:
+            # A tier refused work while nothing of ours is in flight to wake us when it frees up,
+            # or the sink is full: the consumer's reap wakes us, and a short bounded retry covers
+            # a sink or tier full for reasons of its own. Never a spin.
+            return 0.001
         return None
 
     def _process_cancels(self) -> None:
@@ -451,7 +455,7 @@ class Dispatcher:
         else:
             while not self._stopping_done():
                 if not self.run_once():
-                    self.wait(self._wait_timeout())
+                    self.wait(self.wait_timeout())
 
     def _stopping_done(self) -> bool:
         if self.idle():

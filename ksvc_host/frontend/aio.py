@@ -75,6 +75,9 @@ class AsyncKsvc(Operations):
             progressed = disp.run_once()
             self._completer.reap()
             if not progressed:
+                retry = disp.wait_timeout()
+                if retry is not None:  # a tier refused work and nothing will wake us: look again soon
+                    self.loop.call_later(retry, self._schedule_drive)
                 return
         self._schedule_drive()
 

@@ -58,7 +58,14 @@ class Ksvc(Operations):
             raise
         w = self._completer.new_waiter(op.keep)
         self._completer.submit_all(((op.nr, op.args, 0),), (w,))
-        self._completer.wait(w)
+        try:
+            self._completer.wait(w)
+        except BaseException:
+            # Interrupted (a signal handler raised, KeyboardInterrupt): cancel the operation in the
+            # kernel. Its buffers stay referenced by the pending waiter until the completion arrives.
+            if not w.done:
+                self.instance.dispatcher.request_cancel(w.corr_id)
+            raise
         if w.flags == -1 and self._completer.failure is not None:
             raise DispatcherFailed(f"the dispatcher failed: {self._completer.failure!r}; open a new instance")
         return op.outcome(w.result)

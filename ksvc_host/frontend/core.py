@@ -182,6 +182,8 @@ class Completer:
             tail = ring.tail
             n = ring.check(head, tail)
             if not n:
+                if self.dispatcher.has_overflow:
+                    self.dispatcher.wake()
                 return 0
             buf = ring.buf
             unpack = self._unpack
@@ -287,7 +289,7 @@ class Completer:
                     self.reap()
                     if done():
                         return
-                    disp.wait(None)
+                    disp.wait(disp.wait_timeout())
             else:
                 self.notifier.wait(None)
 

@@ -126,9 +126,10 @@ class Operations:
         provider = self._buffers
         return handle.address, handle, lambda: provider.release(handle)
 
-    def _bytes_result(self, n: int, nr: int, args: Callable[[int], Sequence[int]]) -> Op:
+    def _bytes_result(self, n: int, nr: int, args: Callable[[int, int], Sequence[int]]) -> Op:
+        n = _length(n)
         address, owner, release = self._out(n)
-        return self._run(Op(nr, args(address), keep=owner, cleanup=release,
+        return self._run(Op(nr, args(address, n), keep=owner, cleanup=release,
                             finish=lambda r: bytes(ffi.buffer(ffi.cast("char *", address), r))))  # fmt: skip
 
     # -- raw -----------------------------------------------------------------------------
@@ -147,11 +148,11 @@ class Operations:
 
     def read(self, fd: int, n: int) -> Any:
         """Read up to *n* bytes at the file position (like ``os.read``)."""
-        return self._bytes_result(n, NR["read"], lambda a: (fd, a, n))
+        return self._bytes_result(n, NR["read"], lambda a, n: (fd, a, n))
 
     def pread(self, fd: int, n: int, offset: int) -> Any:
         """Read up to *n* bytes at *offset* (like ``os.pread``)."""
-        return self._bytes_result(n, NR["pread64"], lambda a: (fd, a, n, _u(offset)))
+        return self._bytes_result(n, NR["pread64"], lambda a, n: (fd, a, n, _u(offset)))
 
     def readinto(self, fd: int, buffer: Any) -> Any:
         """Read into a writable *buffer* at the file position; return the byte count."""
@@ -357,7 +358,7 @@ class Operations:
 
     def getrandom(self, n: int, flags: int = 0) -> Any:
         """*n* random bytes (``getrandom(2)``)."""
-        return self._bytes_result(n, NR["getrandom"], lambda a: (a, n, flags))
+        return self._bytes_result(n, NR["getrandom"], lambda a, n: (a, n, flags))
 
     def pipe(self, flags: int = os.O_CLOEXEC) -> Any:
         """A pipe as ``(read_fd, write_fd)`` (like ``os.pipe2``)."""
@@ -408,7 +409,7 @@ class Operations:
 
     def recv(self, fd: int, n: int, flags: int = 0) -> Any:
         """Receive up to *n* bytes."""
-        return self._bytes_result(n, NR["recvfrom"], lambda a: (fd, a, n, flags))
+        return self._bytes_result(n, NR["recvfrom"], lambda a, n: (fd, a, n, flags))
 
     def recv_into(self, fd: int, buffer: Any, flags: int = 0) -> Any:
         """Receive into *buffer*; return the byte count."""
@@ -452,6 +453,18 @@ class Operations:
 
         return self._run(Op(NR["getsockopt"], (fd, level, option, _addr(buf), _addr(length)), keep=(buf, length),
                             finish=finish))  # fmt: skip
+
+
+MAX_RW_COUNT = 0x7FFFF000
+"""The most one read or write moves on Linux; longer requests are clamped, as the kernel does."""
+
+
+def _length(n: int) -> int:
+    if not isinstance(n, int):
+        raise TypeError(f"length must be an int, not {type(n).__name__}")
+    if n < 0:
+        raise ValueError(f"negative length {n}")
+    return min(n, MAX_RW_COUNT)
 
 
 def _none(_: int) -> None:

@@ -14,6 +14,7 @@ from any test runner::
 differential reads and writes against ``os.*``.
 """
 
+from ksvc_host.testing.faults import FaultInjector, InjectedFault, faulty_plugin
 from ksvc_host.testing.kit import (
     check_buffer_provider,
     check_completion_sink,
@@ -26,6 +27,9 @@ from ksvc_host.testing.kit import (
 )
 
 __all__ = [
+    "FaultInjector",
+    "InjectedFault",
+    "faulty_plugin",
     "check_buffer_provider",
     "check_completion_sink",
     "check_instance",

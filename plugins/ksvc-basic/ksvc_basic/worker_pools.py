@@ -43,7 +43,7 @@ class _PoolBase:
         else:
             try:
                 result = self._executor(nr, args)
-            except Exception:
+            except BaseException:  # even SystemExit in a job must not kill the worker or lose the job
                 result = -errno.EIO
         self._done.append((token, result))
         cb = self._wakeup
