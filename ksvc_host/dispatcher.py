@@ -512,11 +512,13 @@ class Dispatcher:
 
     def _fail(self, exc: BaseException) -> None:
         self.failure = exc
+        # Tell the front end first, so its waiters fail with the dispatcher's error rather
+        # than a bare EIO; then complete everything through the ring for raw consumers.
         try:
-            self._abandon(-errno.EIO)
-        finally:
             if self.on_failure is not None:
                 self.on_failure(exc)
+        finally:
+            self._abandon(-errno.EIO)
 
     def close(self) -> None:
         """Release the wake-up eventfd (after :meth:`stop`)."""
