@@ -26,6 +26,7 @@ from ksvc_host.errors import (
     NotOffloaded,
     PluginError,
     RefusedSyscall,
+    RingCorrupted,
     SelectionError,
 )
 from ksvc_host.frontend.aio import AsyncKsvc
@@ -95,6 +96,7 @@ __all__ = [
     "PluginError",
     "PluginManager",
     "RefusedSyscall",
+    "RingCorrupted",
     "SelectionError",
     "Tier",
     "build_instance",

@@ -36,6 +36,7 @@ from ksvc_host.abi import layout as L
 from ksvc_host.abi.io_uring import IORING_ACCEPT_MULTISHOT, CqeFlag, IoringOp
 from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.channel.base import Channel
+from ksvc_host.channel.ring import RingCorrupted
 from ksvc_host.routing import is_refused
 from ksvc_host.traits import CompletionSink, IoBackend, SyscallRouter, Tier, WorkerPool
 from ksvc_host.translate import translate
@@ -453,12 +454,21 @@ class Dispatcher:
             os.eventfd_write(self._wake_fd, 1)
             self._thread.join(timeout + 5.0)
         else:
-            while not self._stopping_done():
-                if not self.run_once():
-                    self.wait(self.wait_timeout())
+            try:
+                while not self._stopping_done():
+                    if not self.run_once():
+                        self.wait(self.wait_timeout())
+            except Exception as exc:  # a broken component or ring: fail what is pending, and stop
+                self._fail(exc)
 
     def _stopping_done(self) -> bool:
-        if self.idle():
+        # Completions held for a full sink do not keep us running: the front end takes them
+        # with abandoned() once we have stopped.
+        try:
+            waiting = self.channel.submit_ring.used()
+        except RingCorrupted:
+            waiting = 0  # nothing in a corrupted ring can be trusted; it is not worth waiting for
+        if not (self._inflight or self._held or waiting):
             return True
         deadline = self._drain_deadline
         if deadline is None or time.monotonic() < deadline:

@@ -33,3 +33,18 @@ class NotOffloaded(OSError):
 
 class DispatcherFailed(KsvcError, RuntimeError):
     """The dispatcher stopped on an internal error; pending operations were failed."""
+
+
+from ksvc_host.channel.ring import RingCorrupted  # noqa: E402  (re-exported: a channel error users meet)
+
+__all__ = [
+    "ChannelFull",
+    "ClosedError",
+    "DispatcherFailed",
+    "KsvcError",
+    "NotOffloaded",
+    "PluginError",
+    "RefusedSyscall",
+    "RingCorrupted",
+    "SelectionError",
+]

@@ -172,7 +172,7 @@ class AsyncKsvc(Operations):
             self.instance.notifier.notify()  # let the waiter thread see _closed and leave
             self._waiter_thread.join()
         await self.loop.run_in_executor(None, self.instance.close, timeout)
-        self._completer.reap()
+        self._completer.take_abandoned()
         self._completer.fail_pending(-errno.ECANCELED)
 
     async def __aenter__(self) -> AsyncKsvc:

@@ -191,6 +191,7 @@ class Ksvc(Operations):
         if fd is not None:
             return super().close(fd)
         self.instance.close(timeout)
+        self._completer.take_abandoned()
         self._completer.fail_pending(-errno.ECANCELED)
         return None
 

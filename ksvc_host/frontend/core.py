@@ -125,7 +125,7 @@ class Completer:
             raise DispatcherFailed(f"the dispatcher failed: {self.failure!r}; open a new instance")
         ring = self._sring
         with self._submit_lock:
-            room = ring.size - (self._tail - ring.head)
+            room = ring.size - ring.check(ring.head, self._tail)  # a corrupted head raises RingCorrupted
             count = min(room, len(entries))
             if count < len(entries):  # keep chains whole: cut after a non-LINKED entry
                 while count and entries[count - 1][2] & L.SUBMIT_FLAG_LINKED:
@@ -203,6 +203,14 @@ class Completer:
         if self.on_reaped is not None:
             self.on_reaped()
         return n
+
+    def take_abandoned(self) -> None:
+        """After the dispatcher stopped: deliver completions it still held (the ring was full)."""
+        self.reap()
+        for corr, res, flags in self.dispatcher.abandoned():
+            w = self._resolve(corr, res, flags)
+            if w is not None and w.event is not None:
+                w.event.set()
 
     def pending_count(self) -> int:
         """Submitted entries whose final completion has not been reaped."""
