@@ -497,3 +497,30 @@ def test_tier2_dirents_and_socket_options(k: ksvc.Ksvc, tmp_path: Path) -> None:
         -errno.ENOTCONN, -errno.ENOTCONN)  # fmt: skip
     for sock in socks.values():
         sock.close()
+
+
+def test_nonblocking_descriptors_return_eagain_like_the_direct_call(k: ksvc.Ksvc) -> None:
+    r, w = os.pipe2(os.O_NONBLOCK)
+    mem, addr = buf(16)
+    assert direct(NR["read"], r, addr, 16) == via(k, NR["read"], r, addr, 16) == -errno.EAGAIN
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    assert direct(NR["recvfrom"], b.fileno(), addr, 16, 0, 0, 0) == -errno.EAGAIN
+    assert via(k, NR["recvfrom"], b.fileno(), addr, 16, 0, 0, 0) == -errno.EAGAIN
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+    lst.setblocking(False)
+    assert direct(NR["accept4"], lst.fileno(), 0, 0, 0) == via(k, NR["accept4"], lst.fileno(), 0, 0, 0) == -errno.EAGAIN
+    for call in (lambda *x: direct(*x), lambda *x: via(k, *x)):
+        c = socket.socket()
+        c.setblocking(False)
+        sa, sa_addr = _sockaddr_in(lst.getsockname()[1])
+        assert call(NR["connect"], c.fileno(), sa_addr, 16) in (0, -errno.EINPROGRESS)
+        c.close()
+    os.write(w, b"now")
+    assert via(k, NR["read"], r, addr, 16) == 3  # data present: the same call succeeds
+    for s_ in (a, b, lst):
+        s_.close()
+    os.close(r)
+    os.close(w)

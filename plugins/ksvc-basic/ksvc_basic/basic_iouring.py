@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,8 +21,17 @@ class BasicIoUring:
     name = "basic"
 
     def __init__(self, entries: int = 256, *, setup_flags: int = 0, **ring_kwargs: Any) -> None:
-        self.ring = IoUring(entries, flags=setup_flags, cq_entries=ring_kwargs.pop("cq_entries", entries * 4),
-                            **ring_kwargs)  # fmt: skip
+        cq_entries = ring_kwargs.pop("cq_entries", entries * 4)
+        try:
+            # SUBMIT_ALL: an SQE that fails preparation gets its error CQE and the rest are still
+            # submitted; without it io_uring_enter stops there and leaves the others queued.
+            self.ring = IoUring(
+                entries, flags=setup_flags | U.SetupFlag.SUBMIT_ALL, cq_entries=cq_entries, **ring_kwargs
+            )
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            self.ring = IoUring(entries, flags=setup_flags, cq_entries=cq_entries, **ring_kwargs)  # before 5.18
         self.capacity = self.ring.sq_entries
         self._inflight = 0
         self._internal = 0
@@ -51,8 +61,14 @@ class BasicIoUring:
         return True
 
     def flush(self) -> int:
-        """One io_uring_enter for everything queued (none with SQPOLL while the poller is awake)."""
-        return self.ring.submit()
+        """io_uring_enter for everything queued (none with SQPOLL while the poller is awake)."""
+        done = self.ring.submit()
+        while self.ring.pending_submit():  # the kernel took only part (EAGAIN/EBUSY): try again
+            n = self.ring.submit()
+            if not n:
+                break
+            done += n
+        return done
 
     def poll_completions(self, max_count: int = 64) -> list[IoCompletion]:
         """Reap CQEs, dropping those of internal requests."""

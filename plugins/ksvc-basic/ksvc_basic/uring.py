@@ -170,6 +170,10 @@ class IoUring:
             self._sq_tail_p[0] = self._sq_tail  # the poller thread picks it up as soon as it is published
         return True
 
+    def pending_submit(self) -> int:
+        """SQEs prepared but not yet handed to the kernel."""
+        return self._to_submit
+
     def submit(self, wait_nr: int = 0) -> int:
         """Publish queued SQEs and enter the kernel if needed; return how many were handed over.
 
