@@ -158,6 +158,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(io_backend=args.io_backend, preset=args.preset)
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    """Mixed operations on every installed preset, then count what was lost or leaked."""
+    from ksvc_host.soak import run_soak
+
+    report = run_soak(ops=args.ops, threads=args.threads, presets=args.preset or None, quiet=args.json)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return 0 if report["ok"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ksvc``."""
     parser = argparse.ArgumentParser(prog="ksvc", description="KSVC: syscalls offloaded through a ring.")
@@ -176,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--io-backend", default=None, help="io backend name, e.g. basic or sqpoll")
     p.add_argument("--preset", default=None, help="preset name (default, server)")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("soak", help="many mixed operations on every installed preset; report losses and leaks")
+    p.add_argument("--ops", type=int, default=1_000_000, help="operations per preset (default 1 000 000)")
+    p.add_argument("--threads", type=int, default=4, help="blocking threads besides the asyncio loop")
+    p.add_argument("--preset", action="append", help="limit to this preset (repeatable)")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(func=cmd_soak)
     return parser
 
 

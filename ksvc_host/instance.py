@@ -131,8 +131,8 @@ class Instance:
             _close_quietly(self.dispatcher.close)
             _close_quietly(getattr(self.buffer_provider, "close", None))
             _INSTANCES.discard(self)
-        # The channel stays mapped until the instance is collected: late readers see a closed
-        # instance error, never unmapped memory.
+        # The channel stays mapped until the front end has taken the last completions from it;
+        # it then closes it. Later use meets ClosedError before any access to the memory.
 
 
 def _close_quietly(fn: Any) -> None:

@@ -174,6 +174,7 @@ class AsyncKsvc(Operations):
         await self.loop.run_in_executor(None, self.instance.close, timeout)
         self._completer.take_abandoned()
         self._completer.fail_pending(-errno.ECANCELED)
+        self.instance.channel.close()
 
     async def __aenter__(self) -> AsyncKsvc:
         return self

@@ -193,6 +193,7 @@ class Ksvc(Operations):
         self.instance.close(timeout)
         self._completer.take_abandoned()
         self._completer.fail_pending(-errno.ECANCELED)
+        self.instance.channel.close()  # last: the completions above were read from it
         return None
 
     def __enter__(self) -> Ksvc:

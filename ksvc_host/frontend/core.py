@@ -163,6 +163,7 @@ class Completer:
 
     def submit_raw(self, entries: Sequence[Entry], waiters: Sequence[Waiter]) -> None:
         """All or nothing, never waiting: raise :class:`ChannelFull` (EAGAIN) when they do not fit."""
+        self.instance.check_usable()
         with self._submit_lock:
             if self.free_slots() < len(entries):
                 raise ChannelFull(
@@ -176,6 +177,8 @@ class Completer:
 
     def reap(self) -> int:
         """Drain the completion ring, resolving waiters; return how many entries were read."""
+        if self.instance.channel.closed:
+            return 0
         with self._reap_lock:
             ring = self._cring
             head = self._chead
