@@ -141,7 +141,7 @@ def test_back_pressure_small_rings_lose_nothing() -> None:
         assert all(v >= 0 for v in done.values())
 
 
-def test_blocking_front_end_many_threads() -> None:
+def test_blocking_front_end_many_threads(tmp_path: Path) -> None:
     with ksvc.open() as k:
         errors: list[BaseException] = []
         r, w = os.pipe()
@@ -155,7 +155,7 @@ def test_blocking_front_end_many_threads() -> None:
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
 
-        path = f"/tmp/ksvc-mt-{os.getpid()}"
+        path = str(tmp_path / "mt")
         with open(path, "wb") as f:
             f.write(b"0123456789abcdef")
         fd = os.open(path, os.O_RDONLY)
