@@ -227,3 +227,30 @@ def test_oversized_and_negative_lengths() -> None:
         os.close(r)
         os.close(w)
     assert L.MAX_BATCH == 64
+
+
+@pytest.mark.parametrize("dispatcher", ["thread", "inline"])
+def test_blocking_callers_wait_for_a_full_submit_ring_and_worker_queue(dispatcher: str) -> None:
+    with ksvc.open(dispatcher=dispatcher, submit_entries=16, complete_entries=16,
+                   options={"workers": 1, "worker_queue": 2}) as k:  # fmt: skip
+        b = k.batch()
+        for _ in range(300):  # far more than the ring (16) and the worker queue (2) hold
+            b.fcntl(0, 1)
+            b.syscall(NR["getppid"])
+        out = b.run()
+        assert len(out) == 600 and all(isinstance(x, int) and x >= 0 for x in out)
+        errors: list[BaseException] = []
+
+        def hammer() -> None:
+            try:
+                for _ in range(100):
+                    assert k.fcntl(0, 1) >= 0
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=hammer) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors and not any(t.is_alive() for t in threads)
