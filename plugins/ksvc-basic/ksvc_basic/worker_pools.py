@@ -32,6 +32,7 @@ class _PoolBase:
         self._polled = 0
         self.wakeup_errors = 0
         self._shut = False
+        self._busy = 0
 
     def set_wakeup(self, callback: Callable[[], None]) -> None:
         """Call *callback* after each posted completion."""
@@ -52,6 +53,19 @@ class _PoolBase:
                 cb()
             except Exception:
                 self.wakeup_errors += 1
+
+    def _run_counted(self, cv: threading.Condition, token: int, nr: int, args: tuple[int, ...]) -> None:
+        """Run a job a worker took (and counted busy) under *cv*; uncount it afterwards."""
+        try:
+            self._run(token, nr, args)
+        finally:
+            with cv:
+                self._busy -= 1
+
+    @property
+    def busy(self) -> int:
+        """Workers running a job."""
+        return self._busy
 
     def poll_completions(self, max_count: int = 64) -> list[tuple[int, int]]:
         """Finished jobs, without waiting."""
@@ -88,7 +102,6 @@ class FixedPool(_PoolBase):
         self._queue: deque[tuple[int, int, tuple[int, ...]]] = deque()
         self._queue_size = queue_size
         self._cv = threading.Condition(threading.Lock())
-        self._busy = 0
         self._threads = [threading.Thread(target=self._work, name=f"ksvc-worker-{i}", daemon=True) for i in range(n)]
         for t in self._threads:
             t.start()
@@ -115,16 +128,7 @@ class FixedPool(_PoolBase):
                     return  # shut down and drained
                 token, nr, args = queue.popleft()
                 self._busy += 1
-            try:
-                self._run(token, nr, args)
-            finally:
-                with cv:
-                    self._busy -= 1
-
-    @property
-    def busy(self) -> int:
-        """Workers running a job."""
-        return self._busy
+            self._run_counted(cv, token, nr, args)
 
     @property
     def total(self) -> int:

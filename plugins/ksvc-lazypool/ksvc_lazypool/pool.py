@@ -40,7 +40,6 @@ class LazyPool(_PoolBase):
         self._queue: deque[tuple[int, int, tuple[int, ...]]] = deque()
         self._queue_size = queue_size
         self._cv = threading.Condition(threading.Lock())
-        self._busy = 0
         self._idle = 0
         self._threads: set[threading.Thread] = set()
         self._serial = 0
@@ -89,16 +88,7 @@ class LazyPool(_PoolBase):
                     return
                 token, nr, args = queue.popleft()
                 self._busy += 1
-            try:
-                self._run(token, nr, args)
-            finally:
-                with cv:
-                    self._busy -= 1
-
-    @property
-    def busy(self) -> int:
-        """Threads running a job."""
-        return self._busy
+            self._run_counted(cv, token, nr, args)
 
     @property
     def total(self) -> int:
