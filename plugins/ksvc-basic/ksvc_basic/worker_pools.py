@@ -81,7 +81,47 @@ class _PoolBase:
         return self._accepted - self._polled
 
 
-class FixedPool(_PoolBase):
+class QueuedPool(_PoolBase):
+    """A bounded job queue served by threads; subclasses decide how a queued job wakes a thread."""
+
+    def __init__(self, allowed: Callable[[int], bool] | None, executor: Executor | None, queue_size: int) -> None:
+        super().__init__(allowed, executor)
+        self._queue: deque[tuple[int, int, tuple[int, ...]]] = deque()
+        self._queue_size = queue_size
+        self._cv = threading.Condition(threading.Lock())
+
+    def enqueue(self, token: int, nr: int, args: tuple[int, ...]) -> bool:
+        """Queue a job; ``False`` when *queue_size* jobs are already waiting. Never blocks."""
+        with self._cv:
+            if self._shut:
+                raise RuntimeError("worker pool is shut down")
+            if len(self._queue) >= self._queue_size:
+                return False
+            self._queue.append((token, nr, args))
+            self._accepted += 1
+            self._wake_worker()
+        return True
+
+    def _wake_worker(self) -> None:
+        """A job was queued (called with the lock held)."""
+        self._cv.notify()
+
+    def _live_threads(self) -> list[threading.Thread]:
+        """The threads to join at shutdown (called with the lock held)."""
+        raise NotImplementedError
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Run what is queued, then stop and (with *wait*) join the threads. Idempotent."""
+        with self._cv:
+            self._shut = True
+            threads = self._live_threads()
+            self._cv.notify_all()
+        if wait:
+            for t in threads:
+                t.join()
+
+
+class FixedPool(QueuedPool):
     """N daemon threads started at construction; a bounded queue; enqueue never blocks."""
 
     name = "fixed"
@@ -94,29 +134,14 @@ class FixedPool(_PoolBase):
         allowed: Callable[[int], bool] | None = None,
         executor: Executor | None = None,
     ) -> None:
-        super().__init__(allowed, executor)
+        super().__init__(allowed, executor, queue_size)
         n = default_workers() if workers is None else int(workers)
         if n < 1:
             raise ValueError(f"workers must be at least 1, got {n}")
         self._max = n
-        self._queue: deque[tuple[int, int, tuple[int, ...]]] = deque()
-        self._queue_size = queue_size
-        self._cv = threading.Condition(threading.Lock())
         self._threads = [threading.Thread(target=self._work, name=f"ksvc-worker-{i}", daemon=True) for i in range(n)]
         for t in self._threads:
             t.start()
-
-    def enqueue(self, token: int, nr: int, args: tuple[int, ...]) -> bool:
-        """Queue a job; ``False`` when *queue_size* jobs are already waiting."""
-        with self._cv:
-            if self._shut:
-                raise RuntimeError("worker pool is shut down")
-            if len(self._queue) >= self._queue_size:
-                return False
-            self._queue.append((token, nr, args))
-            self._accepted += 1
-            self._cv.notify()
-        return True
 
     def _work(self) -> None:
         cv, queue = self._cv, self._queue
@@ -140,14 +165,8 @@ class FixedPool(_PoolBase):
         """Thread count (fixed)."""
         return self._max
 
-    def shutdown(self, wait: bool = True) -> None:
-        """Run what is queued, then stop and (with *wait*) join the threads. Idempotent."""
-        with self._cv:
-            self._shut = True
-            self._cv.notify_all()
-        if wait:
-            for t in self._threads:
-                t.join()
+    def _live_threads(self) -> list[threading.Thread]:
+        return list(self._threads)
 
 
 class InlinePool(_PoolBase):

@@ -10,13 +10,12 @@ it does, and a full queue returns ``False``.
 from __future__ import annotations
 
 import threading
-from collections import deque
 from collections.abc import Callable
 
-from ksvc_basic.worker_pools import Executor, _PoolBase, default_workers
+from ksvc_basic.worker_pools import Executor, QueuedPool, default_workers
 
 
-class LazyPool(_PoolBase):
+class LazyPool(QueuedPool):
     """A worker pool that scales with demand."""
 
     name = "lazy"
@@ -31,15 +30,12 @@ class LazyPool(_PoolBase):
         allowed: Callable[[int], bool] | None = None,
         executor: Executor | None = None,
     ) -> None:
-        super().__init__(allowed, executor)
+        super().__init__(allowed, executor, queue_size)
         self._max = max_workers if max_workers is not None else max(4, default_workers() * 4)
         if not 1 <= min_workers <= self._max:
             raise ValueError(f"need 1 <= min_workers ({min_workers}) <= max_workers ({self._max})")
         self._min = min_workers
         self.idle_timeout = idle_timeout
-        self._queue: deque[tuple[int, int, tuple[int, ...]]] = deque()
-        self._queue_size = queue_size
-        self._cv = threading.Condition(threading.Lock())
         self._idle = 0
         self._threads: set[threading.Thread] = set()
         self._serial = 0
@@ -56,20 +52,12 @@ class LazyPool(_PoolBase):
         self.peak_workers = max(self.peak_workers, len(self._threads))
         t.start()
 
-    def enqueue(self, token: int, nr: int, args: tuple[int, ...]) -> bool:
-        """Queue a job, starting a thread if none is idle; ``False`` when the queue is full."""
-        with self._cv:
-            if self._shut:
-                raise RuntimeError("worker pool is shut down")
-            if len(self._queue) >= self._queue_size:
-                return False
-            self._queue.append((token, nr, args))
-            self._accepted += 1
-            if self._idle < len(self._queue) and len(self._threads) < self._max:
-                self._spawn()
-            else:
-                self._cv.notify()
-        return True
+    def _wake_worker(self) -> None:
+        """Start a thread when none is idle for the queued job, else wake one (lock held)."""
+        if self._idle < len(self._queue) and len(self._threads) < self._max:
+            self._spawn()
+        else:
+            self._cv.notify()
 
     def _work(self) -> None:
         me = threading.current_thread()
@@ -100,12 +88,5 @@ class LazyPool(_PoolBase):
         """The most threads this pool will run."""
         return self._max
 
-    def shutdown(self, wait: bool = True) -> None:
-        """Run what is queued, then stop every thread. Idempotent."""
-        with self._cv:
-            self._shut = True
-            threads = list(self._threads)
-            self._cv.notify_all()
-        if wait:
-            for t in threads:
-                t.join()
+    def _live_threads(self) -> list[threading.Thread]:
+        return list(self._threads)
