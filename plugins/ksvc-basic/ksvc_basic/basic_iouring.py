@@ -11,6 +11,7 @@ from ksvc_basic.uring import IoUring
 from ksvc_host.abi import io_uring as U
 from ksvc_host.traits.io_backend import IoCompletion, SqeSpec
 
+_CQE_MORE = int(U.CqeFlag.MORE)  # plain int on the per-completion path
 INTERNAL = 1 << 63
 """user_data bit reserved for the backend's own requests (cancels); never handed back."""
 
@@ -77,7 +78,7 @@ class BasicIoUring:
             if c.user_data & INTERNAL:
                 self._internal -= 1
                 continue
-            if not c.flags & U.CqeFlag.MORE:
+            if not c.flags & _CQE_MORE:
                 self._inflight -= 1
             for fn in self._filters:
                 c = fn(c)  # type: ignore[assignment]

@@ -52,6 +52,8 @@ _PROT_RW = 0x1 | 0x2
 _MAP_SHARED_POPULATE = 0x01 | 0x8000
 _MAP_FAILED = ffi.cast("void *", -1)
 _U64 = (1 << 64) - 1
+_NEED_WAKEUP = int(U.SqRingFlag.NEED_WAKEUP)  # plain ints on the per-flush path
+_SQ_WAKEUP = int(U.EnterFlag.SQ_WAKEUP)
 
 
 def _check(ret: int, what: str) -> int:
@@ -182,10 +184,10 @@ class IoUring:
         """
         n = self._to_submit
         self._sq_tail_p[0] = self._sq_tail
-        flags = U.EnterFlag.GETEVENTS if wait_nr > 0 else 0
+        flags = int(U.EnterFlag.GETEVENTS) if wait_nr > 0 else 0
         if self._sqpoll:
-            if self._sq_flags_p[0] & U.SqRingFlag.NEED_WAKEUP:
-                flags |= U.EnterFlag.SQ_WAKEUP
+            if self._sq_flags_p[0] & _NEED_WAKEUP:
+                flags |= _SQ_WAKEUP
             elif not wait_nr:
                 self._to_submit = 0
                 return n
