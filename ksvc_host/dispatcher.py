@@ -37,6 +37,8 @@ from ksvc_host.abi.io_uring import IORING_ACCEPT_MULTISHOT, CqeFlag, IoringOp
 from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.channel.base import Channel
 from ksvc_host.channel.ring import RingCorrupted
+from ksvc_host.express import TAG as _EXPRESS_TAG
+from ksvc_host.express import corr_of, express_lane
 from ksvc_host.routing import is_refused
 from ksvc_host.traits import CompletionSink, IoBackend, SyscallRouter, Tier, WorkerPool
 from ksvc_host.translate import translate
@@ -138,6 +140,16 @@ class Dispatcher:
         self._stop = False
         self._drain_deadline: float | None = None
         self._cancelled = False
+        self._express = express_lane(channel, router, io_backend, sink)
+        """The express lane for plain reads and writes (``None`` when this stack cannot have one)."""
+
+    @property
+    def express_entries(self) -> int:
+        """Entries the express lane took (0 without one)."""
+        return self._express.entries if self._express is not None else 0
+
+    def _express_inflight(self) -> int:
+        return self._express.inflight if self._express is not None else 0
 
     # Wake-ups -------------------------------------------------------------------
 
@@ -190,7 +202,10 @@ class Dispatcher:
 
     def idle(self) -> bool:
         """Nothing in flight, held, overflowing or waiting in the submit ring."""
-        return not (self._inflight or self._held or self._overflow or self.channel.submit_ring.used())
+        return not (
+            self._inflight or self._express_inflight() or self._held or self._overflow
+            or self.channel.submit_ring.used()
+        )  # fmt: skip
 
     # The loop ----------------------------------------------------------------------
 
@@ -254,7 +269,7 @@ class Dispatcher:
         """How long an idle dispatcher may sleep: ``None`` (until woken) unless it must retry or drain."""
         if self._stop and self._drain_deadline is not None:
             return max(0.0, min(0.05, self._drain_deadline - time.monotonic()))
-        if (self._held and not self._inflight) or self._overflow:
+        if (self._held and not (self._inflight or self._express_inflight())) or self._overflow:
             # A tier refused work while nothing of ours is in flight to wake us when it frees up,
             # or the sink is full: the consumer's reap wakes us, and a short bounded retry covers
             # a sink or tier full for reasons of its own. Never a spin.
@@ -267,7 +282,12 @@ class Dispatcher:
             wanted.add(self._cancels.popleft())
         for token, op in self._inflight.items():
             if op.corr_id in wanted and op.tier is Tier.IO_URING:
+                wanted.discard(op.corr_id)
                 self.io_backend.cancel(token)
+                self._issued_io += 1
+        if self._express is not None and self._express.inflight:
+            for corr in wanted:  # perhaps an express entry; a cancel that finds nothing is harmless
+                self.io_backend.cancel(_EXPRESS_TAG | corr)
                 self._issued_io += 1
 
     # Reaping ---------------------------------------------------------------------------
@@ -280,10 +300,18 @@ class Dispatcher:
                 break
             self._overflow.popleft()
             self._pushed = progress = True
+        if self._express is not None and not self._overflow:
+            moved = self._express.reap()
+            if moved:
+                self._pushed = progress = True
+                self.entries_processed += moved
         for user_data, res, flags in self.io_backend.poll_completions(self.batch_size * 4):
             progress = True
             op = self._inflight.get(user_data)
             if op is None:
+                if user_data & _EXPRESS_TAG and self._express is not None:
+                    self._express.completed_elsewhere()  # behind a CQE of ours: reaped here
+                    self._emit(corr_of(user_data), res, 0)
                 continue
             if flags & _CQE_MORE:  # a multishot series goes on
                 self._emit(op.corr_id, res, L.COMPLETION_FLAG_MORE)
@@ -326,6 +354,13 @@ class Dispatcher:
     # Taking entries ------------------------------------------------------------------
 
     def _take(self) -> int:
+        express = 0
+        if self._express is not None and not (self._held or self._barrier or self._overflow):
+            express = self._express.submit(self._ring_head, self.channel.submit_ring.size)
+            self._ring_head += express
+        return express + self._take_generic()
+
+    def _take_generic(self) -> int:
         if len(self._held) >= self.batch_size:
             return 0  # back-pressure: leave entries in the ring until we issue what we hold
         ring = self.channel.submit_ring
@@ -361,7 +396,7 @@ class Dispatcher:
                 break
             chain = self._held[0]
             entry = chain[0]
-            if entry.flags & L.SUBMIT_FLAG_DRAIN and self._inflight:
+            if entry.flags & L.SUBMIT_FLAG_DRAIN and (self._inflight or self._express_inflight()):
                 break
             # Pop first: completing inline may push a chain continuation to the front.
             self._held.popleft()
@@ -504,7 +539,7 @@ class Dispatcher:
             waiting = self.channel.submit_ring.used()
         except RingCorrupted:
             waiting = 0  # nothing in a corrupted ring can be trusted; it is not worth waiting for
-        if not (self._inflight or self._held or waiting):
+        if not (self._inflight or self._express_inflight() or self._held or waiting):
             return True
         deadline = self._drain_deadline
         if deadline is None or time.monotonic() < deadline:
@@ -514,6 +549,9 @@ class Dispatcher:
             for token, op in list(self._inflight.items()):
                 if op.tier is Tier.IO_URING:
                     self.io_backend.cancel(token)
+            cancel_all = getattr(self.io_backend, "cancel_all", None)
+            if self._express_inflight() and cancel_all is not None:
+                cancel_all()  # express entries have no token of ours: cancel them all at once
             self.io_backend.flush()
             self._drain_deadline = time.monotonic() + 1.0
             return False

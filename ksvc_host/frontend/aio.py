@@ -14,13 +14,14 @@ import asyncio
 import errno
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from ksvc_host.abi import layout as L
 from ksvc_host.errors import DispatcherFailed
 from ksvc_host.frontend.blocking import check_route
-from ksvc_host.frontend.core import Completer, Waiter
-from ksvc_host.frontend.operations import Op, Operations
+from ksvc_host.frontend.core import BULK_MAX, BulkWaiter, Completer, Waiter
+from ksvc_host.frontend.operations import BulkOp, Op, Operations, oserror
 from ksvc_host.instance import Instance
 
 
@@ -35,6 +36,7 @@ class AsyncKsvc(Operations):
         self._buffers = instance.buffer_provider
         self._page = instance.shared_page
         self._backlog: deque[tuple[Op, Waiter]] = deque()
+        self._bulk_backlog: deque[BulkWaiter] = deque()
         self._drive_scheduled = False
         self._waiter_thread: threading.Thread | None = None
         self._closed = False
@@ -87,6 +89,10 @@ class AsyncKsvc(Operations):
             self.loop.call_soon(self._drive)
 
     def _flush_backlog(self) -> None:
+        while self._bulk_backlog:
+            if not self._completer.bulk_continue(self._bulk_backlog[0]):
+                return
+            self._bulk_backlog.popleft()
         while self._backlog:
             op, w = self._backlog[0]
             if not self._completer.try_submit(((op.nr, op.args, 0),), (w,)):
@@ -134,6 +140,56 @@ class AsyncKsvc(Operations):
         fut.add_done_callback(lambda f: self._cancelled(f, w))
         if self._backlog or not self._completer.try_submit(((op.nr, op.args, 0),), (w,)):
             self._backlog.append((op, w))  # ring full: sent when completions free room
+        if self._completer.inline:
+            self._schedule_drive()
+        return fut
+
+    def _run_bulk(self, op: BulkOp) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        try:
+            if op.n:
+                check_route(self.instance, op.nr)
+        except OSError as exc:
+            fut.set_exception(exc)
+            return fut
+        if op.n == 0:
+            fut.set_result(op.finish([]))
+            return fut
+        parts: list[BulkWaiter] = []
+        left = [0]
+
+        def part_done(_: BulkWaiter) -> None:
+            left[0] -= 1
+            if left[0] or fut.done():
+                return
+            failed = next((p.failed for p in parts if p.failed), 0)
+            try:
+                if failed:
+                    if self._completer.failure is not None:
+                        raise DispatcherFailed(f"the dispatcher failed: {self._completer.failure!r}")
+                    raise oserror(-failed)
+                fut.set_result(op.finish([r for p in parts for r in p.values()]))
+            except Exception as exc:  # noqa: BLE001 - becomes the awaiting task's exception
+                fut.set_exception(exc)
+
+        on_done: Callable[[BulkWaiter], None] = part_done
+        if self._completer.direct and not self._completer.inline:
+            call = self.loop.call_soon_threadsafe
+
+            def handoff(b: BulkWaiter) -> None:
+                call(part_done, b)
+
+            on_done = handoff
+
+        for start in range(0, op.n, BULK_MAX):
+            n = min(BULK_MAX, op.n - start)
+            offs = op.offsets[start : start + n] if op.offsets is not None else None
+            parts.append(self._completer.new_bulk(op.nr, op.fd, op.addr0 + start * op.stride, op.stride, op.length,
+                                                  offs, n, op.keep, on_done))  # fmt: skip
+        left[0] = len(parts)
+        for b in parts:
+            if self._bulk_backlog or not self._completer.bulk_continue(b):
+                self._bulk_backlog.append(b)  # ring full: the rest goes as completions free room
         if self._completer.inline:
             self._schedule_drive()
         return fut

@@ -12,8 +12,8 @@ from ksvc_host.abi import layout as L
 from ksvc_host.abi.syscalls import SYSCALL_NAMES
 from ksvc_host.abi.syscalls import SYSCALLS as NR
 from ksvc_host.errors import DispatcherFailed, NotOffloaded, RefusedSyscall
-from ksvc_host.frontend.core import Completer
-from ksvc_host.frontend.operations import Op, Operations, oserror
+from ksvc_host.frontend.core import BULK_MAX, Completer
+from ksvc_host.frontend.operations import BulkOp, Op, Operations, oserror
 from ksvc_host.frontend.raw import RawChannel
 from ksvc_host.instance import Instance
 from ksvc_host.routing import is_refused
@@ -69,6 +69,29 @@ class Ksvc(Operations):
         if w.flags == -1 and self._completer.failure is not None:
             raise DispatcherFailed(f"the dispatcher failed: {self._completer.failure!r}; open a new instance")
         return op.outcome(w.result)
+
+    def _run_bulk(self, op: BulkOp) -> Any:
+        if op.n == 0:
+            return op.finish([])
+        check_route(self.instance, op.nr)
+        out: list[int] = []
+        for start in range(0, op.n, BULK_MAX):  # a bulk group holds BULK_MAX entries
+            n = min(BULK_MAX, op.n - start)
+            offs = op.offsets[start : start + n] if op.offsets is not None else None
+            b = self._completer.new_bulk(op.nr, op.fd, op.addr0 + start * op.stride, op.stride, op.length, offs, n,
+                                         op.keep)  # fmt: skip
+            self._completer.submit_bulk(b)
+            if b.event is not None:
+                while not b.done:
+                    b.event.wait()
+            else:
+                self._completer.wait_until(lambda b=b: b.done)  # type: ignore[misc]
+            if b.failed:
+                if self._completer.failure is not None:
+                    raise DispatcherFailed(f"the dispatcher failed: {self._completer.failure!r}; open a new instance")
+                raise oserror(-b.failed)
+            out.extend(b.values())
+        return op.finish(out)
 
     def batch(self, *, linked: bool = False) -> Batch:
         """Collect operations and submit them in one go (see :class:`Batch`)."""

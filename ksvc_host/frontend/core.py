@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ksvc_host import fastpath, native
 from ksvc_host.abi import layout as L
 from ksvc_host.errors import ChannelFull, DispatcherFailed
 from ksvc_host.instance import Instance
@@ -44,6 +45,47 @@ class Waiter:
         self.results: list[int] | None = None
         self.event: Any = None
         """The caller's own wake-up, when the completion sink delivers directly."""
+
+
+BULK_BIT = 1 << 61
+"""Correlation ids of bulk entries carry this bit; below it, the group and the index in the group."""
+BULK_INDEX_BITS = 20
+BULK_MAX = 1 << BULK_INDEX_BITS
+"""Entries in one bulk operation at most (front ends split longer ones)."""
+_REAP_OTHER = 256
+_REAP_DONE = 64
+
+
+class BulkWaiter:
+    """One bulk operation: *n* entries of one syscall, one result array, one wake-up.
+
+    ``results`` (an ``int64_t[n]``) holds each entry's result once ``done``.
+    ``callback(bulk)`` (if set) runs in the reaping thread when it is done.
+    """
+
+    __slots__ = ("nr", "fd", "addr0", "stride", "length", "offsets", "n", "submitted", "group", "results",
+                 "done", "failed", "keep", "callback", "event")  # fmt: skip
+
+    def __init__(
+        self, nr: int, fd: int, addr0: int, stride: int, length: int, offsets: Any, n: int, keep: Any,
+        callback: Callable[[BulkWaiter], None] | None,
+    ) -> None:
+        self.nr, self.fd, self.addr0, self.stride, self.length = nr, fd, addr0, stride, length
+        self.offsets = offsets
+        self.n = n
+        self.submitted = 0
+        self.group = -1
+        self.results: Any = fastpath.ffi.new("int64_t[]", max(1, n))
+        self.done = n == 0
+        self.failed = 0
+        """A negative errno when the whole operation failed (dispatcher failure, close)."""
+        self.keep = keep
+        self.callback = callback
+        self.event: Any = None
+
+    def values(self) -> list[int]:
+        """Every entry's result, in submission order."""
+        return list(fastpath.ffi.unpack(self.results, self.n)) if self.n else []
 
 
 class Completer:
@@ -77,6 +119,19 @@ class Completer:
         if self.direct:
             self._make_event: Callable[[], Any] = getattr(sink, "make_event", threading.Event)
             attach(self.deliver)  # type: ignore[misc]  # callable() checked above
+        # Bulk operations: results land in per-group arrays, written by the fast path's reap.
+        ffi = fastpath.ffi
+        self._lib = fastpath.lib
+        self._table = ffi.new("struct ksvc_bulk *")
+        self._table.bit = BULK_BIT
+        self._table.index_bits = BULK_INDEX_BITS
+        self._bulks: dict[int, BulkWaiter] = {}
+        self._free_groups = list(range(fastpath.BULK_GROUPS - 1, -1, -1))
+        self._sring_ptr = ffi.cast("uint8_t *", native.address_of(native.ffi.from_buffer(self._sring.buf)))
+        self._cring_ptr = ffi.cast("uint8_t *", native.address_of(native.ffi.from_buffer(self._cring.buf)))
+        self._other = ffi.new("uint64_t[]", 3 * _REAP_OTHER)
+        self._done = ffi.new("uint32_t[]", _REAP_DONE)
+        self._counts = ffi.new("uint32_t[3]")
 
     def new_waiter(self, keep: Any = None, callback: Callable[[int, int, int], None] | None = None) -> Waiter:
         """A waiter for one entry, with its own wake-up object when results are delivered directly."""
@@ -85,8 +140,10 @@ class Completer:
             w.event = self._make_event()
         return w
 
-    def _resolve(self, corr: int, res: int, flags: int) -> Waiter | None:
+    def _resolve(self, corr: int, res: int, flags: int) -> Any:
         """Hand one completion to its waiter (the final one also unregisters it)."""
+        if corr & BULK_BIT:
+            return self._resolve_bulk_entry(corr, res)
         w = self._pending.get(corr)
         if w is None:
             return None
@@ -98,6 +155,28 @@ class Completer:
         if w.callback is not None:
             w.callback(corr, res, flags)
         return w
+
+    def _resolve_bulk_entry(self, corr: int, res: int) -> BulkWaiter | None:
+        """One bulk entry's completion, outside the fast path (direct delivery, abandoned ones)."""
+        g = (corr & ~BULK_BIT) >> BULK_INDEX_BITS
+        b = self._bulks.get(g)
+        if b is None or not self._table.left[g]:
+            return None
+        b.results[corr & (BULK_MAX - 1)] = res
+        self._table.left[g] -= 1
+        if not self._table.left[g]:
+            self._finish_bulk(g)
+        return b
+
+    def _finish_bulk(self, g: int) -> None:
+        b = self._bulks.pop(g)
+        self._table.results[g] = fastpath.ffi.NULL
+        self._free_groups.append(g)
+        b.done = True
+        if b.event is not None:
+            b.event.set()
+        if b.callback is not None:
+            b.callback(b)
 
     def deliver(self, corr: int, res: int, flags: int) -> None:
         """Direct delivery of one completion (called by a ``direct-wake`` sink, on the dispatcher's thread)."""
@@ -159,6 +238,67 @@ class Completer:
                     e[2] & L.SUBMIT_FLAG_LINKED for e in entries[done : done + self._sring.size]
                 ):
                     raise ChannelFull(errno.EAGAIN, f"a LINKED chain longer than the submit ring ({self._sring.size})")
+                self._wait_for_progress(len(entries) - done)
+
+    def new_bulk(
+        self, nr: int, fd: int, addr0: int, stride: int, length: int, offsets: Sequence[int] | None, n: int,
+        keep: Any = None, callback: Callable[[BulkWaiter], None] | None = None,
+    ) -> BulkWaiter:
+        """A bulk operation: entry *i* is ``nr(fd, addr0 + i*stride, length, offsets[i])``.
+
+        Nothing is submitted yet: :meth:`bulk_continue` writes what fits.
+        """
+        if not 0 <= n <= BULK_MAX:
+            raise ValueError(f"a bulk operation holds 1 to {BULK_MAX} entries, got {n}")
+        offs: Any = fastpath.ffi.NULL
+        if offsets is not None:
+            try:
+                offs = fastpath.ffi.new("uint64_t[]", offsets)
+            except OverflowError:  # negative offsets travel as the kernel sees them (it answers EINVAL)
+                offs = fastpath.ffi.new("uint64_t[]", [o & 0xFFFF_FFFF_FFFF_FFFF for o in offsets])
+        b = BulkWaiter(nr, fd & 0xFFFF_FFFF_FFFF_FFFF, addr0, stride, length, offs, n, keep, callback)
+        if self.direct and not self.inline and callback is None:
+            b.event = self._make_event()
+        return b
+
+    def bulk_continue(self, b: BulkWaiter) -> bool:
+        """Submit as much of *b* as the ring has room for; True once all of it is submitted."""
+        if b.submitted >= b.n:
+            return True
+        self.instance.check_usable()
+        if self.failure is not None:
+            raise DispatcherFailed(f"the dispatcher failed: {self.failure!r}; open a new instance")
+        ring = self._sring
+        with self._submit_lock:
+            if b.group < 0:
+                with self._reap_lock:
+                    if not self._free_groups:
+                        return False  # every group in flight: wait for one to finish
+                    g = b.group = self._free_groups.pop()
+                    self._table.results[g] = b.results
+                    self._table.left[g] = b.n
+                    self._bulks[g] = b
+            room = ring.size - ring.check(ring.head, self._tail)
+            count = min(room, b.n - b.submitted)
+            if count <= 0:
+                return False
+            first = b.submitted
+            offs = b.offsets + first if b.offsets != fastpath.ffi.NULL else fastpath.ffi.NULL
+            self._lib.ksvc_submit_strided(
+                self._sring_ptr, self._tail, ring.mask, BULK_BIT | (b.group << BULK_INDEX_BITS) | first,
+                b.nr, b.fd, b.addr0 + first * b.stride, b.stride, b.length, offs, count,
+            )
+            self._tail += count
+            b.submitted += count
+        self.dispatcher.wake()
+        return b.submitted >= b.n
+
+    def submit_bulk(self, b: BulkWaiter) -> None:
+        """Submit all of *b*, waiting for ring space (and a free group) as needed."""
+        while not self.bulk_continue(b):
+            if b.group < 0:  # every bulk group in flight: wait for completions
+                self.wait_until(lambda: bool(self._free_groups) or self.failure is not None)
+            else:
                 self._wait_for_progress()
 
     def submit_raw(self, entries: Sequence[Entry], waiters: Sequence[Waiter]) -> None:
@@ -188,12 +328,20 @@ class Completer:
                 if self.dispatcher.has_overflow:
                     self.dispatcher.wake()
                 return 0
-            buf = ring.buf
-            unpack = self._unpack
+            consumed = 0
+            other, done, counts = self._other, self._done, self._counts
             resolve = self._resolve
-            for i in range(n):
-                corr, res, flags, _ = unpack(buf, ring.slot_offset(head + i))
-                resolve(corr, res, flags)
+            while consumed < n:
+                self._lib.ksvc_bulk_reap(
+                    self._cring_ptr, head + consumed, tail, ring.mask, self._table,
+                    other, _REAP_OTHER, done, _REAP_DONE, counts,
+                )
+                consumed += counts[0]
+                for i in range(counts[1]):
+                    res = other[3 * i + 1]
+                    resolve(other[3 * i], res - (1 << 64) if res >> 63 else res, other[3 * i + 2])
+                for i in range(counts[2]):
+                    self._finish_bulk(done[i])
             self._chead = head + n
             ring.publish_head(self._chead)
         if self.dispatcher.has_overflow:
@@ -216,8 +364,8 @@ class Completer:
                 w.event.set()
 
     def pending_count(self) -> int:
-        """Submitted entries whose final completion has not been reaped."""
-        return len(self._pending)
+        """Submitted entries whose final completion has not been reaped (a bulk counts once)."""
+        return len(self._pending) + len(self._bulks)
 
     # Waiting (blocking callers) -------------------------------------------------------
 
@@ -268,7 +416,9 @@ class Completer:
                     self._leader = False
                     self._cv.notify_all()
 
-    def _wait_for_progress(self) -> None:
+    def _wait_for_progress(self, want: int = 1) -> None:
+        """Wait until the dispatcher takes entries, or *want* slots are free (it may have taken them already)."""
+        want = min(want, self._sring.size)
         with self._cv:
             if self._leader:
                 self._blocked += 1
@@ -280,7 +430,9 @@ class Completer:
             self._leader = True
         try:
             before = self._sring.head
-            self._lead_until(lambda: self._sring.head != before or self.failure is not None)
+            self._lead_until(
+                lambda: self._sring.head != before or self.free_slots() >= want or self.failure is not None
+            )
         finally:
             with self._cv:
                 self._leader = False
@@ -315,6 +467,11 @@ class Completer:
         with self._reap_lock:
             waiters = list(self._pending.values())
             self._pending.clear()
+            bulks = list(self._bulks.items())
+        for g, b in bulks:
+            b.failed = result
+            self._table.left[g] = 0
+            self._finish_bulk(g)
         for w in waiters:
             w.result, w.flags, w.done = result, -1, True
             if w.event is not None:

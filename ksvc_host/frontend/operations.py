@@ -102,6 +102,33 @@ def _stat_result(raw: bytes) -> os.stat_result:
     )  # fmt: skip
 
 
+class BulkOp:
+    """Many entries of one syscall: entry *i* is ``nr(fd, addr0 + i*stride, length, offsets[i])``."""
+
+    __slots__ = ("nr", "fd", "addr0", "stride", "length", "offsets", "n", "keep", "finish")
+
+    def __init__(
+        self, nr: int, fd: int, addr0: int, stride: int, length: int, offsets: Sequence[int] | None, n: int,
+        keep: Any, finish: Callable[[list[int]], Any],
+    ) -> None:
+        self.nr, self.fd, self.addr0, self.stride, self.length = nr, fd, addr0, stride, length
+        self.offsets = offsets
+        self.n = n
+        self.keep = keep
+        self.finish = finish
+        """Maps the list of results to the caller's value (raises ``OSError`` on failure)."""
+
+
+def _raise_first(results: list[int]) -> None:
+    if results and min(results) < 0:
+        raise oserror(-next(r for r in results if r < 0))
+
+
+def _checked_counts(results: list[int]) -> list[int]:
+    _raise_first(results)
+    return results
+
+
 class Operations:
     """The typed helpers, shared by the blocking and asyncio front ends.
 
@@ -113,6 +140,9 @@ class Operations:
     _buffers: BufferProvider
 
     def _run(self, op: Op) -> Any:  # pragma: no cover - provided by the front end
+        raise NotImplementedError
+
+    def _run_bulk(self, bulk: BulkOp) -> Any:  # pragma: no cover - provided by the front end
         raise NotImplementedError
 
     # -- memory -------------------------------------------------------------------
@@ -173,6 +203,47 @@ class Operations:
         """Write *data* at *offset* (like ``os.pwrite``)."""
         view = ffi.from_buffer(data)
         return self._run(Op(NR["pwrite64"], (fd, _addr(view), len(view), _u(offset)), keep=(view, data)))
+
+    # -- many at once: one submission, one wake-up, one result list ------------------------
+
+    def pread_many(self, fd: int, size: int, offsets: Sequence[int]) -> Any:
+        """Read up to *size* bytes at each of *offsets*; a list of bytes, as ``os.pread`` each would give.
+
+        One bulk submission: the entries travel the channel like any others,
+        but the front end pays per operation, not per entry. The first
+        failed entry raises its ``OSError`` (the others have still run).
+        """
+        size = _length(size)
+        n = len(offsets)
+        buf = bytearray(n * size)
+        view = ffi.from_buffer(buf)
+
+        def finish(results: list[int]) -> list[bytes]:
+            _raise_first(results)
+            data = bytes(buf)
+            if n and min(results) == size:
+                return [data[i : i + size] for i in range(0, n * size, size)]
+            return [data[i * size : i * size + r] for i, r in enumerate(results)]
+
+        return self._run_bulk(BulkOp(NR["pread64"], fd, _addr(view), size, size, offsets, n, (view, buf), finish))
+
+    def preadinto_many(self, fd: int, buffer: Any, size: int, offsets: Sequence[int]) -> Any:
+        """Read entry *i* into ``buffer[i*size:(i+1)*size]`` from ``offsets[i]``; a list of byte counts."""
+        view = ffi.from_buffer(buffer, require_writable=True)
+        n = len(offsets)
+        if size < 0 or n * size > len(view):
+            raise ValueError(f"buffer of {len(view)} bytes cannot hold {n} reads of {size} bytes")
+        return self._run_bulk(BulkOp(NR["pread64"], fd, _addr(view), size, size, offsets, n, (view, buffer),
+                                     _checked_counts))  # fmt: skip
+
+    def pwrite_many(self, fd: int, data: Any, size: int, offsets: Sequence[int]) -> Any:
+        """Write ``data[i*size:(i+1)*size]`` at ``offsets[i]`` for every *i*; a list of byte counts."""
+        view = ffi.from_buffer(data)
+        n = len(offsets)
+        if size < 0 or n * size > len(view):
+            raise ValueError(f"data of {len(view)} bytes holds fewer than {n} blocks of {size} bytes")
+        return self._run_bulk(BulkOp(NR["pwrite64"], fd, _addr(view), size, size, offsets, n, (view, data),
+                                     _checked_counts))  # fmt: skip
 
     def _iov(self, buffers: Sequence[Any], writable: bool) -> tuple[int, int, Any]:
         views = [ffi.from_buffer(b, require_writable=writable) for b in buffers]

@@ -24,6 +24,10 @@ class InjectedFault(OSError):
     """The error a *fail* injection raises."""
 
 
+_BYPASSING = frozenset({"express_ring", "pending_tail"})
+"""Capabilities that let the dispatcher's express lane go around a component's methods: hidden."""
+
+
 class FaultInjector:
     """Wrap *target*; ``fail``/``refuse``/``stall`` map method names to the call numbers affected."""
 
@@ -44,6 +48,8 @@ class FaultInjector:
         """How often each wrapped method was called."""
 
     def __getattr__(self, name: str) -> Any:
+        if name in _BYPASSING:
+            raise AttributeError(f"{name} is hidden by the fault injector: it would bypass the wrapped methods")
         attr = getattr(self._target, name)
         if not callable(attr) or name not in {*self._fail, *self._refuse, *self._stall}:
             return attr

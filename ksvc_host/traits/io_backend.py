@@ -121,3 +121,28 @@ class IoBackend(Protocol):
     def shutdown(self) -> None:
         """Cancel and reap everything in flight, then close the ring."""
         ...
+
+
+class ExpressRing(NamedTuple):
+    """Raw addresses of an io_uring, for the dispatcher's express lane (``ksvc_host.express``).
+
+    A backend offers this (``express_ring()``) only when an SQE it would
+    build for a plain read or write needs no rewriting outside
+    ``[exclude_lo, exclude_hi)`` and every CQE may be reaped past it.
+    """
+
+    ring_fd: int
+    sq_head: int
+    sq_tail: int
+    sq_flags: int
+    sq_array: int
+    sq_mask: int
+    sq_entries: int
+    cq_head: int
+    cq_tail: int
+    cq_mask: int
+    sqes: int
+    cqes: int
+    sqpoll: bool
+    exclude_lo: int = 0
+    exclude_hi: int = 0

@@ -9,7 +9,7 @@ from typing import Any
 
 from ksvc_basic.uring import IoUring
 from ksvc_host.abi import io_uring as U
-from ksvc_host.traits.io_backend import IoCompletion, SqeSpec
+from ksvc_host.traits.io_backend import ExpressRing, IoCompletion, SqeSpec
 
 _CQE_MORE = int(U.CqeFlag.MORE)  # plain int on the per-completion path
 INTERNAL = 1 << 63
@@ -87,6 +87,53 @@ class BasicIoUring:
             if c is not None:
                 out.append(c)
         return out
+
+    def express_ring(self) -> ExpressRing | None:
+        """The raw ring for the dispatcher's express lane, or ``None`` when SQEs need rewriting.
+
+        Rewriting that only touches one address range (registered buffers)
+        is allowed: the lane leaves SQEs in that range to :meth:`submit`. A
+        preparer or filter whose owner says ``express_transparent = True``
+        never touches plain reads and writes nor their CQEs.
+        """
+        lo = hi = 0
+        for prepare in self._preparers:
+            owner = getattr(prepare, "__self__", None)
+            if getattr(owner, "express_transparent", False):
+                continue  # never rewrites a plain read or write
+            exclude = getattr(owner, "express_exclude", None)
+            if exclude is None or hi:
+                return None
+            lo, hi = exclude
+        for fn in self._filters:
+            if not getattr(getattr(fn, "__self__", None), "express_transparent", False):
+                return None
+        r = self.ring
+        a = r.addresses()
+        return ExpressRing(
+            r.fd, a["sq_head"], a["sq_tail"], a["sq_flags"], a["sq_array"], r._sq_mask, r.sq_entries,
+            a["cq_head"], a["cq_tail"], r._cq_mask, a["sqes"], a["cqes"], r._sqpoll, lo, hi,
+        )  # fmt: skip
+
+    def express_room(self) -> int:
+        """SQEs the express lane may add now (the same CQ-overflow guard as :meth:`submit`)."""
+        if self.ring.pending_submit():
+            self.flush()  # the lane writes after the published tail: nothing of ours may sit unpublished
+        return max(0, min(self.ring.sq_space_left(), self.ring.cq_entries - self.capacity - self._inflight))
+
+    def express_account(self, submitted: int, completed: int, unsubmitted: int) -> None:
+        """The express lane published *submitted* SQEs and reaped *completed* CQEs itself."""
+        if submitted:
+            self.ring.adopt_external(unsubmitted)
+        self._inflight += submitted - completed
+
+    def cancel_all(self) -> bool:
+        """Queue one ASYNC_CANCEL for everything in flight (sent with the next flush)."""
+        spec = SqeSpec(U.IoringOp.ASYNC_CANCEL, -1, op_flags=U.IORING_ASYNC_CANCEL_ANY | U.IORING_ASYNC_CANCEL_ALL)
+        ok = self.ring.prep(INTERNAL, spec)
+        if ok:
+            self._internal += 1
+        return ok
 
     def cancel(self, user_data: int) -> bool:
         """Queue an ASYNC_CANCEL for *user_data* (sent with the next flush)."""

@@ -25,6 +25,16 @@ class RingCompletionSink:
         self._pack = L.COMPLETION_ENTRY.pack_into
         self.notifications = 0
 
+    @property
+    def pending_tail(self) -> int:
+        """The tail as written so far (published at the next :meth:`flush_and_notify`)."""
+        return self._tail
+
+    @pending_tail.setter
+    def pending_tail(self, tail: int) -> None:
+        """Entries up to *tail* were written by the express lane, straight into the ring."""
+        self._tail = tail
+
     def push(self, corr_id: int, result: int, flags: int = 0) -> bool:
         """Write one entry; ``False`` when the ring is full (the consumer has not caught up)."""
         ring = self.ring

@@ -208,6 +208,23 @@ class IoUring:
         self._to_submit = 0 if self._sqpoll else max(0, n - ret)
         return n if self._sqpoll else ret
 
+    def adopt_external(self, unsubmitted: int) -> None:
+        """Take over SQEs that another writer (the express lane) published; *unsubmitted* still need an enter."""
+        self._sq_tail = int(self._sq_tail_p[0])
+        self._to_submit += unsubmitted
+
+    def addresses(self) -> dict[str, int]:
+        """Raw addresses of the ring's fields, for code that fills SQEs itself."""
+
+        def a(p: Any) -> int:
+            return int(ffi.cast("uintptr_t", p))
+
+        return {
+            "sq_head": a(self._sq_head_p), "sq_tail": a(self._sq_tail_p), "sq_flags": a(self._sq_flags_p),
+            "sq_array": a(self._sq_array), "cq_head": a(self._cq_head_p), "cq_tail": a(self._cq_tail_p),
+            "sqes": a(self._sqes), "cqes": a(self._cqes),
+        }  # fmt: skip
+
     # Completion ----------------------------------------------------------------------
 
     def cq_ready(self) -> int:

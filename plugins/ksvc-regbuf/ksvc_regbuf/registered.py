@@ -51,6 +51,8 @@ class RegisteredBuffers:
                 ) from exc
             raise
         backend.add_preparer(self.prepare)
+        self.express_exclude = (self._base, self._end)
+        """Only SQEs in this range are rewritten: the dispatcher's express lane may take the others."""
         self.fixed_ops = 0
         """SQEs rewritten to READ_FIXED/WRITE_FIXED."""
 

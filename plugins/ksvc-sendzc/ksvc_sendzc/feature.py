@@ -20,6 +20,9 @@ from ksvc_host.traits.io_backend import IoCompletion, SqeSpec
 class SendZeroCopy:
     """Feature ``send-zc``."""
 
+    express_transparent = True
+    """Rewrites only SEND SQEs and filters only their CQEs: plain reads and writes may bypass it."""
+
     name = "send-zc"
 
     def __init__(self, min_size: int = 0) -> None:

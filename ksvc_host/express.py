@@ -1,0 +1,147 @@
+"""The dispatcher's express lane: plain reads and writes, ring to SQE to ring, in one C call.
+
+The generic loop (:mod:`ksvc_host.dispatcher`) costs microseconds of Python
+per entry. Most entries of a busy channel are the simplest kind: ``read``,
+``write``, ``pread64`` or ``pwrite64`` with no flags, routed to io_uring.
+When the io backend offers its raw ring (``express_ring()``) and the sink
+is the completion ring (``pending_tail``), this lane takes the run of such
+entries at the head of the submit ring, fills their SQEs and enters the
+kernel once, and later moves their CQEs straight into completion entries:
+no Python per entry. It stops at the first entry it does not take, which
+the generic loop then handles, so order and every rule (LINKED, DRAIN,
+O_NONBLOCK and seekability checks, back-pressure) are kept. The loops are
+``ksvc_host.fastpath`` (compiled, or the pure-Python reference).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Final
+
+from ksvc_host import fastpath, native
+from ksvc_host.abi.io_uring import IoringOp
+from ksvc_host.abi.syscalls import SYSCALLS
+from ksvc_host.channel.base import Channel
+from ksvc_host.traits import CompletionSink, IoBackend, SyscallRouter, Tier
+
+TAG: Final = 1 << 62
+"""io_uring user_data bit of express entries; the correlation id is below it."""
+
+ENV_DISABLE: Final = "KSVC_NO_EXPRESS"
+"""Set to ``1`` to send every entry through the generic loop (for comparison and debugging)."""
+
+# syscall -> (io_uring opcode, positioned)
+_TAKEN: Final = {
+    "read": (IoringOp.READ, False),
+    "write": (IoringOp.WRITE, False),
+    "pread64": (IoringOp.READ, True),
+    "pwrite64": (IoringOp.WRITE, True),
+}
+
+
+class ExpressLane:
+    """The lane for one dispatcher; build it with :func:`express_lane`."""
+
+    def __init__(self, channel: Channel, backend: Any, sink: Any, ring: Any, opcodes: dict[int, tuple[IoringOp, bool]]):
+        ffi = fastpath.ffi
+        self._lib = fastpath.lib
+        self._backend = backend
+        self._sink = sink
+        x = self._x = ffi.new("struct ksvc_express *")
+
+        def ptr(kind: str, address: int) -> Any:
+            return ffi.cast(kind, address)
+
+        sring, cring = channel.submit_ring, channel.completion_ring
+        x.sring = ptr("uint8_t *", native.address_of(native.ffi.from_buffer(sring.buf)))
+        x.smask = sring.mask
+        x.cring = ptr("uint8_t *", native.address_of(native.ffi.from_buffer(cring.buf)))
+        x.csize = cring.size
+        x.sq_head, x.sq_tail = ptr("uint32_t *", ring.sq_head), ptr("uint32_t *", ring.sq_tail)
+        x.sq_flags, x.sq_array = ptr("uint32_t *", ring.sq_flags), ptr("uint32_t *", ring.sq_array)
+        x.sq_mask, x.sq_entries = ring.sq_mask, ring.sq_entries
+        x.cq_head, x.cq_tail = ptr("uint32_t *", ring.cq_head), ptr("uint32_t *", ring.cq_tail)
+        x.cq_mask = ring.cq_mask
+        x.sqes, x.cqes = ptr("uint8_t *", ring.sqes), ptr("uint8_t *", ring.cqes)
+        x.ring_fd, x.sqpoll = ring.ring_fd, int(ring.sqpoll)
+        x.excl_lo, x.excl_hi = ring.exclude_lo, ring.exclude_hi
+        x.tag = TAG
+        for nr, (op, positioned) in opcodes.items():
+            x.opcode[nr] = int(op) + 1
+            x.positioned[nr] = int(positioned)
+        self.inflight = 0
+        """Express entries submitted and not yet completed."""
+        self.entries = 0
+        """Entries taken by the lane since it was built."""
+
+    def submit(self, head: int, max_take: int) -> int:
+        """Take simple entries from submit-ring counter *head*; return how many (the new head is head + that)."""
+        room = self._backend.express_room()
+        if room <= 0:
+            return 0
+        x = self._x
+        x.shead = head
+        x.room = room
+        n = self._lib.ksvc_express_submit(x, max_take)
+        if n <= 0:
+            return 0  # -EUCLEAN: corrupted counters, which the generic loop reports
+        self._backend.express_account(n, 0, int(x.unsubmitted))
+        self.inflight += n
+        self.entries += n
+        if x.error:
+            raise OSError(-x.error, f"io_uring_enter (express lane): {os.strerror(-x.error)}")
+        return int(n)
+
+    def reap(self) -> int:
+        """Move express CQEs at the head of the CQ into the completion ring; return how many."""
+        if not self.inflight:
+            return 0
+        x = self._x
+        x.ctail = self._sink.pending_tail
+        n = self._lib.ksvc_express_reap(x)
+        if n:
+            self._sink.pending_tail = int(x.ctail)
+            self._backend.express_account(0, n, 0)
+            self.inflight -= n
+        return int(n)
+
+    def completed_elsewhere(self) -> None:
+        """One express CQE was reaped by the backend's own reap (behind a CQE of the generic loop)."""
+        self.inflight -= 1
+
+    @property
+    def enter_calls(self) -> int:
+        """io_uring_enter calls made by the lane."""
+        return int(self._x.enter_calls)
+
+
+def express_lane(
+    channel: Channel, router: SyscallRouter, backend: IoBackend, sink: CompletionSink
+) -> ExpressLane | None:
+    """The lane for this stack, or ``None`` when a component cannot take part (or it is disabled)."""
+    if os.environ.get(ENV_DISABLE, "").strip().lower() in ("1", "true", "yes", "on"):
+        return None
+    get_ring = getattr(backend, "express_ring", None)
+    if get_ring is None or not hasattr(sink, "pending_tail"):
+        return None
+    if getattr(sink, "ring", None) is not channel.completion_ring:
+        return None  # the lane writes completion entries into the channel's ring itself
+    ring = get_ring()
+    if ring is None:
+        return None
+    opcodes: dict[int, tuple[IoringOp, bool]] = {}
+    for name, (op, positioned) in _TAKEN.items():
+        nr = SYSCALLS[name]
+        if router.route(nr).tier is Tier.IO_URING and op in backend.probe_opcodes():
+            opcodes[nr] = (op, positioned)
+    if not opcodes:
+        return None
+    return ExpressLane(channel, backend, sink, ring, opcodes)
+
+
+def corr_of(user_data: int) -> int:
+    """The correlation id of an express CQE's user_data."""
+    return user_data & (TAG - 1)
+
+
+__all__ = ["ENV_DISABLE", "TAG", "ExpressLane", "corr_of", "express_lane"]

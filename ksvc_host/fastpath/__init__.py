@@ -1,0 +1,74 @@
+"""The channel's per-entry loops, compiled (cffi API mode) or in plain Python.
+
+``ksvc_host._fastpath`` is built from ``fastpath.c`` when the package is
+installed. When it could not be built, or ``KSVC_PURE_PYTHON=1`` is set, the
+same four functions come from :mod:`ksvc_host.fastpath.reference`; results
+are identical either way, only the speed differs. :data:`IMPLEMENTATION`
+says which one is in use, and ``ksvc plugins`` shows it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Final
+
+from ksvc_host.fastpath.cdef import BULK_GROUPS
+
+ENV_PURE: Final = "KSVC_PURE_PYTHON"
+"""Set to ``1`` to use the pure-Python reference loops even when the compiled ones exist."""
+
+_PURE_VALUES = ("1", "true", "yes", "on")
+
+
+def _load(pure: bool) -> tuple[str, Any, Any, str]:
+    if not pure:
+        try:
+            from ksvc_host import _fastpath  # type: ignore[attr-defined]
+
+            return "native", _fastpath.ffi, _fastpath.lib, ""
+        except ImportError as exc:
+            why = f"the compiled fast path is not available ({exc}); using the pure-Python loops"
+    else:
+        why = f"{ENV_PURE} is set; using the pure-Python loops"
+    from ksvc_host.fastpath import reference
+
+    class _Lib:
+        ksvc_submit_strided = staticmethod(reference.submit_strided)
+        ksvc_express_submit = staticmethod(reference.express_submit)
+        ksvc_express_reap = staticmethod(reference.express_reap)
+        ksvc_bulk_reap = staticmethod(reference.bulk_reap)
+
+    return "python", reference.ffi, _Lib(), why
+
+
+IMPLEMENTATION: str
+"""``"native"`` (compiled) or ``"python"`` (reference)."""
+REASON: str
+"""Why the pure-Python loops are in use (empty when native)."""
+ffi: Any
+lib: Any
+_warned = False
+
+
+def select(pure: bool | None = None) -> str:
+    """(Re)select the implementation: *pure* forces it, ``None`` follows the environment."""
+    global IMPLEMENTATION, REASON, ffi, lib
+    if pure is None:
+        pure = os.environ.get(ENV_PURE, "").strip().lower() in _PURE_VALUES
+    IMPLEMENTATION, ffi, lib, REASON = _load(pure)
+    return IMPLEMENTATION
+
+
+def note_once() -> None:
+    """Say once per process, on stderr, that the pure path is in use because the build failed."""
+    global _warned
+    if _warned or IMPLEMENTATION == "native" or ENV_PURE in REASON:
+        return
+    _warned = True
+    print(f"ksvc: {REASON}", file=sys.stderr)
+
+
+select()
+
+__all__ = ["BULK_GROUPS", "ENV_PURE", "IMPLEMENTATION", "REASON", "ffi", "lib", "note_once", "select"]

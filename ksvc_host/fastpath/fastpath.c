@@ -1,0 +1,211 @@
+/* KSVC fast path: the per-entry loops of the channel in C.
+ *
+ * Four loops, each mirrored line for line by ksvc_host/fastpath/reference.py,
+ * which is the specification; the tests run both and compare:
+ *
+ *   ksvc_submit_strided  front end: write N submit entries and publish the tail
+ *   ksvc_express_submit  dispatcher: drain simple read/write entries into SQEs
+ *   ksvc_express_reap    dispatcher: CQEs of those entries into completion entries
+ *   ksvc_bulk_reap       front end: completion entries into per-group result arrays
+ *
+ * Layouts are the channel ABI (ksvc_host/abi/layout.py) and the io_uring ABI
+ * (ksvc_host/abi/io_uring.py); the offsets below are pinned by tests.
+ * Heads and tails written by the other side are loaded with acquire, ours
+ * published with release.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define RING_HEAD 16
+#define RING_TAIL 24
+#define RING_ENTRIES 64
+#define SUBMIT_SIZE 64
+#define COMPLETE_SIZE 32
+#define SQE_SIZE 64
+#define CQE_SIZE 16
+#define FD_CACHE 8
+
+static inline uint64_t load_acquire64(const uint8_t *p) { return __atomic_load_n((const uint64_t *)p, __ATOMIC_ACQUIRE); }
+static inline void store_release64(uint8_t *p, uint64_t v) { __atomic_store_n((uint64_t *)p, v, __ATOMIC_RELEASE); }
+static inline uint32_t load_acquire32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void store_release32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+
+uint32_t ksvc_submit_strided(uint8_t *ring, uint64_t tail, uint32_t mask, uint64_t corr0, uint32_t nr,
+                             uint64_t fd, uint64_t addr0, uint64_t stride, uint64_t len,
+                             const uint64_t *offsets, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t *e = ring + RING_ENTRIES + (size_t)((tail + i) & mask) * SUBMIT_SIZE;
+        uint64_t w[8] = {corr0 + i, (uint64_t)nr, fd, addr0 + (uint64_t)i * stride, len,
+                         offsets ? offsets[i] : 0, 0, 0};
+        memcpy(e, w, sizeof w);   /* nr u32 + flags u32 (0) share the second word */
+    }
+    store_release64(ring + RING_TAIL, tail + n);
+    return n;
+}
+
+/* Keep in step with CDEF in ksvc_host/fastpath/__init__.py. */
+struct ksvc_express {
+    uint8_t *sring; uint64_t shead; uint32_t smask;
+    uint8_t *cring; uint64_t ctail; uint32_t csize;
+    uint32_t *sq_head; uint32_t *sq_tail; uint32_t *sq_flags; uint32_t *sq_array;
+    uint32_t sq_mask; uint32_t sq_entries;
+    uint32_t *cq_head; uint32_t *cq_tail; uint32_t cq_mask;
+    uint8_t *sqes; uint8_t *cqes;
+    int32_t ring_fd; int32_t sqpoll;
+    uint8_t opcode[512]; uint8_t positioned[512];
+    uint64_t excl_lo; uint64_t excl_hi;
+    uint64_t tag;
+    uint32_t room;
+    uint32_t taken; uint32_t completed; uint32_t unsubmitted;
+    int32_t error; uint64_t enter_calls;
+};
+
+#define NEED_WAKEUP 1u
+#define ENTER_SQ_WAKEUP 2u
+
+struct fd_cache { int32_t fd[FD_CACHE]; int8_t ok[FD_CACHE]; int n; };
+
+/* May this descriptor take the io_uring path? Positioned calls need a seekable file
+ * (else the syscall says ESPIPE); stream calls need a blocking descriptor (else EAGAIN). */
+static int fd_ok(struct fd_cache *c, int32_t fd, int positioned)
+{
+    for (int i = 0; i < c->n; i++)
+        if (c->fd[i] == fd) return c->ok[i];
+    int ok;
+    if (positioned) {
+        ok = syscall(SYS_lseek, fd, 0L, SEEK_CUR) >= 0;
+    } else {
+        long fl = syscall(SYS_fcntl, fd, F_GETFL);
+        ok = !(fl >= 0 && (fl & O_NONBLOCK));
+    }
+    if (c->n < FD_CACHE) { c->fd[c->n] = fd; c->ok[c->n] = (int8_t)ok; c->n++; }
+    return ok;
+}
+
+int ksvc_express_submit(struct ksvc_express *x, uint32_t max_take)
+{
+    struct fd_cache cache = {.n = 0};
+    uint64_t head = x->shead;
+    uint64_t stail = load_acquire64(x->sring + RING_TAIL);
+    uint64_t avail = stail - head;
+    uint32_t sq_tail = *x->sq_tail;
+    uint32_t sq_free = x->sq_entries - (sq_tail - load_acquire32(x->sq_head));
+    uint32_t limit = max_take;
+    uint32_t n = 0;
+    x->taken = 0; x->unsubmitted = 0; x->error = 0;
+    if (avail > x->smask + 1) return -EUCLEAN;  /* corrupted counters: let the reference path report it */
+    if (limit > avail) limit = (uint32_t)avail;
+    if (limit > sq_free) limit = sq_free;
+    if (limit > x->room) limit = x->room;
+    while (n < limit) {
+        const uint8_t *e = x->sring + RING_ENTRIES + (size_t)((head + n) & x->smask) * SUBMIT_SIZE;
+        uint64_t w[8];
+        memcpy(w, e, sizeof w);
+        uint32_t nr = (uint32_t)w[1], flags = (uint32_t)(w[1] >> 32);
+        if (flags || nr >= 512 || !x->opcode[nr]) break;
+        uint64_t fd = w[2], addr = w[3], len = w[4], off = w[5];
+        if (fd > 0x7fffffffu || len > 0xffffffffu || w[0] >= x->tag) break;
+        if (x->excl_lo < x->excl_hi && addr < x->excl_hi && addr + len > x->excl_lo) break;
+        int pos = x->positioned[nr];
+        if (pos && (int64_t)off < 0) break;
+        if (!fd_ok(&cache, (int32_t)fd, pos)) break;
+        uint32_t idx = (sq_tail + n) & x->sq_mask;
+        uint8_t *s = x->sqes + (size_t)idx * SQE_SIZE;
+        memset(s, 0, SQE_SIZE);
+        s[0] = (uint8_t)(x->opcode[nr] - 1);
+        int32_t fd32 = (int32_t)fd; memcpy(s + 4, &fd32, 4);
+        uint64_t o = pos ? off : UINT64_MAX; memcpy(s + 8, &o, 8);
+        memcpy(s + 16, &addr, 8);
+        uint32_t l32 = (uint32_t)len; memcpy(s + 24, &l32, 4);
+        uint64_t ud = x->tag | w[0]; memcpy(s + 32, &ud, 8);
+        x->sq_array[idx] = idx;
+        n++;
+    }
+    if (!n) return 0;
+    x->shead = head + n;
+    store_release64(x->sring + RING_HEAD, x->shead);
+    store_release32(x->sq_tail, sq_tail + n);
+    x->taken = n;
+    uint32_t enter_flags = 0;
+    if (x->sqpoll) {
+        if (!(load_acquire32(x->sq_flags) & NEED_WAKEUP)) return (int)n;
+        enter_flags = ENTER_SQ_WAKEUP;
+    }
+    for (;;) {
+        x->enter_calls++;
+        long r = syscall(SYS_io_uring_enter, x->ring_fd, n, 0, enter_flags, NULL, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0 && (errno == EAGAIN || errno == EBUSY)) { x->unsubmitted = n; break; }
+        if (r < 0) { x->error = -errno; x->unsubmitted = n; break; }
+        if (!x->sqpoll && (uint32_t)r < n) x->unsubmitted = n - (uint32_t)r;
+        break;
+    }
+    return (int)n;
+}
+
+int ksvc_express_reap(struct ksvc_express *x)
+{
+    uint32_t head = *x->cq_head;
+    uint32_t tail = load_acquire32(x->cq_tail);
+    uint64_t chead = load_acquire64(x->cring + RING_HEAD);
+    uint32_t n = 0;
+    x->completed = 0;
+    while (head != tail) {
+        const uint8_t *c = x->cqes + (size_t)(head & x->cq_mask) * CQE_SIZE;
+        uint64_t ud; int32_t res;
+        memcpy(&ud, c, 8); memcpy(&res, c + 8, 4);
+        if ((ud & ~(x->tag - 1)) != x->tag) break;   /* not ours: the backend's reap takes it */
+        if (x->ctail - chead >= x->csize) break;      /* completion ring full: back-pressure */
+        uint8_t *d = x->cring + RING_ENTRIES + (size_t)(x->ctail & (x->csize - 1)) * COMPLETE_SIZE;
+        uint64_t w[4] = {ud & (x->tag - 1), (uint64_t)(int64_t)res, 0, 0};
+        memcpy(d, w, sizeof w);
+        x->ctail++;
+        head++;
+        n++;
+    }
+    if (n) store_release32(x->cq_head, head);
+    x->completed = n;
+    return (int)n;
+}
+
+/* Keep in step with CDEF in ksvc_host/fastpath/__init__.py. */
+#define BULK_GROUPS 4096
+struct ksvc_bulk {
+    uint64_t bit;                  /* correlation ids with this bit belong to a bulk */
+    uint32_t index_bits;           /* low bits: index in the group; above them: group */
+    int64_t *results[BULK_GROUPS];
+    uint32_t left[BULK_GROUPS];
+};
+
+int ksvc_bulk_reap(uint8_t *cring, uint64_t head, uint64_t tail, uint32_t mask, struct ksvc_bulk *b,
+                   uint64_t *other, uint32_t max_other, uint32_t *done, uint32_t max_done, uint32_t *counts)
+{
+    uint32_t n_other = 0, n_done = 0;
+    uint64_t h = head;
+    uint64_t index_mask = (1ull << b->index_bits) - 1;
+    while (h != tail) {
+        const uint8_t *e = cring + RING_ENTRIES + (size_t)(h & mask) * COMPLETE_SIZE;
+        uint64_t w[3];
+        memcpy(w, e, sizeof w);
+        if (w[0] & b->bit) {
+            uint64_t g = ((w[0] & ~b->bit) >> b->index_bits) & (BULK_GROUPS - 1);
+            if (b->left[g] == 1 && n_done == max_done) break;
+            if (b->results[g] && b->left[g]) {
+                b->results[g][w[0] & index_mask] = (int64_t)w[1];
+                if (--b->left[g] == 0) done[n_done++] = (uint32_t)g;
+            }
+        } else {
+            if (n_other == max_other) break;
+            other[3 * n_other] = w[0]; other[3 * n_other + 1] = w[1]; other[3 * n_other + 2] = w[2] & 0xffffffffu;
+            n_other++;
+        }
+        h++;
+    }
+    counts[0] = (uint32_t)(h - head); counts[1] = n_other; counts[2] = n_done;
+    return (int)(h - head);
+}

@@ -1,0 +1,200 @@
+"""The fast path's loops in plain Python: the reference ``fastpath.c`` is checked against.
+
+Each function does what its C namesake does, on the same memory, through
+cffi pointers; ``KSVC_PURE_PYTHON=1`` selects these, and the tests run both.
+x86-64 keeps stores in order and loads in order, and the interpreter does
+no reordering of its own, so plain loads and stores stand in for C's
+acquire and release.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from typing import Any
+
+import cffi
+
+from ksvc_host import native
+from ksvc_host.abi import layout as L
+from ksvc_host.abi.io_uring import EnterFlag, SqRingFlag
+from ksvc_host.abi.syscalls import SYSCALLS
+from ksvc_host.fastpath.cdef import BULK_GROUPS, STRUCTS
+
+ffi = cffi.FFI()
+ffi.cdef(STRUCTS)
+
+_U64 = struct.Struct("<Q")
+_SUBMIT_WORDS = struct.Struct("<8Q")
+_COMPLETE_WORDS = struct.Struct("<QqII")
+_SQE = struct.Struct("<BBHiQQIIQHHIQQ")
+_CQE = struct.Struct("<Qi")
+_SQE_SIZE = 64
+_CQE_SIZE = 16
+_FD_CACHE = 8
+_NEED_WAKEUP = int(SqRingFlag.NEED_WAKEUP)
+_SQ_WAKEUP = int(EnterFlag.SQ_WAKEUP)
+_NR_LSEEK = SYSCALLS["lseek"]
+_NR_FCNTL = SYSCALLS["fcntl"]
+_NR_IO_URING_ENTER = SYSCALLS["io_uring_enter"]
+_F_GETFL = 3
+
+
+def _view(ptr: Any, size: int) -> Any:
+    return ffi.buffer(ffi.cast("char *", ptr), size)
+
+
+def _ring_view(ring_addr: Any, entries: int, entry_size: int) -> Any:
+    return _view(ring_addr, L.RING_ENTRIES_OFFSET + entries * entry_size)
+
+
+def submit_strided(
+    ring: Any, tail: int, mask: int, corr0: int, nr: int, fd: int, addr0: int, stride: int, length: int,
+    offsets: Any, n: int,
+) -> int:
+    """Write *n* submit entries ``nr(fd, addr0 + i*stride, length, offsets[i])`` and publish the tail."""
+    buf = _ring_view(ring, mask + 1, L.SUBMIT_ENTRY_SIZE)
+    for i in range(n):
+        off = int(offsets[i]) if offsets != ffi.NULL and offsets is not None else 0
+        slot = L.RING_ENTRIES_OFFSET + ((tail + i) & mask) * L.SUBMIT_ENTRY_SIZE
+        _SUBMIT_WORDS.pack_into(buf, slot, corr0 + i, nr, fd, addr0 + i * stride, length, off, 0, 0)
+    _U64.pack_into(buf, L.RING_TAIL_OFFSET, tail + n)
+    return n
+
+
+def _fd_ok(cache: dict[int, bool], fd: int, positioned: bool) -> bool:
+    if fd in cache:
+        return cache[fd]
+    if positioned:
+        ok = native.syscall(_NR_LSEEK, fd, 0, os.SEEK_CUR) >= 0
+    else:
+        fl = native.syscall(_NR_FCNTL, fd, _F_GETFL)
+        ok = not (fl >= 0 and fl & os.O_NONBLOCK)
+    if len(cache) < _FD_CACHE:
+        cache[fd] = ok
+    return ok
+
+
+def express_submit(x: Any, max_take: int) -> int:
+    """Turn the simple read/write entries at the submit ring's head into SQEs; see ``fastpath.c``."""
+    cache: dict[int, bool] = {}
+    head = int(x.shead)
+    sring = _ring_view(x.sring, x.smask + 1, L.SUBMIT_ENTRY_SIZE)
+    avail = (_U64.unpack_from(sring, L.RING_TAIL_OFFSET)[0] - head) & 0xFFFF_FFFF_FFFF_FFFF
+    sq_tail = int(x.sq_tail[0])
+    sq_free = x.sq_entries - ((sq_tail - x.sq_head[0]) & 0xFFFF_FFFF)
+    x.taken = x.unsubmitted = x.error = 0
+    if avail > x.smask + 1:
+        return -errno.EUCLEAN
+    limit = min(max_take, avail, sq_free, x.room)
+    sqes = _view(x.sqes, x.sq_entries * _SQE_SIZE)
+    n = 0
+    while n < limit:
+        corr, nr_flags, fd, addr, length, off, _, _ = _SUBMIT_WORDS.unpack_from(
+            sring, L.RING_ENTRIES_OFFSET + ((head + n) & x.smask) * L.SUBMIT_ENTRY_SIZE
+        )
+        nr, flags = nr_flags & 0xFFFF_FFFF, nr_flags >> 32
+        if flags or nr >= 512 or not x.opcode[nr]:
+            break
+        if fd > 0x7FFF_FFFF or length > 0xFFFF_FFFF or corr >= x.tag:
+            break
+        if x.excl_lo < x.excl_hi and addr < x.excl_hi and addr + length > x.excl_lo:
+            break
+        pos = bool(x.positioned[nr])
+        if pos and off >= 1 << 63:
+            break
+        if not _fd_ok(cache, fd, pos):
+            break
+        idx = (sq_tail + n) & x.sq_mask
+        _SQE.pack_into(
+            sqes, idx * _SQE_SIZE, x.opcode[nr] - 1, 0, 0, fd, off if pos else 0xFFFF_FFFF_FFFF_FFFF,
+            addr, length, 0, x.tag | corr, 0, 0, 0, 0, 0,
+        )
+        x.sq_array[idx] = idx
+        n += 1
+    if not n:
+        return 0
+    x.shead = head + n
+    _U64.pack_into(sring, L.RING_HEAD_OFFSET, x.shead)
+    x.sq_tail[0] = (sq_tail + n) & 0xFFFF_FFFF
+    x.taken = n
+    enter_flags = 0
+    if x.sqpoll:
+        if not x.sq_flags[0] & _NEED_WAKEUP:
+            return n
+        enter_flags = _SQ_WAKEUP
+    while True:
+        x.enter_calls += 1
+        r = native.syscall(_NR_IO_URING_ENTER, x.ring_fd, n, 0, enter_flags, 0, 0)
+        if r == -errno.EINTR:
+            continue
+        if r in (-errno.EAGAIN, -errno.EBUSY):
+            x.unsubmitted = n
+        elif r < 0:
+            x.error, x.unsubmitted = r, n
+        elif not x.sqpoll and r < n:
+            x.unsubmitted = n - r
+        break
+    return n
+
+
+def express_reap(x: Any) -> int:
+    """Move the express CQEs at the CQ's head into the completion ring; see ``fastpath.c``."""
+    head = int(x.cq_head[0])
+    tail = int(x.cq_tail[0])
+    cring = _ring_view(x.cring, x.csize, L.COMPLETION_ENTRY_SIZE)
+    chead = _U64.unpack_from(cring, L.RING_HEAD_OFFSET)[0]
+    cqes = _view(x.cqes, (x.cq_mask + 1) * _CQE_SIZE)
+    tag = int(x.tag)
+    n = 0
+    x.completed = 0
+    while head != tail:
+        ud, res = _CQE.unpack_from(cqes, (head & x.cq_mask) * _CQE_SIZE)
+        if ud & ~(tag - 1) != tag:
+            break
+        if x.ctail - chead >= x.csize:
+            break
+        slot = L.RING_ENTRIES_OFFSET + (x.ctail & (x.csize - 1)) * L.COMPLETION_ENTRY_SIZE
+        _COMPLETE_WORDS.pack_into(cring, slot, ud & (tag - 1), res, 0, 0)
+        x.ctail += 1
+        head = (head + 1) & 0xFFFF_FFFF
+        n += 1
+    if n:
+        x.cq_head[0] = head
+    x.completed = n
+    return n
+
+
+def bulk_reap(
+    cring: Any, head: int, tail: int, mask: int, b: Any, other: Any, max_other: int, done: Any, max_done: int,
+    counts: Any,
+) -> int:
+    """Route completion entries: bulk ones into their group's results, others out; see ``fastpath.c``."""
+    buf = _ring_view(cring, mask + 1, L.COMPLETION_ENTRY_SIZE)
+    n_other = n_done = 0
+    h = head
+    index_mask = (1 << b.index_bits) - 1
+    bit = int(b.bit)
+    while h != tail:
+        slot = L.RING_ENTRIES_OFFSET + (h & mask) * L.COMPLETION_ENTRY_SIZE
+        corr, res, flags, _ = _COMPLETE_WORDS.unpack_from(buf, slot)
+        if corr & bit:
+            g = ((corr & ~bit) >> b.index_bits) & (BULK_GROUPS - 1)
+            if b.left[g] == 1 and n_done == max_done:
+                break
+            if b.results[g] != ffi.NULL and b.left[g]:
+                b.results[g][corr & index_mask] = res
+                b.left[g] -= 1
+                if b.left[g] == 0:
+                    done[n_done] = g
+                    n_done += 1
+        else:
+            if n_other == max_other:
+                break
+            base = 3 * n_other
+            other[base], other[base + 1], other[base + 2] = corr, res & 0xFFFF_FFFF_FFFF_FFFF, flags
+            n_other += 1
+        h += 1
+    counts[0], counts[1], counts[2] = h - head, n_other, n_done
+    return h - head
