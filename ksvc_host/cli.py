@@ -1,4 +1,4 @@
-"""The ``ksvc`` command: ``plugins``, ``probe``, ``demo``.
+"""The ``ksvc`` command: ``plugins``, ``probe``, ``demo``, ``soak``, ``bench``.
 
 Every failure a user can cause (a missing plugin, an unknown name, a
 kernel without io_uring) ends in one sentence on stderr and exit status 2,
@@ -168,6 +168,24 @@ def cmd_soak(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run benchmark workloads; progress on stderr, the table on stdout, JSON to a file."""
+    from ksvc_host import bench
+
+    unknown = [w for w in args.workloads if w not in bench.WORKLOADS]
+    if unknown:
+        raise ValueError(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(bench.WORKLOADS)}")
+    if args.scale <= 0:
+        raise ValueError(f"--scale must be positive, got {args.scale}")
+    report = bench.run(args.workloads, scale=args.scale, directory=args.dir)
+    print(report.table())
+    path = args.json or "ksvc-bench.json"
+    report.write_json(path)
+    print(f"\nJSON written to {path}; machine: {report.machine['cpu']}, {report.machine['cores']} cores, "
+          f"kernel {report.machine['kernel']}, fast path {report.machine['fast_path']}")  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ksvc``."""
     parser = argparse.ArgumentParser(prog="ksvc", description="KSVC: syscalls offloaded through a ring.")
@@ -192,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", action="append", help="limit to this preset (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=cmd_soak)
+    p = sub.add_parser("bench", help="measure KSVC beside the alternatives (W1-W5); see README, Performance")
+    p.add_argument("workloads", nargs="*", metavar="WORKLOAD", help="w1 ... w5 (default: all)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every operation count (0.1 for a quick run)")
+    p.add_argument("--json", metavar="PATH", help="where to write the JSON results (default ksvc-bench.json)")
+    p.add_argument("--dir", metavar="DIR", help="directory for the data files (default: the temp directory)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -137,6 +137,8 @@ class Dispatcher:
         self.failure: BaseException | None = None
         self.on_failure: Callable[[BaseException], None] | None = None
         self._thread: threading.Thread | None = None
+        self._turn = threading.Lock()
+        """Held while a turn of the loop runs: by the dispatcher's thread, or by a caller helping (:meth:`help`)."""
         self._stop = False
         self._drain_deadline: float | None = None
         self._cancelled = False
@@ -245,10 +247,29 @@ class Dispatcher:
         """True when the loop runs on its own thread."""
         return self._thread is not None
 
+    def help(self) -> bool:
+        """Run one turn on the calling thread if no other thread is in one; True when anything moved.
+
+        A blocking caller about to sleep until its results arrive calls this
+        instead: when the dispatcher's thread is idle, the caller's own
+        thread does the work, and no thread wake-up is paid either way.
+        """
+        if self._stop or self.failure is not None or not self._turn.acquire(blocking=False):
+            return False
+        try:
+            return self.run_once()
+        except BaseException as exc:  # noqa: BLE001 - the same as a failure on the dispatcher's thread
+            self._fail(exc)
+            return True
+        finally:
+            self._turn.release()
+
     def _thread_main(self) -> None:
         try:
             while True:
-                if self.run_once():
+                with self._turn:
+                    progressed = self.run_once()
+                if progressed:
                     continue
                 if self._stop and self._stopping_done():
                     break

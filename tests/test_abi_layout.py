@@ -76,7 +76,7 @@ def test_shared_page_offsets() -> None:
         "entries_processed": 0x208, "batches_processed": 0x210, "io_uring_inflight": 0x218,
         "worker_pool_active": 0x220, "submit_head": 0x228, "submit_tail": 0x230,
         "completion_head": 0x238, "completion_tail": 0x240, "clock_monotonic_ns": 0x280,
-        "clock_realtime_ns": 0x288, "boot_time_ns": 0x290,
+        "clock_realtime_ns": 0x288, "boot_time_ns": 0x290, "uts_sysname": 0x2A0, "uts_version": 0x2E1,
     }  # fmt: skip
     assert {k: f.offset for k, f in L.SHARED_PAGE_FIELDS.items()} == expected
     for name, field in L.SHARED_PAGE_FIELDS.items():

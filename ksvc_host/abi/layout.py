@@ -171,6 +171,8 @@ SHARED_PAGE_FIELDS: Final = MappingProxyType(
         "clock_monotonic_ns": PageField(0x280, "<Q"),
         "clock_realtime_ns": PageField(0x288, "<Q"),
         "boot_time_ns": PageField(0x290, "<Q"),
+        "uts_sysname": PageField(0x2A0, f"{UTS_LEN}s"),
+        "uts_version": PageField(0x2E1, f"{UTS_LEN}s"),
     }
 )
 """Every shared-page field by name. New fields only ever append."""

@@ -35,6 +35,8 @@ class EmulatedChannel(Channel):
         self.write_page_field("release", uts.release.encode()[: L.UTS_LEN - 1])
         self.write_page_field("nodename", uts.nodename.encode()[: L.UTS_LEN - 1])
         self.write_page_field("machine", uts.machine.encode()[: L.UTS_LEN - 1])
+        self.write_page_field("uts_sysname", uts.sysname.encode()[: L.UTS_LEN - 1])
+        self.write_page_field("uts_version", uts.version.encode()[: L.UTS_LEN - 1])
         self.write_page_field("boot_time_ns", time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME))
         self.refresh_identity()
         self.refresh_clocks()

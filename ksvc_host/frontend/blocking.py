@@ -196,6 +196,15 @@ class Ksvc(Operations):
         self.instance.check_usable()
         return self._page.sid
 
+    def uname(self) -> os.uname_result:
+        """System name, host name, release, version and machine, from the shared page (like ``os.uname``)."""
+        self.instance.check_usable()
+        field = self.instance.channel.read_page_field
+        return os.uname_result(
+            tuple(bytes(field(n)).decode(errors="surrogateescape")
+                  for n in ("uts_sysname", "nodename", "release", "uts_version", "machine"))  # fmt: skip
+        )
+
     def refresh(self) -> None:
         """Re-read ids, credentials and limits into the shared page now.
 

@@ -108,6 +108,7 @@ class Completer:
         self._blocked = 0
         self.failure: BaseException | None = None
         self.inline = not self.dispatcher.threaded
+        self._helps = not self.inline
         self.dispatcher.on_failure = self._on_dispatcher_failure
         self._pack = L.SUBMIT_ENTRY.pack_into
         self._unpack = L.COMPLETION_ENTRY.unpack_from
@@ -117,6 +118,7 @@ class Completer:
         self.direct = callable(attach)
         """True when the sink hands each result to its caller (``direct-wake``): no completion ring."""
         if self.direct:
+            self._helps = False  # waiters sleep on their own events and never run the loop: always wake it
             self._make_event: Callable[[], Any] = getattr(sink, "make_event", threading.Event)
             attach(self.deliver)  # type: ignore[misc]  # callable() checked above
         # Bulk operations: results land in per-group arrays, written by the fast path's reap.
@@ -193,11 +195,13 @@ class Completer:
         """Submit ring entries that can be written now."""
         return self._sring.size - (self._tail - self._sring.head)
 
-    def try_submit(self, entries: Sequence[Entry], waiters: Sequence[Waiter]) -> int:
+    def try_submit(self, entries: Sequence[Entry], waiters: Sequence[Waiter], *, wake: bool = True) -> int:
         """Write as many entries as fit (never splitting a LINKED chain); return how many.
 
         Each waiter gets its correlation id and is registered before the
         entry becomes visible, so no completion can arrive unclaimed.
+        ``wake=False`` leaves the dispatcher's thread asleep: for a caller
+        that waits next, and so runs the loop itself (:meth:`wait_until`).
         """
         self.instance.check_usable()
         if self.failure is not None:
@@ -224,14 +228,15 @@ class Completer:
                 tail += 1
             self._tail = tail
             ring.publish_tail(tail)
-        self.dispatcher.wake()
+        if wake or not self._helps:
+            self.dispatcher.wake()
         return count
 
     def submit_all(self, entries: Sequence[Entry], waiters: Sequence[Waiter]) -> None:
-        """Submit every entry, waiting for ring space as needed (blocking callers)."""
+        """Submit every entry, waiting for ring space as needed (blocking callers, who wait next)."""
         done = 0
         while done < len(entries):
-            n = self.try_submit(entries[done:], waiters[done:])
+            n = self.try_submit(entries[done:], waiters[done:], wake=False)
             done += n
             if done < len(entries) and n == 0:
                 if len(entries) - done > self._sring.size and all(
@@ -261,7 +266,7 @@ class Completer:
             b.event = self._make_event()
         return b
 
-    def bulk_continue(self, b: BulkWaiter) -> bool:
+    def bulk_continue(self, b: BulkWaiter, *, wake: bool = True) -> bool:
         """Submit as much of *b* as the ring has room for; True once all of it is submitted."""
         if b.submitted >= b.n:
             return True
@@ -290,12 +295,13 @@ class Completer:
             )
             self._tail += count
             b.submitted += count
-        self.dispatcher.wake()
+        if wake or not self._helps:
+            self.dispatcher.wake()
         return b.submitted >= b.n
 
     def submit_bulk(self, b: BulkWaiter) -> None:
         """Submit all of *b*, waiting for ring space (and a free group) as needed."""
-        while not self.bulk_continue(b):
+        while not self.bulk_continue(b, wake=False):
             if b.group < 0:  # every bulk group in flight: wait for completions
                 self.wait_until(lambda: bool(self._free_groups) or self.failure is not None)
             else:
@@ -453,7 +459,10 @@ class Completer:
                     if done():
                         return
                     disp.wait(disp.wait_timeout())
-            else:
+            elif not disp.help():
+                # Nothing moved on this thread (or the dispatcher's thread is in a turn): from here the
+                # dispatcher's thread carries on (timed retries, later completions) and notifies us.
+                disp.wake()
                 self.notifier.wait(None)
 
     # Failure ----------------------------------------------------------------------------

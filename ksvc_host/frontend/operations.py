@@ -102,6 +102,10 @@ def _stat_result(raw: bytes) -> os.stat_result:
     )  # fmt: skip
 
 
+_SCRATCH_KEEP = 4
+_SCRATCH_MAX = 16 << 20
+
+
 class BulkOp:
     """Many entries of one syscall: entry *i* is ``nr(fd, addr0 + i*stride, length, offsets[i])``."""
 
@@ -215,17 +219,33 @@ class Operations:
         """
         size = _length(size)
         n = len(offsets)
-        buf = bytearray(n * size)
+        buf = self._take_scratch(n * size)
         view = ffi.from_buffer(buf)
 
         def finish(results: list[int]) -> list[bytes]:
-            _raise_first(results)
-            data = bytes(buf)
-            if n and min(results) == size:
-                return [data[i : i + size] for i in range(0, n * size, size)]
-            return [data[i * size : i * size + r] for i, r in enumerate(results)]
+            try:
+                _raise_first(results)
+                with memoryview(buf) as mv:
+                    if n and min(results) == size:
+                        return [mv[i : i + size].tobytes() for i in range(0, n * size, size)]
+                    return [mv[i * size : i * size + r].tobytes() for i, r in enumerate(results)]
+            finally:
+                self._give_scratch(buf)  # only once every entry completed: the kernel is done with it
 
         return self._run_bulk(BulkOp(NR["pread64"], fd, _addr(view), size, size, offsets, n, (view, buf), finish))
+
+    def _take_scratch(self, n: int) -> bytearray:
+        """A reusable buffer of at least *n* bytes (fresh allocations of large buffers cost page faults)."""
+        pool: list[bytearray] = self.__dict__.setdefault("_scratch", [])
+        for i, b in enumerate(pool):
+            if len(b) >= n:
+                return pool.pop(i)
+        return bytearray(max(n, 1))
+
+    def _give_scratch(self, buf: bytearray) -> None:
+        pool: list[bytearray] = self.__dict__.setdefault("_scratch", [])
+        if len(pool) < _SCRATCH_KEEP and len(buf) <= _SCRATCH_MAX:
+            pool.append(buf)
 
     def preadinto_many(self, fd: int, buffer: Any, size: int, offsets: Sequence[int]) -> Any:
         """Read entry *i* into ``buffer[i*size:(i+1)*size]`` from ``offsets[i]``; a list of byte counts."""

@@ -1,0 +1,39 @@
+"""``ksvc bench``: KSVC measured side by side with what users would pick instead.
+
+Workloads (one module each): W1 random reads (:mod:`.w1_reads`), W2 round
+trips per component (:mod:`.w2_roundtrip`), W3 workers under blocking load
+(:mod:`.w3_workers`), W4 the shared page (:mod:`.w4_tier0`), W5 memory
+(:mod:`.w5_memory`). Each has a ``run(report, ops, directory)`` function;
+:mod:`.harness` holds what they share. Optional contenders come from
+``pip install 'ksvc-host[bench]'`` and are reported as absent without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ksvc_host.bench import w1_reads, w2_roundtrip, w3_workers, w4_tier0, w5_memory
+from ksvc_host.bench.harness import Report
+
+WORKLOADS: dict[str, tuple[Callable[..., None], int, str]] = {
+    "w1": (w1_reads.run, 100_000, "random 4 KiB reads, queue depth 1 and 64"),
+    "w2": (w2_roundtrip.run, 20_000, "round trip of one entry per component choice"),
+    "w3": (w3_workers.run, 5_000, "fixed vs lazy pool under blocking load"),
+    "w4": (w4_tier0.run, 1_000_000, "shared page vs the direct call"),
+    "w5": (w5_memory.run, 100_000, "peak memory with operations in flight"),
+}
+"""name -> (run function, default operation count, description)."""
+
+
+def run(names: list[str], *, scale: float = 1.0, directory: str | None = None, report: Report | None = None,
+        **_: Any) -> Report:  # fmt: skip
+    """Run the named workloads (all when empty) with operation counts times *scale*."""
+    report = report or Report()
+    for name in names or list(WORKLOADS):
+        fn, ops, _desc = WORKLOADS[name]
+        fn(report, ops=max(1, int(ops * scale)), directory=directory)
+    return report
+
+
+__all__ = ["WORKLOADS", "Report", "run"]
