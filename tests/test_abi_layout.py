@@ -94,3 +94,9 @@ def test_ring_entries_checked() -> None:
             L.check_ring_entries(bad, "submit_ring_entries")
     L.check_ring_entries(16, "x")
     L.check_ring_entries(4096, "x")
+
+
+def test_cq_ring_flags() -> None:
+    from ksvc_host.abi.io_uring import CqRingFlag
+
+    assert int(CqRingFlag.EVENTFD_DISABLED) == 1  # IORING_CQ_EVENTFD_DISABLED (1U << 0), since 5.8

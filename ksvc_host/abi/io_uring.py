@@ -188,6 +188,12 @@ class SqRingFlag(enum.IntFlag):
     TASKRUN = 1 << 2
 
 
+class CqRingFlag(enum.IntFlag):
+    """``IORING_CQ_*`` (the CQ ring's flags word, written by the application)."""
+
+    EVENTFD_DISABLED = 1 << 0
+
+
 class SqeFlag(enum.IntFlag):
     """``IOSQE_*`` (sqe.flags)."""
 

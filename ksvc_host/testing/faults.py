@@ -24,7 +24,7 @@ class InjectedFault(OSError):
     """The error a *fail* injection raises."""
 
 
-_BYPASSING = frozenset({"express_ring", "pending_tail"})
+_BYPASSING = frozenset({"express_ring", "pending_tail", "set_completion_wakeups", "completions_ready"})
 """Capabilities that let the dispatcher's express lane go around a component's methods: hidden."""
 
 

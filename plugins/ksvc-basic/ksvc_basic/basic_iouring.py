@@ -127,6 +127,14 @@ class BasicIoUring:
             self.ring.adopt_external(unsubmitted)
         self._inflight += submitted - completed
 
+    def set_completion_wakeups(self, enabled: bool) -> None:
+        """While off, new CQEs do not write the wake-up eventfd: the caller reaps them itself."""
+        self.ring.set_eventfd_enabled(enabled)
+
+    def completions_ready(self) -> int:
+        """CQEs posted and not yet reaped."""
+        return self.ring.cq_ready()
+
     def cancel_all(self) -> bool:
         """Queue one ASYNC_CANCEL for everything in flight (sent with the next flush)."""
         spec = SqeSpec(U.IoringOp.ASYNC_CANCEL, -1, op_flags=U.IORING_ASYNC_CANCEL_ANY | U.IORING_ASYNC_CANCEL_ALL)

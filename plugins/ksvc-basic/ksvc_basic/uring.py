@@ -135,6 +135,7 @@ class IoUring:
         self._cq_head_p = u32(cq, p.cq_off.head)
         self._cq_tail_p = u32(cq, p.cq_off.tail)
         self._cq_mask = int(u32(cq, p.cq_off.ring_mask)[0])
+        self._cq_flags_p = u32(cq, p.cq_off.flags)
         self._cqes = ffi.cast("struct io_uring_cqe *", cq + p.cq_off.cqes)
         self._sqes = ffi.cast("struct io_uring_sqe *", sqes)
 
@@ -207,6 +208,12 @@ class IoUring:
             break
         self._to_submit = 0 if self._sqpoll else max(0, n - ret)
         return n if self._sqpoll else ret
+
+    def set_eventfd_enabled(self, enabled: bool) -> None:
+        """Turn the registered eventfd's signal on or off (IORING_CQ_EVENTFD_DISABLED; CQEs still post)."""
+        flags = int(self._cq_flags_p[0])
+        bit = int(U.CqRingFlag.EVENTFD_DISABLED)
+        self._cq_flags_p[0] = flags & ~bit if enabled else flags | bit
 
     def adopt_external(self, unsubmitted: int) -> None:
         """Take over SQEs that another writer (the express lane) published; *unsubmitted* still need an enter."""
