@@ -37,7 +37,10 @@ def _plugins_data(pm: PluginManager) -> dict[str, Any]:
                     "description": impl.description,
                 }
             )
+    from ksvc_host import fastpath
+
     return {
+        "fast_path": {"implementation": fastpath.IMPLEMENTATION, "reason": fastpath.REASON},
         "plugins": [p.as_dict() for p in pm.plugins.values()],
         "implementations": impls,
         "conflicts": [
@@ -72,6 +75,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     missing = [t for t in TRAITS if not pm.names(t)]
     if missing:
         print(f"No implementation of {', '.join(missing)}: pip install ksvc-basic", file=sys.stderr)
+    fp = data["fast_path"]
+    print(f"\nfast path: {fp['implementation']}" + (f" ({fp['reason']})" if fp["reason"] else " (compiled loops)"))
     return 0
 
 
@@ -172,6 +177,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Run benchmark workloads; progress on stderr, the table on stdout, JSON to a file."""
     from ksvc_host import bench
 
+    if args.markdown_from:
+        with open(args.markdown_from) as f:
+            print(bench.Report.from_json(json.load(f)).markdown())
+        return 0
     unknown = [w for w in args.workloads if w not in bench.WORKLOADS]
     if unknown:
         raise ValueError(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(bench.WORKLOADS)}")
@@ -215,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=1.0, help="multiply every operation count (0.1 for a quick run)")
     p.add_argument("--json", metavar="PATH", help="where to write the JSON results (default ksvc-bench.json)")
     p.add_argument("--dir", metavar="DIR", help="directory for the data files (default: the temp directory)")
+    p.add_argument("--markdown-from", metavar="JSON", help="print an earlier run's JSON as Markdown; run nothing")
     p.set_defaults(func=cmd_bench)
     return parser
 

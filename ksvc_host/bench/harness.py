@@ -80,6 +80,12 @@ class Contender:
         """Release what ``setup`` made."""
 
 
+def _latency(m: Measurement) -> str:
+    if m.p50_us is None:
+        return ""
+    return f"  p50 {m.p50_us:8.1f} us" + (f"  p99 {m.p99_us:8.1f} us" if m.p99_us is not None else "")
+
+
 def latency_stats(samples_ns: Sequence[int]) -> tuple[float, float]:
     """p50 and p99 in microseconds."""
     ordered = sorted(samples_ns)
@@ -126,7 +132,7 @@ class Report:
         self.measurements.append(m)
         if m.status == "ok":
             rate = f"{m.ops_per_s:>12,.0f} ops/s" if m.ops_per_s is not None else ""
-            lat = f"  p50 {m.p50_us:8.1f} us  p99 {m.p99_us:8.1f} us" if m.p50_us is not None else ""
+            lat = _latency(m)
             self.say(f"  {m.workload} {m.case:<14} {m.contender:<36} {rate}{lat}")
         else:
             self.say(f"  {m.workload} {m.case:<14} {m.contender:<36} {m.status}: {m.note}")
@@ -220,7 +226,7 @@ class Report:
                 ratio = ""
                 if base is not None and m.ops_per_s and base.ops_per_s:
                     ratio = f"  {m.ops_per_s / base.ops_per_s:6.2f}x"
-                lat = f"  p50 {m.p50_us:8.1f} us  p99 {m.p99_us:8.1f} us" if m.p50_us is not None else ""
+                lat = _latency(m)
                 extra = "  " + " ".join(f"{k}={v}" for k, v in m.extra.items()) if m.extra else ""
                 lines.append(f"  {m.contender:<40} {rate}{ratio}{lat}{extra}")
         results = self.evaluate()
@@ -231,6 +237,44 @@ class Report:
                 got = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
                 lines.append(f"  [{verdict}] {r['description']}: {got} (need {r['minimum']:.2f}x)")
         return "\n".join(lines).lstrip("\n")
+
+    def markdown(self) -> str:
+        """Results as Markdown tables (what the README's Performance section shows)."""
+        lines: list[str] = []
+        groups: dict[tuple[str, str], list[Measurement]] = {}
+        for m in self.measurements:
+            groups.setdefault((m.workload, m.case), []).append(m)
+        for (workload, case), ms in groups.items():
+            base = ms[0] if ms[0].status == "ok" else None
+            lines += [f"\n**{workload} {case}**\n", "| contender | ops/s | ratio | p50 us | p99 us | notes |",
+                      "|---|---:|---:|---:|---:|---|"]  # fmt: skip
+            for m in ms:
+                if m.status != "ok":
+                    lines.append(f"| {m.contender} | {m.status} | | | | {m.note} |")
+                    continue
+                rate = f"{m.ops_per_s:,.0f}" if m.ops_per_s else ""
+                ratio = f"{m.ops_per_s / base.ops_per_s:.2f}x" if base and m.ops_per_s and base.ops_per_s else ""
+                p50 = f"{m.p50_us:.1f}" if m.p50_us is not None else ""
+                p99 = f"{m.p99_us:.1f}" if m.p99_us is not None else ""
+                notes = ", ".join(f"{k} {v}" for k, v in m.extra.items() if k not in ("runs", "spread"))
+                lines.append(f"| {m.contender} | {rate} | {ratio} | {p50} | {p99} | {notes} |")
+        results = self.evaluate()
+        if results:
+            lines += ["\n**Targets**\n", "| target | measured | needed | |", "|---|---:|---:|---|"]
+            for r in results:
+                got = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+                verdict = "n/a" if r["met"] is None else ("met" if r["met"] else "missed")
+                lines.append(f"| {r['description']} | {got} | {r['minimum']:.2f}x | {verdict} |")
+        return "\n".join(lines).lstrip("\n")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Report:
+        """A report rebuilt from :meth:`to_json` output (to print it again, e.g. as Markdown)."""
+        r = cls(out=sys.stderr)
+        r.machine = data.get("machine", r.machine)
+        r.measurements = [Measurement(**m) for m in data.get("measurements", [])]
+        r.targets = [Target(**{k: t[k] for k in Target.__dataclass_fields__}) for t in data.get("targets", [])]
+        return r
 
     def to_json(self) -> dict[str, Any]:
         """Everything, for machines."""
