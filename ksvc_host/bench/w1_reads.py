@@ -265,6 +265,31 @@ class KsvcBatch(Contender):
         self.k.close()
 
 
+class KsvcBatchVariant(KsvcBatch):
+    """``ksvc batch (default)`` with part of the fast path switched off, to show what that part is worth."""
+
+    def __init__(self, data: Data, depth: int, *, pure: bool = False, no_express: bool = False) -> None:
+        super().__init__(data, depth, "default")
+        self.pure, self.no_express = pure, no_express
+        self.name = "ksvc batch (default, pure-Python loops)" if pure else "ksvc batch (default, no express lane)"
+
+    def setup(self) -> None:
+        from ksvc_host import express, fastpath
+
+        fastpath.select(pure=self.pure)
+        old = os.environ.get(express.ENV_DISABLE)
+        if self.no_express:
+            os.environ[express.ENV_DISABLE] = "1"
+        try:
+            super().setup()  # the instance keeps the loops and the lane chosen now
+        finally:
+            fastpath.select()
+            if old is None:
+                os.environ.pop(express.ENV_DISABLE, None)
+            else:
+                os.environ[express.ENV_DISABLE] = old
+
+
 class KsvcInto(KsvcBatch):
     """KSVC's blocking API into one reused buffer: ``preadinto_many`` of *depth* (as ``os.preadv`` above)."""
 
@@ -330,6 +355,9 @@ def contenders(data: Data, depth: int) -> list[Contender]:
         out.append(KsvcBatch(data, depth, preset))
         if depth > 1:
             out.append(KsvcInto(data, depth, preset))
+            if preset == "default":
+                out.append(KsvcBatchVariant(data, depth, pure=True))
+                out.append(KsvcBatchVariant(data, depth, no_express=True))
         out.append(KsvcAsync(data, depth, preset, bulk=depth > 1))
         if depth > 1:
             out.append(KsvcAsync(data, depth, preset, bulk=False))
