@@ -24,6 +24,8 @@ from ksvc_host.frontend.core import BULK_MAX, BulkWaiter, Completer, Waiter
 from ksvc_host.frontend.operations import BulkOp, Op, Operations, oserror
 from ksvc_host.instance import Instance
 
+_HELP_TURNS = 4
+
 
 class AsyncKsvc(Operations):
     """Asyncio helpers over one instance; each returns an awaitable future."""
@@ -38,6 +40,9 @@ class AsyncKsvc(Operations):
         self._backlog: deque[tuple[Op, Waiter]] = deque()
         self._bulk_backlog: deque[BulkWaiter] = deque()
         self._drive_scheduled = False
+        self._help_scheduled = False
+        self._helps = self._completer._helps
+        """Submissions leave the dispatcher's thread asleep and this loop runs the turns (not with direct-wake)."""
         self._waiter_thread: threading.Thread | None = None
         self._closed = False
         disp = instance.dispatcher
@@ -82,6 +87,27 @@ class AsyncKsvc(Operations):
                     self.loop.call_later(retry, self._schedule_drive)
                 return
         self._schedule_drive()
+
+    def _help(self) -> None:
+        """Threaded dispatcher: run its loop on the event loop's thread while that pays (see Dispatcher.help)."""
+        self._help_scheduled = False
+        if self._closed:
+            return
+        disp = self.instance.dispatcher
+        for _ in range(_HELP_TURNS):  # a turn submits; the next reaps what completed meanwhile
+            if not disp.help():
+                break
+        self._completer.reap()
+        if not disp.idle():
+            disp.wake()  # work in flight or still queued: the dispatcher's thread carries on and notifies us
+
+    def _kick(self) -> None:
+        """After submitting: drive an inline dispatcher, or help the threaded one once per loop iteration."""
+        if self._completer.inline:
+            self._schedule_drive()
+        elif self._helps and not self._help_scheduled:
+            self._help_scheduled = True
+            self.loop.call_soon(self._help)
 
     def _schedule_drive(self) -> None:
         if not self._drive_scheduled:
@@ -138,10 +164,9 @@ class AsyncKsvc(Operations):
         else:
             w = Waiter(op.keep, on_done)
         fut.add_done_callback(lambda f: self._cancelled(f, w))
-        if self._backlog or not self._completer.try_submit(((op.nr, op.args, 0),), (w,)):
+        if self._backlog or not self._completer.try_submit(((op.nr, op.args, 0),), (w,), wake=not self._helps):
             self._backlog.append((op, w))  # ring full: sent when completions free room
-        if self._completer.inline:
-            self._schedule_drive()
+        self._kick()
         return fut
 
     def _run_bulk(self, op: BulkOp) -> asyncio.Future[Any]:
@@ -188,10 +213,9 @@ class AsyncKsvc(Operations):
                                                   offs, n, op.keep, on_done))  # fmt: skip
         left[0] = len(parts)
         for b in parts:
-            if self._bulk_backlog or not self._completer.bulk_continue(b):
+            if self._bulk_backlog or not self._completer.bulk_continue(b, wake=not self._helps):
                 self._bulk_backlog.append(b)  # ring full: the rest goes as completions free room
-        if self._completer.inline:
-            self._schedule_drive()
+        self._kick()
         return fut
 
     def _cancelled(self, fut: asyncio.Future[Any], w: Waiter) -> None:

@@ -127,6 +127,11 @@ class BasicIoUring:
             self.ring.adopt_external(unsubmitted)
         self._inflight += submitted - completed
 
+    @property
+    def completes_asynchronously(self) -> bool:
+        """True with SQPOLL: a kernel thread submits, so completions arrive after the submit returns."""
+        return bool(self.ring._sqpoll)
+
     def set_completion_wakeups(self, enabled: bool) -> None:
         """While off, new CQEs do not write the wake-up eventfd: the caller reaps them itself."""
         self.ring.set_eventfd_enabled(enabled)
