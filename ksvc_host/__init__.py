@@ -81,6 +81,9 @@ def open_async(**selection: Any) -> _AsyncOpener:
     return _AsyncOpener(selection)
 
 
+# Networking needs open_async above.
+from ksvc_host.net import create_connection, create_server, open_connection, start_server  # noqa: E402
+
 __all__ = [
     "AT_FDCWD",
     "AsyncKsvc",
@@ -100,8 +103,12 @@ __all__ = [
     "SelectionError",
     "Tier",
     "build_instance",
+    "create_connection",
+    "create_server",
     "get_plugin_manager",
     "hookimpl",
     "open",
     "open_async",
+    "open_connection",
+    "start_server",
 ]

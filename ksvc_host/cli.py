@@ -195,6 +195,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_echo(args: argparse.Namespace) -> int:
+    """Run the echo server until interrupted."""
+    import asyncio
+
+    from ksvc_host.net.echo import serve
+
+    selection: dict[str, Any] = {}
+    if args.preset:
+        selection["preset"] = args.preset
+    if args.dispatcher:
+        selection["dispatcher"] = args.dispatcher
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be 0..65535, got {args.port}")
+    asyncio.run(serve(args.host, args.port, **selection))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ksvc``."""
     parser = argparse.ArgumentParser(prog="ksvc", description="KSVC: syscalls offloaded through a ring.")
@@ -219,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", action="append", help="limit to this preset (repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=cmd_soak)
+    p = sub.add_parser("echo", help="an echo server on KSVC (accept, recv and send through the channel)")
+    p.add_argument("--port", type=int, default=8888, help="TCP port (default 8888; 0 picks a free one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--preset", default=None, help="preset name (default, server)")
+    p.add_argument("--dispatcher", choices=("thread", "inline"), default=None, help="dispatcher mode")
+    p.set_defaults(func=cmd_echo)
     p = sub.add_parser("bench", help="measure KSVC beside the alternatives (W1-W5); see README, Performance")
     p.add_argument("workloads", nargs="*", metavar="WORKLOAD", help="w1 ... w5 (default: all)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply every operation count (0.1 for a quick run)")

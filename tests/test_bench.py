@@ -72,4 +72,4 @@ def test_cli_bench_runs_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_cli_bench_rejects_unknown_workloads(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["bench", "w9"]) == 2
-    assert "unknown workload(s) w9; choose from w1, w2, w3, w4, w5" in capsys.readouterr().err
+    assert "unknown workload(s) w9; choose from w1, w2, w3, w4, w5, echo" in capsys.readouterr().err

@@ -1,0 +1,174 @@
+"""``ksvc bench echo``: the seed's five echo workloads against KSVC, asyncio and uvloop servers.
+
+Each server runs in a child process of its own; the load generator runs in
+this process, with one message in flight per connection (send, wait for
+the whole echo, check every byte, send the next). It is plain ``epoll``
+over non-blocking sockets, and its CPU share of the wall time is reported
+beside each result so a saturated generator is visible.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import select
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+from ksvc_host.bench.echo_servers import KINDS
+from ksvc_host.bench.harness import Measurement, Report, Target, latency_stats
+
+WORKLOADS: dict[str, tuple[int, int, int]] = {
+    "light": (4, 1_000, 64),
+    "medium": (50, 1_000, 64),
+    "heavy": (100, 2_000, 128),
+    "bulk": (20, 500, 4096),
+    "storm": (200, 1_000, 64),
+}
+"""name -> (connections, messages per connection, message size)."""
+
+
+class EchoMismatch(Exception):
+    """An echoed byte differs from what was sent."""
+
+
+def generate(port: int, conns: int, msgs: int, size: int) -> dict[str, Any]:
+    """Drive *conns* connections of *msgs* request/response messages; return rate, latencies, CPU share."""
+    socks = []
+    for _ in range(conns):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setblocking(False)
+        socks.append(s)
+    payloads = [os.urandom(size) for _ in range(conns)]
+    by_fd = {s.fileno(): i for i, s in enumerate(socks)}
+    left = [msgs] * conns
+    got = [bytearray() for _ in range(conns)]
+    sent_at = [0] * conns
+    lat: list[int] = []
+    ep = select.epoll()
+    clock = time.perf_counter_ns
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    for i, s in enumerate(socks):
+        ep.register(s.fileno(), select.EPOLLIN)
+        sent_at[i] = clock()
+        s.sendall(payloads[i])
+    active = conns
+    try:
+        while active:
+            for fd, _ in ep.poll(10.0) or _timeout():
+                i = by_fd[fd]
+                data = socks[i].recv(65536)
+                if not data:
+                    raise ConnectionError(f"server closed connection {i} with {left[i]} messages to go")
+                buf = got[i]
+                buf += data
+                if len(buf) < size:
+                    continue
+                if len(buf) > size or buf != payloads[i]:
+                    raise EchoMismatch(f"connection {i}: echo differs from what was sent")
+                now = clock()
+                lat.append(now - sent_at[i])
+                buf.clear()
+                left[i] -= 1
+                if left[i]:
+                    sent_at[i] = now
+                    socks[i].sendall(payloads[i])
+                else:
+                    active -= 1
+                    ep.unregister(fd)
+    finally:
+        wall = time.perf_counter() - t0
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        ep.close()
+        for s in socks:
+            s.close()
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    p50, p99 = latency_stats(lat)
+    return {"msgs_per_s": conns * msgs / wall, "p50_us": p50, "p99_us": p99, "generator_cpu": cpu / wall}
+
+
+def _timeout() -> list[Any]:
+    raise TimeoutError("no echo for 10 s: the server stalled")
+
+
+class ServerProcess:
+    """One echo server in a child process."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.proc = subprocess.Popen([sys.executable, "-m", "ksvc_host.bench.echo_servers", kind],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)  # fmt: skip
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().split()
+        self.absent = ""
+        self.port = 0
+        if line[:1] == ["ready"]:
+            self.port = int(line[1])
+        elif line[:1] == ["absent:"]:
+            self.absent = " ".join(line[1:])
+        else:
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise RuntimeError(f"echo server {kind!r} did not start: {err.strip().splitlines()[-1:]}")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        """Close its stdin and wait for it."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def run(report: Report, ops: int = 1000, directory: str | None = None) -> None:
+    """Measure every server on every workload into *report* (*ops* / 1000 scales the message counts)."""
+    del directory
+    scale = ops / 1000
+    report.say("echo: " + ", ".join(f"{n} {c}x{m}x{s}B" for n, (c, m, s) in WORKLOADS.items()))
+    for kind in KINDS:
+        try:
+            server = ServerProcess(kind)
+        except RuntimeError as exc:
+            for name in WORKLOADS:
+                report.add(Measurement("echo", name, kind, status="failed", note=str(exc)))
+            continue
+        try:
+            for name, (conns, msgs, size) in WORKLOADS.items():
+                m = Measurement("echo", name, kind, ops=conns * msgs)
+                if server.absent:
+                    m.status, m.note = "absent", server.absent
+                    report.add(m)
+                    continue
+                try:
+                    generate(server.port, min(conns, 4), 20, size)  # warm up
+                    cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+                    r = generate(server.port, conns, max(1, int(msgs * scale)), size)
+                    server_cpu = (server.cpu_seconds() - cpu0) / (time.perf_counter() - t0)
+                except (OSError, EchoMismatch, TimeoutError) as exc:
+                    m.status, m.note = "failed", repr(exc)
+                    report.add(m)
+                    continue
+                m.ops_per_s, m.p50_us, m.p99_us = r["msgs_per_s"], r["p50_us"], r["p99_us"]
+                m.seconds = m.ops / m.ops_per_s
+                m.extra = {"generator_cpu": f"{r['generator_cpu']:.0%}", "server_cpu": f"{server_cpu:.0%}"}
+                report.add(m)
+        finally:
+            server.stop()
+    for name in ("medium", "heavy", "storm"):
+        report.targets.append(Target(f"echo {name}: ksvc (server) >= 1.0x uvloop protocol msg/s",
+                                     f"echo/{name}/ksvc protocol (server)", f"echo/{name}/uvloop protocol", 1.0))
+        report.targets.append(Target(f"echo {name}: ksvc (server) p99 no worse than uvloop protocol",
+                                     f"echo/{name}/ksvc protocol (server)", f"echo/{name}/uvloop protocol", 1.0,
+                                     metric="p99_us", lower_is_better=True))  # fmt: skip
