@@ -2,7 +2,8 @@
 
 The generic loop (:mod:`ksvc_host.dispatcher`) costs microseconds of Python
 per entry. Most entries of a busy channel are the simplest kind: ``read``,
-``write``, ``pread64`` or ``pwrite64`` with no flags, routed to io_uring.
+``write``, ``pread64``, ``pwrite64``, or ``recvfrom``/``sendto`` without an
+address, with no flags, routed to io_uring.
 When the io backend offers its raw ring (``express_ring()``) and the sink
 is the completion ring (``pending_tail``), this lane takes the run of such
 entries at the head of the submit ring, fills their SQEs and enters the
@@ -30,19 +31,24 @@ TAG: Final = 1 << 62
 ENV_DISABLE: Final = "KSVC_NO_EXPRESS"
 """Set to ``1`` to send every entry through the generic loop (for comparison and debugging)."""
 
-# syscall -> (io_uring opcode, positioned)
+_STREAM, _POSITIONED, _SOCKET = 0, 1, 2
+"""How the lane reads an entry's arguments: (fd, buf, len), + offset, + message flags (no address)."""
+
+# syscall -> (io_uring opcode, argument kind)
 _TAKEN: Final = {
-    "read": (IoringOp.READ, False),
-    "write": (IoringOp.WRITE, False),
-    "pread64": (IoringOp.READ, True),
-    "pwrite64": (IoringOp.WRITE, True),
+    "read": (IoringOp.READ, _STREAM),
+    "write": (IoringOp.WRITE, _STREAM),
+    "pread64": (IoringOp.READ, _POSITIONED),
+    "pwrite64": (IoringOp.WRITE, _POSITIONED),
+    "recvfrom": (IoringOp.RECV, _SOCKET),
+    "sendto": (IoringOp.SEND, _SOCKET),
 }
 
 
 class ExpressLane:
     """The lane for one dispatcher; build it with :func:`express_lane`."""
 
-    def __init__(self, channel: Channel, backend: Any, sink: Any, ring: Any, opcodes: dict[int, tuple[IoringOp, bool]]):
+    def __init__(self, channel: Channel, backend: Any, sink: Any, ring: Any, opcodes: dict[int, tuple[IoringOp, int]]):
         ffi = fastpath.ffi
         self._lib = fastpath.lib
         self._backend = backend
@@ -66,9 +72,9 @@ class ExpressLane:
         x.ring_fd, x.sqpoll = ring.ring_fd, int(ring.sqpoll)
         x.excl_lo, x.excl_hi = ring.exclude_lo, ring.exclude_hi
         x.tag = TAG
-        for nr, (op, positioned) in opcodes.items():
+        for nr, (op, kind) in opcodes.items():
             x.opcode[nr] = int(op) + 1
-            x.positioned[nr] = int(positioned)
+            x.positioned[nr] = kind
         self.inflight = 0
         """Express entries submitted and not yet completed."""
         self.entries = 0
@@ -129,11 +135,13 @@ def express_lane(
     ring = get_ring()
     if ring is None:
         return None
-    opcodes: dict[int, tuple[IoringOp, bool]] = {}
-    for name, (op, positioned) in _TAKEN.items():
+    opcodes: dict[int, tuple[IoringOp, int]] = {}
+    for name, (op, kind) in _TAKEN.items():
         nr = SYSCALLS[name]
+        if op in ring.rewritten_opcodes:
+            continue  # a feature rewrites these SQEs on submit: the generic loop keeps them
         if router.route(nr).tier is Tier.IO_URING and op in backend.probe_opcodes():
-            opcodes[nr] = (op, positioned)
+            opcodes[nr] = (op, kind)
     if not opcodes:
         return None
     return ExpressLane(channel, backend, sink, ring, opcodes)

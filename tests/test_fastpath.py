@@ -223,3 +223,24 @@ def test_bulk_reap_routes_entries(impl: str) -> None:
     table.left[3] = 2
     assert fastpath.lib.ksvc_bulk_reap(ring, 0, 4, 15, table, other, 1, done, 4, counts) == 3
     assert list(counts) == [3, 1, 1]
+
+
+def test_socket_send_and_recv_take_the_lane(kx: ksvc.Ksvc) -> None:
+    import socket
+
+    a, b = socket.socketpair()
+    try:
+        before = kx.instance.dispatcher.express_entries
+        assert kx.send(a.fileno(), b"hello") == 5
+        assert kx.recv(b.fileno(), 100) == b"hello"
+        assert kx.send(a.fileno(), b"x" * 10, socket.MSG_NOSIGNAL) == 10
+        assert kx.recv(b.fileno(), 4, socket.MSG_PEEK) == b"xxxx"  # message flags reach the kernel
+        assert kx.recv(b.fileno(), 100) == b"x" * 10
+        assert kx.instance.dispatcher.express_entries - before == 5
+        b.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            kx.recv(b.fileno(), 10)  # O_NONBLOCK: the plain syscall's EAGAIN, not a wait
+        assert kx.instance.dispatcher.express_entries - before == 5
+    finally:
+        a.close()
+        b.close()

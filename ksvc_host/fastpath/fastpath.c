@@ -111,17 +111,24 @@ int ksvc_express_submit(struct ksvc_express *x, uint32_t max_take)
         uint64_t fd = w[2], addr = w[3], len = w[4], off = w[5];
         if (fd > 0x7fffffffu || len > 0xffffffffu || w[0] >= x->tag) break;
         if (x->excl_lo < x->excl_hi && addr < x->excl_hi && addr + len > x->excl_lo) break;
-        int pos = x->positioned[nr];
+        int kind = x->positioned[nr];   /* 0 stream read/write, 1 positioned, 2 socket send/recv */
+        int pos = kind == 1;
+        uint32_t msg_flags = 0;
         if (pos && (int64_t)off < 0) break;
+        if (kind == 2) {                 /* sendto/recvfrom without an address; off is msg flags */
+            if (w[6] || w[7] || off > 0xffffffffu) break;
+            msg_flags = (uint32_t)off;
+        }
         if (!fd_ok(&cache, (int32_t)fd, pos)) break;
         uint32_t idx = (sq_tail + n) & x->sq_mask;
         uint8_t *s = x->sqes + (size_t)idx * SQE_SIZE;
         memset(s, 0, SQE_SIZE);
         s[0] = (uint8_t)(x->opcode[nr] - 1);
         int32_t fd32 = (int32_t)fd; memcpy(s + 4, &fd32, 4);
-        uint64_t o = pos ? off : UINT64_MAX; memcpy(s + 8, &o, 8);
+        uint64_t o = pos ? off : (kind == 2 ? 0 : UINT64_MAX); memcpy(s + 8, &o, 8);
         memcpy(s + 16, &addr, 8);
         uint32_t l32 = (uint32_t)len; memcpy(s + 24, &l32, 4);
+        memcpy(s + 28, &msg_flags, 4);
         uint64_t ud = x->tag | w[0]; memcpy(s + 32, &ud, 8);
         x->sq_array[idx] = idx;
         n++;

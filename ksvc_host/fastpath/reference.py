@@ -91,7 +91,7 @@ def express_submit(x: Any, max_take: int) -> int:
     sqes = _view(x.sqes, x.sq_entries * _SQE_SIZE)
     n = 0
     while n < limit:
-        corr, nr_flags, fd, addr, length, off, _, _ = _SUBMIT_WORDS.unpack_from(
+        corr, nr_flags, fd, addr, length, off, a4, a5 = _SUBMIT_WORDS.unpack_from(
             sring, L.RING_ENTRIES_OFFSET + ((head + n) & x.smask) * L.SUBMIT_ENTRY_SIZE
         )
         nr, flags = nr_flags & 0xFFFF_FFFF, nr_flags >> 32
@@ -101,15 +101,22 @@ def express_submit(x: Any, max_take: int) -> int:
             break
         if x.excl_lo < x.excl_hi and addr < x.excl_hi and addr + length > x.excl_lo:
             break
-        pos = bool(x.positioned[nr])
+        kind = x.positioned[nr]  # 0 stream read/write, 1 positioned, 2 socket send/recv
+        pos = kind == 1
+        msg_flags = 0
         if pos and off >= 1 << 63:
             break
+        if kind == 2:  # sendto/recvfrom without an address; off is the message flags
+            if a4 or a5 or off > 0xFFFF_FFFF:
+                break
+            msg_flags = off
         if not _fd_ok(cache, fd, pos):
             break
         idx = (sq_tail + n) & x.sq_mask
+        sqe_off = off if pos else (0 if kind == 2 else 0xFFFF_FFFF_FFFF_FFFF)
         _SQE.pack_into(
-            sqes, idx * _SQE_SIZE, x.opcode[nr] - 1, 0, 0, fd, off if pos else 0xFFFF_FFFF_FFFF_FFFF,
-            addr, length, 0, x.tag | corr, 0, 0, 0, 0, 0,
+            sqes, idx * _SQE_SIZE, x.opcode[nr] - 1, 0, 0, fd, sqe_off, addr, length, msg_flags, x.tag | corr,
+            0, 0, 0, 0, 0,
         )
         x.sq_array[idx] = idx
         n += 1

@@ -42,6 +42,7 @@ class AsyncKsvc(Operations):
         self._drive_scheduled = False
         self._help_scheduled = False
         self._helps = self._completer._helps
+        self._runs = self._completer.inline or self._helps
         """Submissions leave the dispatcher's thread asleep and this loop runs the turns (not with direct-wake)."""
         self._waiter_thread: threading.Thread | None = None
         self._closed = False
@@ -164,7 +165,7 @@ class AsyncKsvc(Operations):
         else:
             w = Waiter(op.keep, on_done)
         fut.add_done_callback(lambda f: self._cancelled(f, w))
-        if self._backlog or not self._completer.try_submit(((op.nr, op.args, 0),), (w,), wake=not self._helps):
+        if self._backlog or not self._completer.try_submit(((op.nr, op.args, 0),), (w,), wake=not self._runs):
             self._backlog.append((op, w))  # ring full: sent when completions free room
         self._kick()
         return fut
@@ -213,10 +214,52 @@ class AsyncKsvc(Operations):
                                                   offs, n, op.keep, on_done))  # fmt: skip
         left[0] = len(parts)
         for b in parts:
-            if self._bulk_backlog or not self._completer.bulk_continue(b, wake=not self._helps):
+            if self._bulk_backlog or not self._completer.bulk_continue(b, wake=not self._runs):
                 self._bulk_backlog.append(b)  # ring full: the rest goes as completions free room
         self._kick()
         return fut
+
+    def submit_callback(self, op: Op, fn: Callable[[int], None]) -> Waiter:
+        """Low level: submit *op* and call ``fn(result)`` on the loop's thread when it completes.
+
+        No future and no task: for transports that keep one operation in
+        flight and react to each result (``ksvc_host.net``). *result* is the
+        raw syscall result (``-errno`` on failure, ``-EIO`` if the dispatcher
+        failed). :meth:`cancel` asks the kernel to stop the operation; *fn*
+        still runs once. Exceptions from *fn* go to the loop's exception handler.
+        """
+        check_route(self.instance, op.nr)
+        loop = self.loop
+
+        def call(result: int) -> None:
+            try:
+                fn(result)
+            except Exception as exc:  # noqa: BLE001 - never into the reaping machinery
+                loop.call_exception_handler({"message": f"ksvc completion callback {fn!r} failed", "exception": exc})
+
+        def on_done(corr_id: int, result: int, flags: int) -> None:
+            if flags > 0 and flags & L.COMPLETION_FLAG_MORE:
+                return
+            call(-errno.EIO if flags == -1 and result >= 0 else result)
+
+        if self._completer.direct and not self._completer.inline:
+
+            def handoff(c: int, r: int, f: int) -> None:
+                loop.call_soon_threadsafe(on_done, c, r, f)
+
+            w = Waiter(op.keep, handoff)
+        else:
+            w = Waiter(op.keep, on_done)
+        if self._backlog or not self._completer.try_submit(((op.nr, op.args, 0),), (w,), wake=not self._runs):
+            self._backlog.append((op, w))
+        self._kick()
+        return w
+
+    def cancel(self, w: Waiter) -> None:
+        """Ask the kernel to stop the operation of *w* (from :meth:`submit_callback`); best effort."""
+        if w.corr_id and not w.done:
+            self.instance.dispatcher.request_cancel(w.corr_id)
+            self._kick()
 
     def _cancelled(self, fut: asyncio.Future[Any], w: Waiter) -> None:
         if fut.cancelled() and w.corr_id:

@@ -109,6 +109,8 @@ class Completer:
         self.failure: BaseException | None = None
         self.inline = not self.dispatcher.threaded
         self._helps = not self.inline
+        self._caller_runs = True
+        """The submitting caller runs the dispatcher's loop next (inline, or helping): no wake-up needed."""
         self.dispatcher.on_failure = self._on_dispatcher_failure
         self._pack = L.SUBMIT_ENTRY.pack_into
         self._unpack = L.COMPLETION_ENTRY.unpack_from
@@ -119,6 +121,7 @@ class Completer:
         """True when the sink hands each result to its caller (``direct-wake``): no completion ring."""
         if self.direct:
             self._helps = False  # waiters sleep on their own events and never run the loop: always wake it
+            self._caller_runs = self.inline
             self._make_event: Callable[[], Any] = getattr(sink, "make_event", threading.Event)
             attach(self.deliver)  # type: ignore[misc]  # callable() checked above
         # Bulk operations: results land in per-group arrays, written by the fast path's reap.
@@ -228,7 +231,7 @@ class Completer:
                 tail += 1
             self._tail = tail
             ring.publish_tail(tail)
-        if wake or not self._helps:
+        if wake or not self._caller_runs:
             self.dispatcher.wake()
         return count
 
@@ -295,7 +298,7 @@ class Completer:
             )
             self._tail += count
             b.submitted += count
-        if wake or not self._helps:
+        if wake or not self._caller_runs:
             self.dispatcher.wake()
         return b.submitted >= b.n
 

@@ -1,8 +1,9 @@
 """KsvcTransport: an asyncio Transport whose receives and sends are KSVC entries (Tier 1).
 
-Each connection runs two small tasks: a reader that keeps one ``recv``
-entry in flight and hands what arrives to the protocol, and a writer that
-sends the buffered bytes whenever there are any. Flow control is asyncio's:
+Each connection keeps one ``recv`` entry in flight, into a buffer of its
+own, and hands what arrives to the protocol; buffered bytes go out as one
+``send`` entry at a time. Completions arrive as callbacks on the loop's
+thread (``AsyncKsvc.submit_callback``): no task or future per operation. Flow control is asyncio's:
 above the high-water mark the protocol is paused (``StreamWriter.drain``
 waits), below the low-water mark it resumes; ``pause_reading`` stops
 submitting receives. Because the transport follows the asyncio contract,
@@ -18,12 +19,21 @@ import os
 import socket
 from typing import Any
 
+from ksvc_host import native
+from ksvc_host.abi.syscalls import SYSCALLS
+from ksvc_host.frontend.core import Waiter
+from ksvc_host.frontend.operations import Op, oserror
+
 _DEFAULT_HIGH = 64 * 1024
 _DEFAULT_LOW = 16 * 1024
-MAX_RECV = 256 * 1024
-"""Bytes asked for per receive entry."""
+MAX_RECV = 64 * 1024
+"""Bytes asked for per receive entry (into one buffer per connection, reused: one receive is in flight)."""
 
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT})
+_NR_RECVFROM = SYSCALLS["recvfrom"]
+_NR_SENDTO = SYSCALLS["sendto"]
+_NR_SHUTDOWN = SYSCALLS["shutdown"]
+_SEND_FLAGS = socket.MSG_NOSIGNAL  # a reset peer gives EPIPE, not SIGPIPE
 
 
 class KsvcTransport(asyncio.Transport):
@@ -42,100 +52,109 @@ class KsvcTransport(asyncio.Transport):
         self._buffer = bytearray()
         self._high, self._low = _DEFAULT_HIGH, _DEFAULT_LOW
         self._protocol_paused = False
-        self._reading = asyncio.Event()
-        self._reading.set()
+        self._reading = True
         self._closing = False
         self._closed = False
         self._eof_requested = False
         self._eof_sent = False
-        self._writer: asyncio.Task[None] | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._rbuf = native.alloc(MAX_RECV)
+        self._raddr = native.address_of(self._rbuf)
+        self._rview = memoryview(native.ffi.buffer(self._rbuf))
+        self._recv_w: Waiter | None = None
+        self._send_w: Waiter | None = None
         self._loop.call_soon(self._start, waiter)
 
     def _start(self, waiter: asyncio.Future[None] | None) -> None:
         self._protocol.connection_made(self)
-        if not self._closing:
-            self._reader = self._loop.create_task(self._read_loop())
+        self._recv_next()
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     # Reading ----------------------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
-        try:
-            while not self._closing:
-                if not self._reading.is_set():
-                    await self._reading.wait()
-                    continue
-                data = await self._k.recv(self._fd, MAX_RECV)
-                if self._closing:
-                    return
-                if not data:
-                    if not self._protocol.eof_received():
-                        self.close()
-                    return
-                self._protocol.data_received(data)
-        except asyncio.CancelledError:
+    def _recv_next(self) -> None:
+        if self._closing or self._recv_w is not None or not self._reading:
             return
-        except OSError as exc:
-            self._fatal(exc)
+        op = Op(_NR_RECVFROM, (self._fd, self._raddr, MAX_RECV, 0), keep=self._rbuf)
+        self._recv_w = self._k.submit_callback(op, self._on_recv)
+
+    def _on_recv(self, res: int) -> None:
+        self._recv_w = None
+        if self._closing:
+            return
+        if res < 0:
+            self._fatal(oserror(-res))
+            return
+        if res == 0:
+            if not self._protocol.eof_received():
+                self.close()
+            return
+        self._protocol.data_received(self._rview[:res].tobytes())
+        self._recv_next()
 
     def pause_reading(self) -> None:
-        """Stop asking for data (one receive already in flight may still deliver)."""
-        self._reading.clear()
+        """Stop asking for data (a receive already in flight may still deliver)."""
+        self._reading = False
 
     def resume_reading(self) -> None:
         """Ask for data again."""
-        self._reading.set()
+        if not self._reading:
+            self._reading = True
+            self._recv_next()
 
     def is_reading(self) -> bool:
         """True unless paused or closing."""
-        return self._reading.is_set() and not self._closing
+        return self._reading and not self._closing
 
     # Writing ----------------------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue *data*; it is sent in order by the writer task."""
+        """Queue *data*; it is sent in order, one send entry at a time."""
         if self._eof_requested:
             raise RuntimeError("Cannot call write() after write_eof()")
         if self._closing or not data:
             return
         self._buffer += data
-        if self._writer is None:
-            self._writer = self._loop.create_task(self._write_loop())
+        if self._send_w is None:
+            self._send_next()
         if not self._protocol_paused and len(self._buffer) > self._high:
             self._protocol_paused = True
             self._protocol.pause_writing()
 
-    async def _write_loop(self) -> None:
-        try:
-            while self._buffer:
-                chunk = bytes(self._buffer)
-                n = await self._k.send(self._fd, chunk, socket.MSG_NOSIGNAL)
-                del self._buffer[:n]
-                if self._protocol_paused and len(self._buffer) <= self._low:
-                    self._protocol_paused = False
-                    self._protocol.resume_writing()
-            if self._eof_requested and not self._eof_sent:
-                self._eof_sent = True
-                await self._k.shutdown(self._fd, socket.SHUT_WR)
-        except asyncio.CancelledError:
+    def _send_next(self) -> None:
+        if self._closed:
             return
-        except OSError as exc:
-            self._writer = None
-            self._fatal(exc)
-            return
-        self._writer = None
-        if self._closing:
+        if self._buffer:
+            chunk = bytes(self._buffer)
+            view = native.ffi.from_buffer(chunk)
+            op = Op(_NR_SENDTO, (self._fd, native.address_of(view), len(chunk), _SEND_FLAGS), keep=(view, chunk))
+            self._send_w = self._k.submit_callback(op, self._on_sent)
+        elif self._eof_requested and not self._eof_sent:
+            self._eof_sent = True
+            self._send_w = self._k.submit_callback(Op(_NR_SHUTDOWN, (self._fd, socket.SHUT_WR)), self._on_sent)
+        elif self._closing:
             self._finish(None)
+
+    def _on_sent(self, res: int) -> None:
+        self._send_w = None
+        if self._closed:
+            return
+        if res < 0:
+            self._fatal(oserror(-res))
+            return
+        del self._buffer[:res]
+        if self._protocol_paused and len(self._buffer) <= self._low:
+            self._protocol_paused = False
+            self._protocol.resume_writing()
+        self._send_next()
 
     def write_eof(self) -> None:
         """Half-close: send what is buffered, then shut down the sending side."""
         if self._eof_requested or self._closing:
             return
         self._eof_requested = True
-        if self._writer is None:
-            self._writer = self._loop.create_task(self._write_loop())
+        if self._send_w is None:
+            self._send_next()
 
     def can_write_eof(self) -> bool:
         """Stream sockets can half-close."""
@@ -168,10 +187,9 @@ class KsvcTransport(asyncio.Transport):
         if self._closing:
             return
         self._closing = True
-        self._reading.set()
-        if self._reader is not None:
-            self._reader.cancel()  # cancels its receive in the kernel
-        if self._writer is None:
+        if self._recv_w is not None:
+            self._k.cancel(self._recv_w)  # its completion (ECANCELED) is ignored; its buffer stays referenced
+        if self._send_w is None:
             self._loop.call_soon(self._finish, None)
 
     def abort(self) -> None:
@@ -181,7 +199,7 @@ class KsvcTransport(asyncio.Transport):
         self._finish(None)
 
     def _fatal(self, exc: BaseException) -> None:
-        if isinstance(exc, OSError) and exc.errno in _RESET_ERRNOS:
+        if isinstance(exc, OSError) and exc.errno in _RESET_ERRNOS and not isinstance(exc, ConnectionResetError):
             exc = ConnectionResetError(exc.errno, os.strerror(exc.errno or 0))
         self._closing = True
         self._buffer.clear()
@@ -192,11 +210,11 @@ class KsvcTransport(asyncio.Transport):
             return
         self._closed = True
         self._closing = True
-        for task in (self._reader, self._writer):
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
+        for w in (self._recv_w, self._send_w):
+            if w is not None:
+                self._k.cancel(w)
         try:
-            os.close(self._fd)
+            os.close(self._fd)  # an operation still in flight holds its own reference until it ends
         except OSError:
             pass
         if self._server is not None:

@@ -146,3 +146,5 @@ class ExpressRing(NamedTuple):
     sqpoll: bool
     exclude_lo: int = 0
     exclude_hi: int = 0
+    rewritten_opcodes: frozenset[int] = frozenset()
+    """Opcodes a feature rewrites on submit (send-zc: SEND): the lane does not take them."""

@@ -92,15 +92,20 @@ class BasicIoUring:
         """The raw ring for the dispatcher's express lane, or ``None`` when SQEs need rewriting.
 
         Rewriting that only touches one address range (registered buffers)
-        is allowed: the lane leaves SQEs in that range to :meth:`submit`. A
-        preparer or filter whose owner says ``express_transparent = True``
-        never touches plain reads and writes nor their CQEs.
+        is allowed: the lane leaves SQEs in that range to :meth:`submit`. So is
+        a preparer whose owner lists the opcodes it rewrites
+        (``express_rewrites``): the lane leaves those opcodes alone. A filter
+        whose owner says ``express_transparent = True`` only touches CQEs of
+        its own requests.
         """
         lo = hi = 0
+        rewritten: set[int] = set()
         for prepare in self._preparers:
             owner = getattr(prepare, "__self__", None)
-            if getattr(owner, "express_transparent", False):
-                continue  # never rewrites a plain read or write
+            ops = getattr(owner, "express_rewrites", None)
+            if ops is not None:
+                rewritten |= {int(op) for op in ops}  # the lane leaves these opcodes to submit()
+                continue
             exclude = getattr(owner, "express_exclude", None)
             if exclude is None or hi:
                 return None
@@ -112,7 +117,7 @@ class BasicIoUring:
         a = r.addresses()
         return ExpressRing(
             r.fd, a["sq_head"], a["sq_tail"], a["sq_flags"], a["sq_array"], r._sq_mask, r.sq_entries,
-            a["cq_head"], a["cq_tail"], r._cq_mask, a["sqes"], a["cqes"], r._sqpoll, lo, hi,
+            a["cq_head"], a["cq_tail"], r._cq_mask, a["sqes"], a["cqes"], r._sqpoll, lo, hi, frozenset(rewritten),
         )  # fmt: skip
 
     def express_room(self) -> int:

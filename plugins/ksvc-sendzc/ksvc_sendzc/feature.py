@@ -21,7 +21,10 @@ class SendZeroCopy:
     """Feature ``send-zc``."""
 
     express_transparent = True
-    """Rewrites only SEND SQEs and filters only their CQEs: plain reads and writes may bypass it."""
+    """Filters only the CQEs of its own SEND_ZC requests: other completions may bypass it."""
+
+    express_rewrites = frozenset({IoringOp.SEND})
+    """Rewrites SEND SQEs only: the dispatcher's express lane leaves sends to the backend's submit."""
 
     name = "send-zc"
 
