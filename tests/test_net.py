@@ -309,3 +309,35 @@ def test_out_of_descriptors_is_a_clear_error_and_serving_goes_on() -> None:
         proc.wait(30)
     err = proc.stderr.read()
     assert "cannot accept: Too many open files" in err and "Raise the descriptor limit (ulimit -n)" in err
+
+
+def test_thousands_of_concurrent_connections() -> None:
+    import resource
+
+    n = 2000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 2 * n + 200  # both ends live in this process
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.skip(f"the hard descriptor limit ({hard}) is below {need}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, need), hard))
+
+    async def main() -> None:
+        server, port = await _echo_server()
+        async with server:
+            conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(n)]
+            for _ in range(50):
+                if server.connections == n:
+                    break
+                await asyncio.sleep(0.1)
+            assert server.connections == n  # all open at once
+            for i, (_, w) in enumerate(conns):
+                w.write(b"%06d" % i)
+            got = await asyncio.gather(*(r.readexactly(6) for r, _ in conns))
+            assert got == [b"%06d" % i for i in range(n)]
+            for _, w in conns:
+                w.close()
+
+    try:
+        run(main, timeout=120)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -25,6 +25,7 @@ from ksvc_host.frontend.operations import BulkOp, Op, Operations, oserror
 from ksvc_host.instance import Instance
 
 _HELP_TURNS = 4
+_BACKLOG_RETRY = 0.001
 
 
 class AsyncKsvc(Operations):
@@ -41,6 +42,7 @@ class AsyncKsvc(Operations):
         self._bulk_backlog: deque[BulkWaiter] = deque()
         self._drive_scheduled = False
         self._help_scheduled = False
+        self._backlog_timer: asyncio.TimerHandle | None = None
         self._helps = self._completer._helps
         self._runs = self._completer.inline or self._helps
         """Submissions leave the dispatcher's thread asleep and this loop runs the turns (not with direct-wake)."""
@@ -99,6 +101,8 @@ class AsyncKsvc(Operations):
             if not disp.help():
                 break
         self._completer.reap()
+        if self._backlog or self._bulk_backlog:
+            self._flush_backlog()
         if not disp.idle():
             disp.wake()  # work in flight or still queued: the dispatcher's thread carries on and notifies us
 
@@ -116,6 +120,22 @@ class AsyncKsvc(Operations):
             self.loop.call_soon(self._drive)
 
     def _flush_backlog(self) -> None:
+        try:
+            self._flush_backlog_now()
+        finally:
+            if (self._backlog or self._bulk_backlog) and self._backlog_timer is None and not self._closed:
+                # The ring was full. Room comes back when the dispatcher takes entries, which need not
+                # come with a completion (receives that wait for data): look again shortly.
+                self._backlog_timer = self.loop.call_later(_BACKLOG_RETRY, self._retry_backlog)
+
+    def _retry_backlog(self) -> None:
+        self._backlog_timer = None
+        if self._closed:
+            return
+        self._flush_backlog()
+        self._kick()
+
+    def _flush_backlog_now(self) -> None:
         while self._bulk_backlog:
             if not self._completer.bulk_continue(self._bulk_backlog[0]):
                 return
@@ -167,6 +187,7 @@ class AsyncKsvc(Operations):
         fut.add_done_callback(lambda f: self._cancelled(f, w))
         if self._backlog or not self._completer.try_submit(((op.nr, op.args, 0),), (w,), wake=not self._runs):
             self._backlog.append((op, w))  # ring full: sent when completions free room
+            self._flush_backlog()
         self._kick()
         return fut
 
@@ -216,10 +237,11 @@ class AsyncKsvc(Operations):
         for b in parts:
             if self._bulk_backlog or not self._completer.bulk_continue(b, wake=not self._runs):
                 self._bulk_backlog.append(b)  # ring full: the rest goes as completions free room
+                self._flush_backlog()
         self._kick()
         return fut
 
-    def submit_callback(self, op: Op, fn: Callable[[int], None]) -> Waiter:
+    def submit_callback(self, op: Op, fn: Callable[[int], None], *, multishot: bool = False) -> Waiter:
         """Low level: submit *op* and call ``fn(result)`` on the loop's thread when it completes.
 
         No future and no task: for transports that keep one operation in
@@ -227,6 +249,8 @@ class AsyncKsvc(Operations):
         raw syscall result (``-errno`` on failure, ``-EIO`` if the dispatcher
         failed). :meth:`cancel` asks the kernel to stop the operation; *fn*
         still runs once. Exceptions from *fn* go to the loop's exception handler.
+        With ``multishot=True`` (an accept, with the ``multishot-accept``
+        feature) *fn* runs for every completion; ``w.done`` tells the last.
         """
         check_route(self.instance, op.nr)
         loop = self.loop
@@ -238,7 +262,7 @@ class AsyncKsvc(Operations):
                 loop.call_exception_handler({"message": f"ksvc completion callback {fn!r} failed", "exception": exc})
 
         def on_done(corr_id: int, result: int, flags: int) -> None:
-            if flags > 0 and flags & L.COMPLETION_FLAG_MORE:
+            if flags > 0 and flags & L.COMPLETION_FLAG_MORE and not multishot:
                 return
             call(-errno.EIO if flags == -1 and result >= 0 else result)
 
@@ -250,10 +274,19 @@ class AsyncKsvc(Operations):
             w = Waiter(op.keep, handoff)
         else:
             w = Waiter(op.keep, on_done)
-        if self._backlog or not self._completer.try_submit(((op.nr, op.args, 0),), (w,), wake=not self._runs):
+        entry = (op.nr, op.args, L.SUBMIT_FLAG_MULTISHOT if multishot else 0)
+        if self._backlog or not self._completer.try_submit((entry,), (w,), wake=not self._runs):
+            if multishot:
+                raise BlockingIOError(errno.EAGAIN, "submit ring full; retry the multishot submission")
             self._backlog.append((op, w))
+            self._flush_backlog()
         self._kick()
         return w
+
+    @property
+    def multishot_accept(self) -> bool:
+        """True when one accept submission can yield every connection (the ``multishot-accept`` feature)."""
+        return bool(getattr(self.instance.io_backend, "multishot_accept", False))
 
     def cancel(self, w: Waiter) -> None:
         """Ask the kernel to stop the operation of *w* (from :meth:`submit_callback`); best effort."""

@@ -1,7 +1,8 @@
 """Servers and connections on KSVC for asyncio: streams (``start_server``) and protocols (``create_server``).
 
 Listening sockets are made with the ``socket`` module (once per server);
-every ``accept``, ``recv`` and ``send`` after that is a KSVC entry. A server
+every ``accept``, ``recv`` and ``send`` after that is a KSVC entry. With the
+``multishot-accept`` feature one accept submission yields every connection. A server
 owns its connections: :meth:`Server.close` closes the listening sockets
 and every connection it accepted. When the process runs out of
 descriptors, accepting pauses with one clear log line and resumes once
@@ -13,18 +14,22 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import ksvc_host
+from ksvc_host.abi.syscalls import SYSCALLS
+from ksvc_host.frontend.operations import Op
 from ksvc_host.net.transport import KsvcTransport
 
 log = logging.getLogger("ksvc.net")
 
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_RETRY = 0.1
+_NR_ACCEPT4 = SYSCALLS["accept4"]
 _shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 
 StreamHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
@@ -52,6 +57,8 @@ class Server(asyncio.AbstractServer):
         self._owns = owns_instance
         self._transports: set[KsvcTransport] = set()
         self._accepting: list[asyncio.Task[None]] = []
+        self._multishots: list[Any] = []
+        self._warned = False
         self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -61,10 +68,44 @@ class Server(asyncio.AbstractServer):
 
     def _start(self) -> None:
         for sock in self._sockets:
-            self._accepting.append(self._loop.create_task(self._accept_loop(sock)))
+            if self._k.multishot_accept:
+                self._multishot(sock)
+            else:
+                self._accepting.append(self._loop.create_task(self._accept_loop(sock)))
+
+    # One accept submission for every connection (multishot-accept feature) ---------------------
+
+    def _multishot(self, sock: socket.socket) -> None:
+        if self._closed:
+            return
+        op = Op(_NR_ACCEPT4, (sock.fileno(), 0, 0, socket.SOCK_CLOEXEC))
+        box: list[Any] = []  # the waiter, for the callback to see
+        try:
+            w = self._k.submit_callback(op, lambda res: self._on_accept(sock, box[0], res), multishot=True)
+            box.append(w)
+        except BlockingIOError:
+            self._loop.call_later(_ACCEPT_RETRY, self._multishot, sock)
+            return
+        self._multishots.append(w)
+
+    def _on_accept(self, sock: socket.socket, w: Any, res: int) -> None:
+        if res >= 0:
+            if self._closed:
+                socket.close(res)
+            else:
+                self._connection(sock, res, _peername(res))
+        elif not self._closed and -res in _OUT_OF_DESCRIPTORS:
+            self._out_of_descriptors(sock, OSError(-res, os.strerror(-res)))
+        elif not self._closed and -res != errno.ECANCELED:
+            log.warning("ksvc server %s: accept failed: %s", sock.getsockname(), os.strerror(-res))
+        if w.done:  # the kernel ended the series (an error, or cancelled): submit again unless closing
+            if w in self._multishots:
+                self._multishots.remove(w)
+            if not self._closed:
+                delay = _ACCEPT_RETRY if res < 0 else 0.0
+                self._loop.call_later(delay, self._multishot, sock)
 
     async def _accept_loop(self, sock: socket.socket) -> None:
-        warned = False
         while not self._closed:
             try:
                 fd, peer = await self._k.accept(sock.fileno(), socket.SOCK_CLOEXEC)
@@ -74,26 +115,32 @@ class Server(asyncio.AbstractServer):
                 if self._closed:
                     return
                 if exc.errno in _OUT_OF_DESCRIPTORS:
-                    if not warned:
-                        log.error("ksvc server %s: cannot accept: %s; %d connections open. Raise the descriptor "
-                                  "limit (ulimit -n) or close connections; accepting resumes when one is free",
-                                  sock.getsockname(), exc.strerror, len(self._transports))  # fmt: skip
-                        warned = True
+                    self._out_of_descriptors(sock, exc)
                     await asyncio.sleep(_ACCEPT_RETRY)
                     continue
                 log.warning("ksvc server %s: accept failed: %s", sock.getsockname(), exc)
                 continue
-            warned = False
-            self.accepted += 1
-            try:
-                protocol = self._factory()
-            except Exception:  # noqa: BLE001 - a failing factory must not stop the server
-                log.exception("ksvc server: protocol factory failed; connection closed")
-                socket.close(fd)
-                continue
-            extra = {"peername": peer, "sockname": sock.getsockname()}
-            self._transports.add(KsvcTransport(self._k, fd, protocol, extra=extra, server=self))
-            self._idle.clear()
+            self._connection(sock, fd, peer)
+
+    def _out_of_descriptors(self, sock: socket.socket, exc: OSError) -> None:
+        if not self._warned:
+            log.error("ksvc server %s: cannot accept: %s; %d connections open. Raise the descriptor "
+                      "limit (ulimit -n) or close connections; accepting resumes when one is free",
+                      sock.getsockname(), exc.strerror, len(self._transports))  # fmt: skip
+            self._warned = True
+
+    def _connection(self, sock: socket.socket, fd: int, peer: Any) -> None:
+        self._warned = False
+        self.accepted += 1
+        try:
+            protocol = self._factory()
+        except Exception:  # noqa: BLE001 - a failing factory must not stop the server
+            log.exception("ksvc server: protocol factory failed; connection closed")
+            socket.close(fd)
+            return
+        extra = {"peername": peer, "sockname": sock.getsockname()}
+        self._transports.add(KsvcTransport(self._k, fd, protocol, extra=extra, server=self))
+        self._idle.clear()
 
     def _detach(self, transport: KsvcTransport) -> None:
         self._transports.discard(transport)
@@ -125,6 +172,8 @@ class Server(asyncio.AbstractServer):
         self._closed = True
         for task in self._accepting:
             task.cancel()
+        for w in self._multishots:
+            self._k.cancel(w)
         for sock in self._sockets:
             sock.close()
         for tr in list(self._transports):
@@ -189,6 +238,16 @@ def _listen(host: str | None, port: int, backlog: int, reuse_address: bool) -> l
             s.close()
         raise
     return sockets
+
+
+def _peername(fd: int) -> Any:
+    view = socket.socket(fileno=fd)
+    try:
+        return view.getpeername()
+    except OSError:
+        return None
+    finally:
+        view.detach()
 
 
 def _sockname(fd: int) -> Any:

@@ -12,6 +12,8 @@ from ksvc_host.abi import io_uring as U
 from ksvc_host.traits.io_backend import ExpressRing, IoCompletion, SqeSpec
 
 _CQE_MORE = int(U.CqeFlag.MORE)  # plain int on the per-completion path
+DEFAULT_CQ_ENTRIES = 32768
+"""CQ slots by default: operations that may be in flight at once, less the SQ size."""
 INTERNAL = 1 << 63
 """user_data bit reserved for the backend's own requests (cancels); never handed back."""
 
@@ -22,7 +24,9 @@ class BasicIoUring:
     name = "basic"
 
     def __init__(self, entries: int = 256, *, setup_flags: int = 0, **ring_kwargs: Any) -> None:
-        cq_entries = ring_kwargs.pop("cq_entries", entries * 4)
+        # Every operation in flight needs a CQ slot of its own (the guard in submit()); idle connections
+        # each keep a receive in flight, so the CQ is sized for many thousands of them (16 B per slot).
+        cq_entries = ring_kwargs.pop("cq_entries", max(entries * 4, DEFAULT_CQ_ENTRIES))
         try:
             # SUBMIT_ALL: an SQE that fails preparation gets its error CQE and the rest are still
             # submitted; without it io_uring_enter stops there and leaves the others queued.

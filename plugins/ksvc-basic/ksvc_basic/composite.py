@@ -33,6 +33,8 @@ def build_io_uring(ctx: BuildContext) -> BasicIoUring:
     entries = int(ctx.option("sq_entries", 256))
     flags = 0
     kwargs: dict[str, Any] = {}
+    if ctx.option("cq_entries") is not None:
+        kwargs["cq_entries"] = int(ctx.option("cq_entries"))
     for f in ctx.io_features:
         if hasattr(f, "setup_flags"):
             flags = f.setup_flags(flags)

@@ -55,3 +55,30 @@ def test_without_the_feature_it_is_a_clear_error() -> None:
         assert info.value.errno == errno.EOPNOTSUPP
         assert k.getpid() == os.getpid()
         k.close(s)
+
+
+def test_server_accepts_every_connection_from_one_submission() -> None:
+    import asyncio
+
+    from ksvc_host.net.echo import echo_handler
+
+    async def main() -> None:
+        server = await ksvc.start_server(echo_handler, "127.0.0.1", 0, io_backend="multishot-accept")
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            assert server._k.multishot_accept and len(server._multishots) == 1
+
+            async def client(i: int) -> bytes:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"%d" % i)
+                got = await reader.readexactly(len(b"%d" % i))
+                writer.close()
+                return got
+
+            assert await asyncio.gather(*(client(i) for i in range(50))) == [b"%d" % i for i in range(50)]
+            assert server.accepted == 50
+            assert len(server._multishots) == 1  # still the one submission
+            peer = server._transports and next(iter(server._transports)).get_extra_info("peername")
+            assert peer is None or peer[0] == "127.0.0.1"
+
+    asyncio.run(asyncio.wait_for(main(), 30))
