@@ -62,9 +62,17 @@ class KsvcTransport(asyncio.Transport):
         self._rview = memoryview(native.ffi.buffer(self._rbuf))
         self._recv_w: Waiter | None = None
         self._send_w: Waiter | None = None
+        self._fixed: Any = None
         self._loop.call_soon(self._start, waiter)
 
     def _start(self, waiter: asyncio.Future[None] | None) -> None:
+        registry = getattr(self._k.instance.io_backend, "fixed_files", None)
+        if registry is not None:  # the fixed-files feature: SQEs on this socket skip the fd table lookup
+            try:
+                registry.register(self._fd)
+                self._fixed = registry
+            except OSError:
+                pass  # every slot taken: this connection uses its plain descriptor
         self._protocol.connection_made(self)
         self._recv_next()
         if waiter is not None and not waiter.done():
@@ -213,6 +221,8 @@ class KsvcTransport(asyncio.Transport):
         for w in (self._recv_w, self._send_w):
             if w is not None:
                 self._k.cancel(w)
+        if self._fixed is not None:
+            self._fixed.unregister(self._fd)
         try:
             os.close(self._fd)  # an operation still in flight holds its own reference until it ends
         except OSError:

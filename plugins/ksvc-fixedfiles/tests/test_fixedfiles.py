@@ -42,3 +42,30 @@ def test_registered_descriptor_is_used_as_a_fixed_file(tmp_path: Path) -> None:
         for f in fds:
             ff.unregister(f)
             os.close(f)
+
+
+def test_server_connections_use_fixed_files() -> None:
+    import asyncio
+
+    from ksvc_host.net.echo import echo_handler
+
+    async def main() -> None:
+        server = await ksvc.start_server(echo_handler, "127.0.0.1", 0, io_backend="fixed-files",
+                                         options={"fixed_file_slots": 8})  # fmt: skip
+        port = server.sockets[0].getsockname()[1]
+        registry = server._k.instance.io_backend.fixed_files
+        async with server:
+            conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(10)]  # more than the slots
+            for i, (_, w) in enumerate(conns):
+                w.write(b"%03d" % i)
+            assert [await r.readexactly(3) for r, _ in conns] == [b"%03d" % i for i in range(10)]
+            assert len(registry.registered()) == 8 and registry.rewritten > 0  # the rest use plain descriptors
+            for _, w in conns:
+                w.close()
+            for _ in range(100):
+                if not registry.registered():
+                    break
+                await asyncio.sleep(0.01)
+            assert registry.registered() == {}  # slots freed as connections closed
+
+    asyncio.run(asyncio.wait_for(main(), 30))
