@@ -39,3 +39,24 @@ def test_zero_copy_send_over_loopback(dispatcher: str) -> None:
         k.close(c)
         peer.close()
         srv.close()
+
+
+def test_server_sends_use_zero_copy() -> None:
+    import asyncio
+    import os
+
+    from ksvc_host.net.echo import echo_handler
+
+    async def main() -> None:
+        server = await ksvc.start_server(echo_handler, "127.0.0.1", 0, io_backend="send-zc")
+        port = server.sockets[0].getsockname()[1]
+        feature = next(f for f in server._k.instance.io_backend.features if f.name == "send-zc")
+        async with server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            payload = os.urandom(200_000)
+            writer.write(payload)
+            assert await reader.readexactly(len(payload)) == payload
+            writer.close()
+        assert feature.zc_sends > 0  # the echo went out as SEND_ZC
+
+    asyncio.run(asyncio.wait_for(main(), 30))
