@@ -182,6 +182,9 @@ def build_instance(
     **names: str | None,
 ) -> Instance:
     """Resolve, build and start an instance (see :func:`ksvc_host.open`)."""
+    from ksvc_host import fastpath
+
+    fastpath.note_once()  # the compiled loops failed to build: say so, once per process
     if dispatcher not in ("thread", "inline"):
         raise SelectionError(f"dispatcher must be 'thread' or 'inline', got {dispatcher!r}")
     unknown = set(names) - set(TRAITS)

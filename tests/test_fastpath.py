@@ -244,3 +244,19 @@ def test_socket_send_and_recv_take_the_lane(kx: ksvc.Ksvc) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_a_failed_build_is_reported_once(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # As after an install where the C compiler was missing: the reference loops, and one line saying why.
+    monkeypatch.setattr(fastpath, "IMPLEMENTATION", "python")
+    monkeypatch.setattr(fastpath, "REASON", "the compiled fast path is not available (No module named x)")
+    monkeypatch.setattr(fastpath, "_warned", False)
+    for _ in range(2):
+        with ksvc.open():
+            pass
+    assert capsys.readouterr().err.count("ksvc: the compiled fast path is not available") == 1
+    monkeypatch.setattr(fastpath, "_warned", False)
+    monkeypatch.setattr(fastpath, "REASON", f"{fastpath.ENV_PURE} is set; using the pure-Python loops")
+    with ksvc.open():
+        pass
+    assert capsys.readouterr().err == ""  # chosen on purpose: nothing to report
