@@ -238,7 +238,13 @@ class AsyncKsvc(Operations):
             if self._bulk_backlog or not self._completer.bulk_continue(b, wake=not self._runs):
                 self._bulk_backlog.append(b)  # ring full: the rest goes as completions free room
                 self._flush_backlog()
-        self._kick()
+        if self._helps:
+            # Run the turns now: work that completes at once (cached reads) is done before we return,
+            # and awaiting a finished future costs no trip through the event loop. Bounded: a turn
+            # never waits for completions (SQPOLL: at most its short spin).
+            self._help()
+        else:
+            self._kick()
         return fut
 
     def submit_callback(self, op: Op, fn: Callable[[int], None], *, multishot: bool = False) -> Waiter:
