@@ -1,8 +1,9 @@
 """The echo servers ``ksvc bench echo`` compares, each run as ``python -m ksvc_host.bench.echo_servers KIND``.
 
 Every handler is ordinary Python of the same style: a Protocol that writes
-back what it receives, or a streams coroutine that reads and writes with
-``drain``. The server prints ``ready PORT`` and serves until stdin closes.
+back what it receives, or the streams coroutine of ``ksvc echo``
+(:func:`ksvc_host.net.echo.echo_handler`, plain asyncio code) that reads and
+writes with ``drain``. The server prints ``ready PORT`` and serves until stdin closes.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import sys
 from typing import Any
+
+from ksvc_host.net.echo import echo_handler  # plain asyncio streams code: the same handler for every server
 
 KINDS = (
     "uvloop protocol", "uvloop streams", "asyncio protocol", "asyncio streams",
@@ -28,17 +31,6 @@ class EchoProtocol(asyncio.Protocol):
         self.transport.write(data)
 
 
-async def echo_streams(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Reads and writes back until EOF."""
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except ConnectionError:
-        pass
-    writer.close()
-
-
 async def _serve(kind: str) -> None:
     loop = asyncio.get_running_loop()
     if kind.startswith("ksvc"):
@@ -48,11 +40,11 @@ async def _serve(kind: str) -> None:
         if "protocol" in kind:
             server: Any = await ksvc.create_server(EchoProtocol, "127.0.0.1", 0, preset=preset)
         else:
-            server = await ksvc.start_server(echo_streams, "127.0.0.1", 0, preset=preset)
+            server = await ksvc.start_server(echo_handler, "127.0.0.1", 0, preset=preset)
     elif kind.endswith("protocol"):
         server = await loop.create_server(EchoProtocol, "127.0.0.1", 0)
     else:
-        server = await asyncio.start_server(echo_streams, "127.0.0.1", 0)
+        server = await asyncio.start_server(echo_handler, "127.0.0.1", 0)
     print("ready", server.sockets[0].getsockname()[1], flush=True)
     await loop.run_in_executor(None, sys.stdin.read)  # until the bench closes our stdin
     server.close()

@@ -209,14 +209,17 @@ class Report:
             out.append({**asdict(t), "ratio": r, "met": met})
         return out
 
-    def table(self) -> str:
-        """Results as text: one block per workload and case, then the targets."""
-        lines: list[str] = []
+    def _groups(self) -> list[tuple[tuple[str, str], list[Measurement], Measurement | None]]:
+        """Measurements per (workload, case), in order, with the row ratios are taken to (the first, if ok)."""
         groups: dict[tuple[str, str], list[Measurement]] = {}
         for m in self.measurements:
             groups.setdefault((m.workload, m.case), []).append(m)
-        for (workload, case), ms in groups.items():
-            base = ms[0] if ms[0].status == "ok" else None
+        return [(key, ms, ms[0] if ms[0].status == "ok" else None) for key, ms in groups.items()]
+
+    def table(self) -> str:
+        """Results as text: one block per workload and case, then the targets."""
+        lines: list[str] = []
+        for (workload, case), ms, base in self._groups():
             lines.append(f"\n{workload} {case}" + (f"  (ratios to: {base.contender})" if base else ""))
             for m in ms:
                 if m.status != "ok":
@@ -241,11 +244,7 @@ class Report:
     def markdown(self) -> str:
         """Results as Markdown tables (what the README's Performance section shows)."""
         lines: list[str] = []
-        groups: dict[tuple[str, str], list[Measurement]] = {}
-        for m in self.measurements:
-            groups.setdefault((m.workload, m.case), []).append(m)
-        for (workload, case), ms in groups.items():
-            base = ms[0] if ms[0].status == "ok" else None
+        for (workload, case), ms, base in self._groups():
             lines += [f"\n**{workload} {case}**\n", "| contender | ops/s | ratio | p50 us | p99 us | notes |",
                       "|---|---:|---:|---:|---:|---|"]  # fmt: skip
             for m in ms:
