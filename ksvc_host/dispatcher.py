@@ -151,11 +151,11 @@ class Dispatcher:
         self._drain_deadline: float | None = None
         self._cancelled = False
         self._express = express_lane(channel, router, io_backend, sink)
+        """The express lane for plain reads and writes (``None`` when this stack cannot have one)."""
         self._quiet: Callable[[bool], None] | None = getattr(io_backend, "set_completion_wakeups", None)
         self._completions_ready: Callable[[], int] | None = getattr(io_backend, "completions_ready", None)
         self._muted = False
         self._spins = bool(getattr(io_backend, "completes_asynchronously", False))
-        """The express lane for plain reads and writes (``None`` when this stack cannot have one)."""
 
     @property
     def express_entries(self) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from typing import Any, Final
 
-from ksvc_host import fastpath, native
+from ksvc_host import fastpath
 from ksvc_host.abi.io_uring import IoringOp
 from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.channel.base import Channel
@@ -59,9 +59,9 @@ class ExpressLane:
             return ffi.cast(kind, address)
 
         sring, cring = channel.submit_ring, channel.completion_ring
-        x.sring = ptr("uint8_t *", native.address_of(native.ffi.from_buffer(sring.buf)))
+        x.sring = ptr("uint8_t *", sring.address)
         x.smask = sring.mask
-        x.cring = ptr("uint8_t *", native.address_of(native.ffi.from_buffer(cring.buf)))
+        x.cring = ptr("uint8_t *", cring.address)
         x.csize = cring.size
         x.sq_head, x.sq_tail = ptr("uint32_t *", ring.sq_head), ptr("uint32_t *", ring.sq_tail)
         x.sq_flags, x.sq_array = ptr("uint32_t *", ring.sq_flags), ptr("uint32_t *", ring.sq_array)
@@ -74,7 +74,7 @@ class ExpressLane:
         x.tag = TAG
         for nr, (op, kind) in opcodes.items():
             x.opcode[nr] = int(op) + 1
-            x.positioned[nr] = kind
+            x.kind[nr] = kind
         self.inflight = 0
         """Express entries submitted and not yet completed."""
         self.entries = 0

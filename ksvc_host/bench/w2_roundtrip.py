@@ -30,21 +30,28 @@ PAIRS: tuple[tuple[str, dict[str, Any], str, dict[str, Any]], ...] = (
 _NR_GETPPID = SYSCALLS["getppid"]
 
 
-def _sample(k: ksvc.Ksvc, op: str, fd: int, n: int) -> list[int]:
+def sample_reads(k: ksvc.Ksvc, fd: int, n: int) -> list[int]:
+    """Nanoseconds of each of *n* 1-byte ``pread`` round trips, one at a time."""
     clock = time.perf_counter_ns
+    pread = k.pread
     out = []
-    if op == "no-op":
-        call = k.syscall
-        for _ in range(n):
-            t = clock()
-            call(_NR_GETPPID)
-            out.append(clock() - t)
-    else:
-        pread = k.pread
-        for i in range(n):
-            t = clock()
-            pread(fd, 1, i & 4095)
-            out.append(clock() - t)
+    for i in range(n):
+        t = clock()
+        pread(fd, 1, i & 4095)
+        out.append(clock() - t)
+    return out
+
+
+def _sample(k: ksvc.Ksvc, op: str, fd: int, n: int) -> list[int]:
+    if op != "no-op":
+        return sample_reads(k, fd, n)
+    clock = time.perf_counter_ns
+    call = k.syscall
+    out = []
+    for _ in range(n):
+        t = clock()
+        call(_NR_GETPPID)
+        out.append(clock() - t)
     return out
 
 

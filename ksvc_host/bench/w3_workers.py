@@ -22,6 +22,7 @@ from typing import Any
 import ksvc_host as ksvc
 from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.bench.harness import Measurement, Report, Target, latency_stats
+from ksvc_host.bench.w2_roundtrip import sample_reads
 
 WORKERS = 4
 POOLS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -59,16 +60,6 @@ def _short_calls(k: ksvc.Ksvc, fd: int, n: int) -> float:
     return n / (time.perf_counter() - t)
 
 
-def _reads(k: ksvc.Ksvc, fd: int, n: int) -> list[int]:
-    clock = time.perf_counter_ns
-    out = []
-    for i in range(n):
-        t = clock()
-        k.pread(fd, 1, i & 4095)
-        out.append(clock() - t)
-    return out
-
-
 def run(report: Report, ops: int = 5_000, directory: str | None = None) -> None:
     """Measure W3 into *report*."""
     report.say(f"W3: Tier 2 under blocking load, {WORKERS} workers (fixed) vs lazy, {ops:,} calls per case")
@@ -98,7 +89,7 @@ def run(report: Report, ops: int = 5_000, directory: str | None = None) -> None:
                     held = _Blockers(k, f.name, n_block) if n_block else None
                     try:
                         m = Measurement("W3", "tier1 latency", f"{pool} pool, {label}", ops=ops)
-                        m.p50_us, m.p99_us = latency_stats(_reads(k, fd, ops))
+                        m.p50_us, m.p99_us = latency_stats(sample_reads(k, fd, ops))
                         report.add(m)
                     finally:
                         if held is not None:

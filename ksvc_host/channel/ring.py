@@ -19,6 +19,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from ksvc_host import native
 from ksvc_host.abi import layout as L
 
 _U64 = struct.Struct("<Q")
@@ -46,6 +47,7 @@ class Ring:
         self.size = entries
         self.mask = entries - 1
         self.entry_size = entry_size
+        self._address: int | None = None
         if initialize:
             L.RING_HEADER.pack_into(buf, 0, L.RING_MAGIC, entries, entries - 1, entry_size)
             _U64.pack_into(buf, _HEAD, 0)
@@ -56,6 +58,13 @@ class Ring:
                 raise RingCorrupted(
                     f"ring header mismatch: magic={magic:#x} size={size} mask={mask} entry_size={esize}"
                 )
+
+    @property
+    def address(self) -> int:
+        """Address of the ring header in memory (for the compiled loops of ``ksvc_host.fastpath``)."""
+        if self._address is None:
+            self._address = native.address_of(native.ffi.from_buffer(self.buf))
+        return self._address
 
     # Counters ---------------------------------------------------------------
 

@@ -16,7 +16,7 @@ struct ksvc_express {
     uint32_t *cq_head; uint32_t *cq_tail; uint32_t cq_mask;
     uint8_t *sqes; uint8_t *cqes;
     int32_t ring_fd; int32_t sqpoll;
-    uint8_t opcode[512]; uint8_t positioned[512];  /* positioned: argument kind, see express.py */
+    uint8_t opcode[512]; uint8_t kind[512];
     uint64_t excl_lo; uint64_t excl_hi;
     uint64_t tag;
     uint32_t room;

@@ -57,7 +57,7 @@ struct ksvc_express {
     uint32_t *cq_head; uint32_t *cq_tail; uint32_t cq_mask;
     uint8_t *sqes; uint8_t *cqes;
     int32_t ring_fd; int32_t sqpoll;
-    uint8_t opcode[512]; uint8_t positioned[512];
+    uint8_t opcode[512]; uint8_t kind[512];  /* argument kind per syscall: see express.py */
     uint64_t excl_lo; uint64_t excl_hi;
     uint64_t tag;
     uint32_t room;
@@ -111,7 +111,7 @@ int ksvc_express_submit(struct ksvc_express *x, uint32_t max_take)
         uint64_t fd = w[2], addr = w[3], len = w[4], off = w[5];
         if (fd > 0x7fffffffu || len > 0xffffffffu || w[0] >= x->tag) break;
         if (x->excl_lo < x->excl_hi && addr < x->excl_hi && addr + len > x->excl_lo) break;
-        int kind = x->positioned[nr];   /* 0 stream read/write, 1 positioned, 2 socket send/recv */
+        int kind = x->kind[nr];   /* 0 stream read/write, 1 positioned, 2 socket send/recv */
         int pos = kind == 1;
         uint32_t msg_flags = 0;
         if (pos && (int64_t)off < 0) break;

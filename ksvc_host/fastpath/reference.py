@@ -101,7 +101,7 @@ def express_submit(x: Any, max_take: int) -> int:
             break
         if x.excl_lo < x.excl_hi and addr < x.excl_hi and addr + length > x.excl_lo:
             break
-        kind = x.positioned[nr]  # 0 stream read/write, 1 positioned, 2 socket send/recv
+        kind = x.kind[nr]  # 0 stream read/write, 1 positioned, 2 socket send/recv
         pos = kind == 1
         msg_flags = 0
         if pos and off >= 1 << 63:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ksvc_host import fastpath, native
+from ksvc_host import fastpath
 from ksvc_host.abi import layout as L
 from ksvc_host.errors import ChannelFull, DispatcherFailed
 from ksvc_host.instance import Instance
@@ -113,7 +113,6 @@ class Completer:
         """The submitting caller runs the dispatcher's loop next (inline, or helping): no wake-up needed."""
         self.dispatcher.on_failure = self._on_dispatcher_failure
         self._pack = L.SUBMIT_ENTRY.pack_into
-        self._unpack = L.COMPLETION_ENTRY.unpack_from
         self.on_reaped: Callable[[], None] | None = None
         sink = instance.completion_sink
         attach = getattr(sink, "attach", None)
@@ -132,8 +131,8 @@ class Completer:
         self._table.index_bits = BULK_INDEX_BITS
         self._bulks: dict[int, BulkWaiter] = {}
         self._free_groups = list(range(fastpath.BULK_GROUPS - 1, -1, -1))
-        self._sring_ptr = ffi.cast("uint8_t *", native.address_of(native.ffi.from_buffer(self._sring.buf)))
-        self._cring_ptr = ffi.cast("uint8_t *", native.address_of(native.ffi.from_buffer(self._cring.buf)))
+        self._sring_ptr = ffi.cast("uint8_t *", self._sring.address)
+        self._cring_ptr = ffi.cast("uint8_t *", self._cring.address)
         self._other = ffi.new("uint64_t[]", 3 * _REAP_OTHER)
         self._done = ffi.new("uint32_t[]", _REAP_DONE)
         self._counts = ffi.new("uint32_t[3]")

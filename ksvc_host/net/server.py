@@ -93,7 +93,7 @@ class Server(asyncio.AbstractServer):
             if self._closed:
                 socket.close(res)
             else:
-                self._connection(sock, res, _peername(res))
+                self._connection(sock, res, _name(res, peer=True))
         elif not self._closed and -res in _OUT_OF_DESCRIPTORS:
             self._out_of_descriptors(sock, OSError(-res, os.strerror(-res)))
         elif not self._closed and -res != errno.ECANCELED:
@@ -240,20 +240,13 @@ def _listen(host: str | None, port: int, backlog: int, reuse_address: bool) -> l
     return sockets
 
 
-def _peername(fd: int) -> Any:
+def _name(fd: int, *, peer: bool) -> Any:
+    """The peer's (or our) address of socket *fd*, or ``None`` when it has none (a peer already gone)."""
     view = socket.socket(fileno=fd)
     try:
-        return view.getpeername()
+        return view.getpeername() if peer else view.getsockname()
     except OSError:
         return None
-    finally:
-        view.detach()
-
-
-def _sockname(fd: int) -> Any:
-    view = socket.socket(fileno=fd)
-    try:
-        return view.getsockname()
     finally:
         view.detach()  # the transport owns the descriptor
 
@@ -315,7 +308,7 @@ async def create_connection(
             raise
         protocol = protocol_factory()
         waiter: asyncio.Future[None] = loop.create_future()
-        extra = {"peername": addr, "sockname": _sockname(fd)}
+        extra = {"peername": addr, "sockname": _name(fd, peer=False)}
         transport = KsvcTransport(k, fd, protocol, extra=extra, waiter=waiter)
         await waiter
         return transport, protocol
