@@ -259,17 +259,23 @@ class Dispatcher:
         """True when the loop runs on its own thread."""
         return self._thread is not None
 
-    def help(self) -> bool:
-        """Run one turn on the calling thread if no other thread is in one; True when anything moved.
+    def help(self, *, wait: bool = True) -> bool:
+        """Run turns on the calling thread if no other thread is in one; True when anything moved.
 
         A blocking caller about to sleep until its results arrive calls this
         instead: when the dispatcher's thread is idle, the caller's own
         thread does the work, and no thread wake-up is paid either way.
+        ``wait=False`` runs one turn and returns at once: for a caller with
+        other work to do while the kernel carries on (a streaming read). It
+        leaves completions muted, as the caller comes back for them: it calls
+        ``help()`` next, or ``wake()`` if it goes away instead.
         """
         if self._stop or self.failure is not None or not self._turn.acquire(blocking=False):
             return False
         try:
             self._mute_completions(True)
+            if not wait:
+                return self.run_once()
             moved = False
             for _ in range(_HELP_TURNS):  # a turn submits; the next reaps what completed during the first
                 if not self.run_once():
@@ -281,7 +287,7 @@ class Dispatcher:
             self._fail(exc)
             return True
         finally:
-            if self.sleeping and self._thread is not None:
+            if wait and self.sleeping and self._thread is not None:
                 self._mute_completions(False)  # the dispatcher's thread sleeps: later completions wake it
                 if self._completions_ready is not None and self._completions_ready():
                     self.wake()

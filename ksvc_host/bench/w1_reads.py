@@ -5,8 +5,9 @@ page cache first; a sample of each contender's results is compared with
 ``os.pread`` before it is timed. Queue depth 64 means 64 reads in flight
 at once, in the way each contender offers it: 64 concurrent tasks for the
 asyncio contenders, 64 SQEs per submission for the liburing binding, a
-bulk of 64 for KSVC (``pread_many``), and, for comparison, KSVC's asyncio
-front end with 64 tasks awaiting one read each.
+bulk of 64 for KSVC (``pread_many``), a stream with 64 reads in flight
+(``pread_iter``), and, for comparison, KSVC's asyncio front end with 64
+tasks awaiting one read each.
 """
 
 from __future__ import annotations
@@ -265,6 +266,22 @@ class KsvcBatch(Contender):
         self.k.close()
 
 
+class KsvcStream(KsvcBatch):
+    """KSVC's blocking API as a stream: ``pread_iter`` over every offset, *depth* reads in flight."""
+
+    def __init__(self, data: Data, depth: int, preset: str) -> None:
+        super().__init__(data, depth, preset)
+        self.name = f"ksvc pread_iter ({preset})"
+
+    def run(self, items: Sequence[int], keep: bool) -> list[Any] | None:
+        stream = self.k.pread_iter(self.fd, BLOCK, items, depth=self.depth)
+        if keep:
+            return list(stream)
+        for _ in stream:  # each result dropped at once, as the os.pread loop does
+            pass
+        return None
+
+
 class KsvcBatchVariant(KsvcBatch):
     """``ksvc batch (default)`` with part of the fast path switched off, to show what that part is worth."""
 
@@ -354,6 +371,7 @@ def contenders(data: Data, depth: int) -> list[Contender]:
     for preset in PRESETS:
         out.append(KsvcBatch(data, depth, preset))
         if depth > 1:
+            out.append(KsvcStream(data, depth, preset))
             out.append(KsvcInto(data, depth, preset))
             if preset == "default":
                 out.append(KsvcBatchVariant(data, depth, pure=True))
@@ -375,9 +393,14 @@ def targets() -> list[Target]:
         t("ksvc asyncio (server) >= 15x asyncio.to_thread", "ksvc asyncio bulk (server)",
           "asyncio.to_thread(os.pread)", 15.0),
         t("ksvc asyncio (server) >= 25x aiofiles", "ksvc asyncio bulk (server)", "aiofiles", 25.0),
-        t("ksvc batch (server) >= 1.0x os.pread loop", "ksvc batch (server)", "os.pread loop", 1.0),
-        t("ksvc batch (server) >= 1.3x liburing binding", "ksvc batch (server)", "liburing binding", 1.3),
-        t("ksvc batch (default) >= 1.0x os.pread loop", "ksvc batch (default)", "os.pread loop", 1.0),
+        t("ksvc batch API, pread_iter (server) >= 1.0x os.pread loop", "ksvc pread_iter (server)",
+          "os.pread loop", 1.0),
+        t("ksvc batch API, pread_iter (server) >= 1.3x liburing binding", "ksvc pread_iter (server)",
+          "liburing binding", 1.3),
+        t("ksvc batch API, pread_many of 64 (server) >= 1.0x os.pread loop", "ksvc batch (server)",
+          "os.pread loop", 1.0),
+        t("ksvc batch API, pread_many of 64 (default) >= 1.0x os.pread loop", "ksvc batch (default)",
+          "os.pread loop", 1.0),
         t("into a reused buffer, ksvc preadinto_many (server) >= 1.0x os.preadv loop",
           "ksvc preadinto_many, reused buffer (server)", "os.preadv loop (reused buffer)", 1.0),
     ]  # fmt: skip

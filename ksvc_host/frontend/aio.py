@@ -14,15 +14,18 @@ import asyncio
 import errno
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from ksvc_host.abi import layout as L
+from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.errors import DispatcherFailed
 from ksvc_host.frontend.blocking import check_route
 from ksvc_host.frontend.core import BULK_MAX, BulkWaiter, Completer, Waiter
-from ksvc_host.frontend.operations import BulkOp, Op, Operations, oserror
+from ksvc_host.frontend.operations import BulkOp, Op, Operations, ReadStream, oserror
 from ksvc_host.instance import Instance
+
+_NR_PREAD64 = SYSCALLS["pread64"]
 
 _HELP_TURNS = 4
 _BACKLOG_RETRY = 0.001
@@ -246,6 +249,36 @@ class AsyncKsvc(Operations):
         else:
             self._kick()
         return fut
+
+    def pread_iter(self, fd: int, size: int, offsets: Iterable[int], *, depth: int = 64) -> AsyncIterator[bytes]:
+        """Read up to *size* bytes at each of *offsets*; ``async for`` yields each result in order.
+
+        The asyncio form of ``Ksvc.pread_iter``: at most *depth* reads in
+        flight, one bulk of them at a time; the first failed read raises its
+        ``OSError`` when reached.
+        """
+        check_route(self.instance, _NR_PREAD64)
+        return self._stream(ReadStream(fd, size, offsets, depth))
+
+    async def _stream(self, stream: ReadStream) -> AsyncIterator[bytes]:
+        out: deque[asyncio.Future[Any]] = deque()
+        try:
+            while True:
+                while len(out) < stream.parts_in_flight:
+                    op = stream.next_op()
+                    if op is None:
+                        break
+                    out.append(self._run_bulk(op))
+                if not out:
+                    return
+                values, err = await out.popleft()
+                for v in values:
+                    yield v
+                if err is not None:
+                    raise err
+        finally:
+            for fut in out:  # left early: the reads finish in the background and keep their buffers till then
+                fut.cancel()
 
     def submit_callback(self, op: Op, fn: Callable[[int], None], *, multishot: bool = False) -> Waiter:
         """Low level: submit *op* and call ``fn(result)`` on the loop's thread when it completes.

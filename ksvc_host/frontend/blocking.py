@@ -5,15 +5,15 @@ from __future__ import annotations
 import errno
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ksvc_host.abi import layout as L
 from ksvc_host.abi.syscalls import SYSCALL_NAMES
 from ksvc_host.abi.syscalls import SYSCALLS as NR
 from ksvc_host.errors import DispatcherFailed, NotOffloaded, RefusedSyscall
-from ksvc_host.frontend.core import BULK_MAX, Completer
-from ksvc_host.frontend.operations import BulkOp, Op, Operations, oserror
+from ksvc_host.frontend.core import BULK_MAX, BulkWaiter, Completer
+from ksvc_host.frontend.operations import BulkOp, Op, Operations, ReadStream, oserror
 from ksvc_host.frontend.raw import RawChannel
 from ksvc_host.instance import Instance
 from ksvc_host.routing import is_refused
@@ -81,17 +81,61 @@ class Ksvc(Operations):
             b = self._completer.new_bulk(op.nr, op.fd, op.addr0 + start * op.stride, op.stride, op.length, offs, n,
                                          op.keep)  # fmt: skip
             self._completer.submit_bulk(b)
-            if b.event is not None:
-                while not b.done:
-                    b.event.wait()
-            else:
-                self._completer.wait_until(lambda b=b: b.done)  # type: ignore[misc]
-            if b.failed:
-                if self._completer.failure is not None:
-                    raise DispatcherFailed(f"the dispatcher failed: {self._completer.failure!r}; open a new instance")
-                raise oserror(-b.failed)
-            out.extend(b.values())
+            out.extend(self._collect_bulk(b))
         return op.finish(out)
+
+    def _collect_bulk(self, b: BulkWaiter) -> list[int]:
+        """Wait for every entry of *b*; their results."""
+        if b.event is not None:
+            while not b.done:
+                b.event.wait()
+        else:
+            self._completer.wait_until(lambda: b.done)
+        if b.failed:
+            if self._completer.failure is not None:
+                raise DispatcherFailed(f"the dispatcher failed: {self._completer.failure!r}; open a new instance")
+            raise oserror(-b.failed)
+        return b.values()
+
+    def pread_iter(self, fd: int, size: int, offsets: Iterable[int], *, depth: int = 64) -> Iterator[bytes]:
+        """Read up to *size* bytes at each of *offsets*; yield each result in order, as ``os.pread`` gives it.
+
+        A stream: at most *depth* reads are in flight, and the kernel works on
+        the next ones while the caller handles these (with a kernel SQ thread,
+        the ``sqpoll`` backend, on another core). *offsets* may be any
+        iterable, consumed as the stream goes. The first failed read raises
+        its ``OSError`` when reached; the results before it are yielded first.
+        """
+        check_route(self.instance, NR["pread64"])
+        parts = ReadStream.PIPELINED_PARTS if self._completer.pipelined else 1
+        return self._stream(ReadStream(fd, size, offsets, depth, parts))
+
+    def _stream(self, stream: ReadStream) -> Iterator[bytes]:
+        c = self._completer
+        out: deque[tuple[BulkWaiter, BulkOp]] = deque()
+        try:
+            while True:
+                started = False
+                while len(out) < stream.parts_in_flight:
+                    op = stream.next_op()
+                    if op is None:
+                        break
+                    b = c.new_bulk(op.nr, op.fd, op.addr0, op.stride, op.length, op.offsets, op.n, op.keep)
+                    c.submit_bulk(b)
+                    out.append((b, op))
+                    started = True
+                if started:
+                    c.kick()  # the kernel starts on these while we convert the oldest part below
+                if not out:
+                    return
+                b, op = out.popleft()
+                values, err = op.finish(self._collect_bulk(b))
+                yield from values
+                if err is not None:
+                    raise err
+        finally:
+            if out:  # left early: parts still in flight keep their buffers until the dispatcher reaps them
+                c.dispatcher.wake()
 
     def batch(self, *, linked: bool = False) -> Batch:
         """Collect operations and submit them in one go (see :class:`Batch`)."""

@@ -111,6 +111,8 @@ class Completer:
         self._helps = not self.inline
         self._caller_runs = True
         """The submitting caller runs the dispatcher's loop next (inline, or helping): no wake-up needed."""
+        self.pipelined = bool(getattr(instance.io_backend, "completes_asynchronously", False))
+        """True when the kernel works on submissions on a thread of its own (SQPOLL): streams keep it fed."""
         self.dispatcher.on_failure = self._on_dispatcher_failure
         self._pack = L.SUBMIT_ENTRY.pack_into
         self.on_reaped: Callable[[], None] | None = None
@@ -258,7 +260,9 @@ class Completer:
         if not 0 <= n <= BULK_MAX:
             raise ValueError(f"a bulk operation holds 1 to {BULK_MAX} entries, got {n}")
         offs: Any = fastpath.ffi.NULL
-        if offsets is not None:
+        if isinstance(offsets, fastpath.ffi.CData):
+            offs = offsets  # already a uint64_t array (a stream converts its offsets once per part)
+        elif offsets is not None:
             try:
                 offs = fastpath.ffi.new("uint64_t[]", offsets)
             except OverflowError:  # negative offsets travel as the kernel sees them (it answers EINVAL)
@@ -300,6 +304,21 @@ class Completer:
         if wake or not self._caller_runs:
             self.dispatcher.wake()
         return b.submitted >= b.n
+
+    def kick(self) -> None:
+        """Start what was submitted without waiting for it: one dispatcher turn here, or a wake-up.
+
+        For a caller that goes on with other work (results of earlier entries)
+        while the kernel works on these, then waits for them; a caller that
+        leaves without waiting calls ``dispatcher.wake()``, so that the
+        dispatcher's thread reaps them. An inline dispatcher runs when its
+        caller next waits.
+        """
+        if self._helps:
+            if not self.dispatcher.help(wait=False):
+                self.dispatcher.wake()  # another thread is in a turn, or nothing could be taken
+        elif not self.inline:
+            self.dispatcher.wake()
 
     def submit_bulk(self, b: BulkWaiter) -> None:
         """Submit all of *b*, waiting for ring space (and a free group) as needed."""

@@ -40,6 +40,28 @@ def test_no_enter_per_batch_while_the_poller_is_awake(tmp_path: Path) -> None:
         k.close(fd)
 
 
+@pytest.mark.parametrize("dispatcher", ["thread", "inline"])
+def test_a_read_stream_keeps_the_poller_fed_and_equals_os_pread(tmp_path: Path, dispatcher: str) -> None:
+    p = tmp_path / "d"
+    p.write_bytes(os.urandom(1 << 20))
+    fd = os.open(p, os.O_RDONLY)
+    offs = [(i * 7919 * 512) % ((1 << 20) + 4096) for i in range(3000)]  # some past the end: short reads
+    try:
+        with ksvc.open(io_backend="sqpoll", dispatcher=dispatcher) as k:
+            assert k._completer.pipelined  # the window is cut into parts: one is read while another is handed back
+            assert list(k.pread_iter(fd, 4096, offs, depth=64)) == [os.pread(fd, 4096, o) for o in offs]
+            stream = k.pread_iter(fd, 4096, offs, depth=64)
+            assert next(stream) == os.pread(fd, 4096, offs[0])
+            stream.close()  # leaving early: the parts in flight are reaped, nothing stays pending
+            for _ in range(200):
+                if not k._completer.pending_count():
+                    break
+                k.pread(fd, 1, 0)
+            assert k._completer.pending_count() == 0
+    finally:
+        os.close(fd)
+
+
 def test_selection_and_composition_names() -> None:
     with ksvc.open(io_backend="sqpoll") as k:
         assert k.instance.io_backend.name == "basic+sqpoll"

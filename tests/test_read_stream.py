@@ -1,0 +1,159 @@
+"""pread_iter: a stream of reads with a bounded number in flight, equal to os.pread one by one."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import random
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytest
+
+import ksvc_host as ksvc
+from ksvc_host import fastpath
+from ksvc_host.frontend.operations import ReadStream
+
+SIZE = 1 << 20
+
+
+@pytest.fixture
+def data_fd(tmp_path: Path) -> Iterator[int]:
+    """A 1 MiB file of random bytes, open for reading."""
+    path = tmp_path / "data"
+    path.write_bytes(os.urandom(SIZE))
+    fd = os.open(path, os.O_RDONLY)
+    yield fd
+    os.close(fd)
+
+
+@pytest.fixture(params=["native", "python"])
+def impl(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Both implementations of the fast path's loops (the stream is built on them)."""
+    got = fastpath.select(pure=request.param == "python")
+    if got != request.param:
+        msg = f"compiled fast path unavailable: {fastpath.REASON}"
+        if os.environ.get("KSVC_REQUIRE_NATIVE") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    yield got
+    fastpath.select()
+
+
+@pytest.fixture(params=["thread", "inline"])
+def ks(request: pytest.FixtureRequest, impl: str) -> Iterator[ksvc.Ksvc]:
+    """A default-stack instance built after the implementation was selected."""
+    with ksvc.open(dispatcher=request.param) as k:
+        yield k
+
+
+def _offsets(seed: int, n: int, size: int) -> list[int]:
+    rng = random.Random(seed)
+    # Aligned and unaligned, inside the file, straddling its end and past it.
+    return [rng.choice([rng.randrange(0, SIZE // size) * size, rng.randrange(0, SIZE + 2 * size)]) for _ in range(n)]
+
+
+@pytest.mark.parametrize("n,size,depth", [(0, 4096, 64), (1, 4096, 64), (1000, 4096, 64), (700, 512, 7),
+                                          (300, 100, 1), (50, 4096, 1000)])  # fmt: skip
+def test_equals_os_pread(ks: ksvc.Ksvc, data_fd: int, n: int, size: int, depth: int) -> None:
+    offs = _offsets(n + depth, n, size)
+    assert list(ks.pread_iter(data_fd, size, offs, depth=depth)) == [os.pread(data_fd, size, o) for o in offs]
+
+
+def test_offsets_from_a_generator_never_run_more_than_depth_ahead(ks: ksvc.Ksvc, data_fd: int) -> None:
+    offs = _offsets(5, 2000, 4096)
+    pulled = 0
+
+    def gen() -> Iterable[int]:
+        nonlocal pulled
+        for o in offs:
+            pulled += 1
+            yield o
+
+    depth = 48
+    got = []
+    for data in ks.pread_iter(data_fd, 4096, gen(), depth=depth):
+        assert pulled - len(got) <= depth  # offsets taken but not yet handed back: the reads in flight
+        got.append(data)
+    assert got == [os.pread(data_fd, 4096, o) for o in offs]
+
+
+def test_a_failed_read_raises_after_the_ones_before_it(ks: ksvc.Ksvc, data_fd: int) -> None:
+    offs = [0, 4096, -4096, 8192]
+    with pytest.raises(OSError) as direct:
+        os.pread(data_fd, 16, -4096)
+    got = []
+    with pytest.raises(OSError) as exc:
+        for data in ks.pread_iter(data_fd, 16, offs, depth=2):
+            got.append(data)
+    assert exc.value.errno == direct.value.errno == errno.EINVAL
+    assert got == [os.pread(data_fd, 16, 0), os.pread(data_fd, 16, 4096)]
+
+
+def test_a_bad_descriptor_raises_ebadf(ks: ksvc.Ksvc) -> None:
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(OSError) as exc:
+        list(ks.pread_iter(r, 16, [0, 1, 2]))
+    assert exc.value.errno == errno.EBADF
+
+
+@pytest.mark.parametrize("depth", [0, -3, 1.5, True, None])
+def test_bad_depth_is_a_clear_error_before_anything_runs(ks: ksvc.Ksvc, data_fd: int, depth: object) -> None:
+    with pytest.raises(ValueError, match="depth must be a positive int"):
+        ks.pread_iter(data_fd, 16, [0], depth=depth)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="negative length"):
+        ks.pread_iter(data_fd, -1, [0])
+
+
+def test_leaving_early_loses_nothing(ks: ksvc.Ksvc, data_fd: int) -> None:
+    offs = _offsets(9, 5000, 4096)
+    stream = ks.pread_iter(data_fd, 4096, offs, depth=64)
+    first = [next(stream) for _ in range(10)]
+    stream.close()  # parts still in flight complete in the background
+    assert first == [os.pread(data_fd, 4096, o) for o in offs[:10]]
+    # The instance goes on working, and what was in flight is reaped, not leaked.
+    assert ks.pread(data_fd, 100, 5) == os.pread(data_fd, 100, 5)
+    for _ in range(200):
+        if ks._completer.pending_count() == 0:
+            break
+        ks.pread(data_fd, 1, 0)  # each call runs the dispatcher (inline) or waits on it (thread)
+    assert ks._completer.pending_count() == 0
+
+
+def test_the_window_is_cut_into_parts_only_for_a_kernel_sq_thread() -> None:
+    one = ReadStream(3, 4096, [], 64)
+    assert (one.step, one.parts_in_flight) == (64, 1)
+    piped = ReadStream(3, 4096, [], 64, ReadStream.PIPELINED_PARTS)
+    assert piped.step * piped.parts_in_flight >= 64
+    assert piped.step * (piped.parts_in_flight - 1) < 64  # never more than one short part past the depth
+    assert piped.parts_in_flight == ReadStream.PIPELINED_PARTS
+    small = ReadStream(3, 4096, [], 2, ReadStream.PIPELINED_PARTS)
+    assert (small.step, small.parts_in_flight) == (1, 2)
+
+
+def test_async_equals_os_pread_and_stops_at_the_failure(impl: str, data_fd: int) -> None:
+    offs = _offsets(13, 900, 4096)
+
+    async def main() -> tuple[list[bytes], list[bytes], int]:
+        async with ksvc.open_async() as k:
+            got = [b async for b in k.pread_iter(data_fd, 4096, offs, depth=32)]
+            before = []
+            err = 0
+            try:
+                async for b in k.pread_iter(data_fd, 16, [0, -1, 16], depth=1):
+                    before.append(b)
+            except OSError as exc:
+                err = exc.errno
+            # Leaving early: the rest completes in the background; the instance goes on.
+            async for _ in k.pread_iter(data_fd, 4096, offs, depth=64):
+                break
+            assert await k.pread(data_fd, 10, 0) == os.pread(data_fd, 10, 0)
+            return got, before, err
+
+    got, before, err = asyncio.run(main())
+    assert got == [os.pread(data_fd, 4096, o) for o in offs]
+    assert before == [os.pread(data_fd, 16, 0)]
+    assert err == errno.EINVAL
