@@ -73,3 +73,15 @@ def test_cli_bench_runs_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFi
 def test_cli_bench_rejects_unknown_workloads(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["bench", "w9"]) == 2
     assert "unknown workload(s) w9; choose from w1, w2, w3, w4, w5, echo" in capsys.readouterr().err
+
+
+def test_w1_checks_every_ksvc_contender_against_os_pread(tmp_path: Path) -> None:
+    out = tmp_path / "w1.json"
+    assert cli.main(["bench", "w1", "--scale", "0.003", "--dir", str(tmp_path), "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    ksvc_rows = [m for m in data["measurements"] if m["contender"].startswith("ksvc")]
+    names = {m["contender"] for m in ksvc_rows}
+    assert {"ksvc pread_iter (default)", "ksvc asyncio pread_iter (default)", "ksvc batch (default)"} <= names
+    # Each was compared with os.pread before it was timed: a wrong result would be "failed".
+    assert all(m["status"] in ("ok", "absent") for m in ksvc_rows), [m for m in ksvc_rows if m["status"] != "ok"]
+    assert any(m["status"] == "ok" and m["contender"] == "ksvc pread_iter (default)" for m in ksvc_rows)

@@ -239,3 +239,19 @@ def test_tier1_read_makes_no_read_syscall_on_the_fd(tmp_path: Path) -> None:
         call = line.split(None, 1)[1] if " " in line else line
         for name in ("read(", "pread64(", "readv(", "preadv(", "preadv2("):
             assert not call.startswith(f"{name}{fd},"), line
+
+
+def test_a_caller_running_the_turn_is_not_woken_for_its_own_completions(kt: ksvc.Ksvc, tmp_path: Path) -> None:
+    p = tmp_path / "f"
+    p.write_bytes(os.urandom(1 << 16))
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        sink = kt.instance.completion_sink
+        kt.pread(fd, 10, 0)
+        before = sink.notifications  # type: ignore[attr-defined]
+        for i in range(200):
+            assert kt.pread(fd, 100, i * 100) == os.pread(fd, 100, i * 100)
+        # Each read's turn ran on the calling thread, which reaps at once: no wake-up per read.
+        assert sink.notifications - before <= 10  # type: ignore[attr-defined]
+    finally:
+        os.close(fd)

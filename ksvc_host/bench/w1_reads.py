@@ -6,8 +6,8 @@ page cache first; a sample of each contender's results is compared with
 at once, in the way each contender offers it: 64 concurrent tasks for the
 asyncio contenders, 64 SQEs per submission for the liburing binding, a
 bulk of 64 for KSVC (``pread_many``), a stream with 64 reads in flight
-(``pread_iter``), and, for comparison, KSVC's asyncio front end with 64
-tasks awaiting one read each.
+(``pread_iter``, blocking and ``async for``), and, for comparison, KSVC's
+asyncio front end with 64 tasks awaiting one read each.
 """
 
 from __future__ import annotations
@@ -328,9 +328,9 @@ class KsvcInto(KsvcBatch):
 class KsvcAsync(_AsyncContender):
     """KSVC's asyncio front end: ``await pread`` per task, or ``await pread_many`` of *depth* (bulk)."""
 
-    def __init__(self, data: Data, depth: int, preset: str, *, bulk: bool) -> None:
-        self.fd, self.depth, self.preset, self.bulk = data.fd, depth, preset, bulk
-        kind = "bulk" if bulk else "per-op tasks"
+    def __init__(self, data: Data, depth: int, preset: str, *, bulk: bool, stream: bool = False) -> None:
+        self.fd, self.depth, self.preset, self.bulk, self.stream = data.fd, depth, preset, bulk, stream
+        kind = "pread_iter" if stream else "bulk" if bulk else "per-op tasks"
         self.name = f"ksvc asyncio ({preset})" if depth == 1 else f"ksvc asyncio {kind} ({preset})"
 
     def setup(self) -> None:
@@ -345,6 +345,13 @@ class KsvcAsync(_AsyncContender):
         return await ksvc.open_async(**_open_kwargs(self.preset))
 
     async def _main(self, items: Sequence[int], out: list[Any] | None) -> None:
+        if self.stream:
+            i = 0
+            async for data in self.k.pread_iter(self.fd, BLOCK, items, depth=self.depth):
+                if out is not None:
+                    out[i] = data
+                i += 1
+            return None
         if not self.bulk:
             return await super()._main(items, out)
         i = 0
@@ -378,6 +385,7 @@ def contenders(data: Data, depth: int) -> list[Contender]:
                 out.append(KsvcBatchVariant(data, depth, no_express=True))
         out.append(KsvcAsync(data, depth, preset, bulk=depth > 1))
         if depth > 1:
+            out.append(KsvcAsync(data, depth, preset, bulk=False, stream=True))
             out.append(KsvcAsync(data, depth, preset, bulk=False))
     return out
 
@@ -390,9 +398,12 @@ def targets() -> list[Target]:
         return Target(f"W1 qd64: {text}", c + num, c + den, minimum)
 
     return [
-        t("ksvc asyncio (server) >= 15x asyncio.to_thread", "ksvc asyncio bulk (server)",
+        t("ksvc asyncio, pread_iter (server) >= 15x asyncio.to_thread", "ksvc asyncio pread_iter (server)",
           "asyncio.to_thread(os.pread)", 15.0),
-        t("ksvc asyncio (server) >= 25x aiofiles", "ksvc asyncio bulk (server)", "aiofiles", 25.0),
+        t("ksvc asyncio, pread_iter (server) >= 25x aiofiles", "ksvc asyncio pread_iter (server)", "aiofiles", 25.0),
+        t("ksvc asyncio, pread_many of 64 (server) >= 15x asyncio.to_thread", "ksvc asyncio bulk (server)",
+          "asyncio.to_thread(os.pread)", 15.0),
+        t("ksvc asyncio, pread_many of 64 (server) >= 25x aiofiles", "ksvc asyncio bulk (server)", "aiofiles", 25.0),
         t("ksvc batch API, pread_iter (server) >= 1.0x os.pread loop", "ksvc pread_iter (server)",
           "os.pread loop", 1.0),
         t("ksvc batch API, pread_iter (server) >= 1.3x liburing binding", "ksvc pread_iter (server)",

@@ -254,13 +254,68 @@ class AsyncKsvc(Operations):
         """Read up to *size* bytes at each of *offsets*; ``async for`` yields each result in order.
 
         The asyncio form of ``Ksvc.pread_iter``: at most *depth* reads in
-        flight, one bulk of them at a time; the first failed read raises its
-        ``OSError`` when reached.
+        flight, the next ones read while these are handed back; the first
+        failed read raises its ``OSError`` when reached.
         """
         check_route(self.instance, _NR_PREAD64)
-        return self._stream(ReadStream(fd, size, offsets, depth))
+        parts = ReadStream.PIPELINED_PARTS if self._completer.pipelined and self._helps else 1
+        return self._stream(ReadStream(fd, size, offsets, depth, parts))
 
     async def _stream(self, stream: ReadStream) -> AsyncIterator[bytes]:
+        if not self._helps:  # inline dispatcher or direct delivery: the bulk futures carry the results
+            async for v in self._stream_by_futures(stream):
+                yield v
+            return
+        # This thread runs the dispatcher's turns: a part that is done by the time we look costs no
+        # trip through the event loop, as in the blocking stream.
+        c = self._completer
+        out: deque[tuple[BulkWaiter, BulkOp]] = deque()
+        try:
+            while True:
+                started = False
+                while len(out) < stream.parts_in_flight:
+                    op = stream.next_op()
+                    if op is None:
+                        break
+                    b = c.new_bulk(op.nr, op.fd, op.addr0, op.stride, op.length, op.offsets, op.n, op.keep)
+                    out.append((b, op))
+                    while not c.bulk_continue(b, wake=False):  # ring full, or every bulk group in flight
+                        self._help()
+                        await asyncio.sleep(_BACKLOG_RETRY)
+                    started = True
+                if started:
+                    c.kick()  # the kernel starts on these while we hand back the oldest part
+                if not out:
+                    return
+                b, op = out[0]
+                if not b.done and self.instance.dispatcher.help():  # turns here (SQPOLL: its short spin)
+                    c.reap()
+                if not b.done:
+                    await self._bulk_done(b)
+                out.popleft()
+                values, err = op.finish(c.bulk_results(b))
+                for v in values:
+                    yield v
+                if err is not None:
+                    raise err
+        finally:
+            if out:  # left early: parts still in flight keep their buffers until the dispatcher reaps them
+                self.instance.dispatcher.wake()
+
+    def _bulk_done(self, b: BulkWaiter) -> asyncio.Future[None]:
+        """A future done when *b* is (reaped on this loop's thread: the ring sink's notifications)."""
+        fut: asyncio.Future[None] = self.loop.create_future()
+
+        def done(_: BulkWaiter) -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        b.callback = done
+        if not self.instance.dispatcher.idle():
+            self.instance.dispatcher.wake()  # the dispatcher's thread carries on and notifies us
+        return fut
+
+    async def _stream_by_futures(self, stream: ReadStream) -> AsyncIterator[bytes]:
         out: deque[asyncio.Future[Any]] = deque()
         try:
             while True:

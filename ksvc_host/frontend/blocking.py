@@ -91,11 +91,7 @@ class Ksvc(Operations):
                 b.event.wait()
         else:
             self._completer.wait_until(lambda: b.done)
-        if b.failed:
-            if self._completer.failure is not None:
-                raise DispatcherFailed(f"the dispatcher failed: {self._completer.failure!r}; open a new instance")
-            raise oserror(-b.failed)
-        return b.values()
+        return self._completer.bulk_results(b)
 
     def pread_iter(self, fd: int, size: int, offsets: Iterable[int], *, depth: int = 64) -> Iterator[bytes]:
         """Read up to *size* bytes at each of *offsets*; yield each result in order, as ``os.pread`` gives it.

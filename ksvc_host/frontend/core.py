@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -304,6 +305,14 @@ class Completer:
         if wake or not self._caller_runs:
             self.dispatcher.wake()
         return b.submitted >= b.n
+
+    def bulk_results(self, b: BulkWaiter) -> list[int]:
+        """The results of a finished bulk; raise when it failed as a whole (dispatcher failure, close)."""
+        if b.failed:
+            if self.failure is not None:
+                raise DispatcherFailed(f"the dispatcher failed: {self.failure!r}; open a new instance")
+            raise OSError(-b.failed, os.strerror(-b.failed))
+        return b.values()
 
     def kick(self) -> None:
         """Start what was submitted without waiting for it: one dispatcher turn here, or a wake-up.

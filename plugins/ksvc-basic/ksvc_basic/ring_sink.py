@@ -24,6 +24,7 @@ class RingCompletionSink:
         self._tail = ring.tail
         self._pack = L.COMPLETION_ENTRY.pack_into
         self.notifications = 0
+        self._unnotified = False
 
     @property
     def pending_tail(self) -> int:
@@ -54,8 +55,19 @@ class RingCompletionSink:
         return count
 
     def flush_and_notify(self) -> None:
-        """Publish the tail and notify once, if anything new was written."""
-        if self._tail != self.ring.tail:
+        """Publish the tail and notify once, if anything new was written (or published quietly)."""
+        if self._tail != self.ring.tail or self._unnotified:
             self.ring.publish_tail(self._tail)
+            self._unnotified = False
             self.notifications += 1
             self.notifier.notify()
+
+    def publish_quietly(self) -> None:
+        """Publish the tail without a wake-up: the consumer runs this turn itself and reaps next.
+
+        The next :meth:`flush_and_notify` notifies even when nothing new was
+        written since, so a consumer that was asleep meanwhile still wakes.
+        """
+        if self._tail != self.ring.tail:
+            self.ring.publish_tail(self._tail)
+            self._unnotified = True

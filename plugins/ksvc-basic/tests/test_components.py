@@ -173,6 +173,21 @@ def test_ring_sink_batches_one_notify_and_back_pressure() -> None:
     ch.close()
 
 
+def test_ring_sink_quiet_publish_is_notified_at_the_next_flush() -> None:
+    ch = open_channel(16, 16, device="")
+    n = EventFdNotifier()
+    sink = RingCompletionSink(ch.completion_ring, n)
+    sink.push(1, 10)
+    sink.publish_quietly()  # visible at once, no wake-up: the caller that ran the turn reaps it
+    assert ch.completion_ring.used() == 1 and n.count == 0 and sink.notifications == 0
+    sink.flush_and_notify()  # nothing new, but a sleeper must still learn of the quiet entry
+    assert n.count == 1 and sink.notifications == 1
+    sink.flush_and_notify()
+    assert n.count == 1  # and only once
+    n.close()
+    ch.close()
+
+
 def test_heap_buffers() -> None:
     h = HeapBuffers(max_size=1 << 20)
     a, b = h.acquire(100), h.acquire(100)
