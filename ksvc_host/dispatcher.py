@@ -279,7 +279,7 @@ class Dispatcher:
         ``wait=False`` runs one turn and returns at once: for a caller with
         other work to do while the kernel carries on (a streaming read). It
         leaves completions muted, as the caller comes back for them: it calls
-        ``help()`` next, or ``wake()`` if it goes away instead.
+        ``help()`` next, or :meth:`resume_wakeups` when it stops.
         """
         if self._stop or self.failure is not None or not self._turn.acquire(blocking=False):
             return False
@@ -304,6 +304,23 @@ class Dispatcher:
                 self._mute_completions(False)  # the dispatcher's thread sleeps: later completions wake it
                 if self._completions_ready is not None and self._completions_ready():
                     self.wake()
+            self._turn.release()
+
+    def resume_wakeups(self) -> None:
+        """Undo what ``help(wait=False)`` left: completions wake a sleeping dispatcher's thread again.
+
+        For a caller that stops running turns (its stream ended), or whose
+        turn also moved work others wait for. A thread in a turn right now
+        restores this itself when its turn ends.
+        """
+        if not self._turn.acquire(blocking=False):
+            return
+        try:
+            if self.sleeping and self._thread is not None:
+                self._mute_completions(False)
+                if self._completions_ready is not None and self._completions_ready():
+                    self.wake()
+        finally:
             self._turn.release()
 
     def _spin_for_completions(self) -> bool:

@@ -157,3 +157,84 @@ def test_async_equals_os_pread_and_stops_at_the_failure(impl: str, data_fd: int)
     assert got == [os.pread(data_fd, 4096, o) for o in offs]
     assert before == [os.pread(data_fd, 16, 0)]
     assert err == errno.EINVAL
+
+
+@pytest.mark.parametrize("preset", ["default", "server"])
+def test_a_stream_never_silences_another_threads_wait(data_fd: int, preset: str) -> None:
+    """A thread blocked on a receive is woken when its data comes, whatever a stream did meanwhile."""
+    import socket
+    import threading
+
+    try:
+        k = ksvc.open(preset=preset)
+    except (LookupError, ValueError) as exc:
+        pytest.skip(f"preset {preset!r} unavailable here: {exc}")
+    a, b = socket.socketpair()
+    got: list[bytes] = []
+    try:
+        with k:
+            t = threading.Thread(target=lambda: got.append(k.recv(a.fileno(), 100)), daemon=True)
+            t.start()
+            time_limit = 50
+            while k._completer.pending_count() == 0 and time_limit:  # the receive is in flight
+                threading.Event().wait(0.01)
+                time_limit -= 1
+            offs = _offsets(17, 300, 4096)
+            for i, data in enumerate(k.pread_iter(data_fd, 4096, offs, depth=64)):
+                assert data == os.pread(data_fd, 4096, offs[i])
+            threading.Event().wait(0.05)  # the stream has ended; the receiver sleeps on
+            b.send(b"wake up")
+            t.join(5)
+            assert got == [b"wake up"], "the receiving thread was not woken"
+            stream = k.pread_iter(data_fd, 4096, offs, depth=64)
+            next(stream)  # a stream left in the middle, while the receiver waits again
+            t2 = threading.Thread(target=lambda: got.append(k.recv(a.fileno(), 100)), daemon=True)
+            t2.start()
+            threading.Event().wait(0.05)
+            b.send(b"again")
+            t2.join(5)
+            assert got == [b"wake up", b"again"]
+            stream.close()
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("preset", ["default", "server"])
+def test_an_async_stream_paused_mid_way_never_delays_another_task(data_fd: int, preset: str) -> None:
+    import socket
+
+    a, b = socket.socketpair()
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        try:
+            k = await ksvc.open_async(preset=preset)
+        except (LookupError, ValueError) as exc:
+            pytest.skip(f"preset {preset!r} unavailable here: {exc}")
+        async with k:
+            got = loop.create_future()
+
+            def on_recv() -> None:
+                got.set_result(loop.time())
+
+            receiver = asyncio.ensure_future(k.recv(a.fileno(), 100))
+            receiver.add_done_callback(lambda _: on_recv())
+            await asyncio.sleep(0.05)  # the receive is in flight
+            offs = _offsets(19, 500, 4096)
+            async for data in k.pread_iter(data_fd, 4096, offs, depth=64):
+                assert data == os.pread(data_fd, 4096, offs[0])
+                sent = loop.time()
+                loop.call_later(0.05, b.send, b"x")
+                await asyncio.sleep(1.0)  # the stream's consumer pauses; the receiver must not
+                break
+            arrived = await got
+            assert receiver.result() == b"x"
+            return arrived - sent
+
+    try:
+        delay = asyncio.run(main())
+    finally:
+        a.close()
+        b.close()
+    assert delay < 0.9, f"the other task's receive completed only when the stream went on ({delay:.2f} s)"

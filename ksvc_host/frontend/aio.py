@@ -284,7 +284,7 @@ class AsyncKsvc(Operations):
                         await asyncio.sleep(_BACKLOG_RETRY)
                     started = True
                 if started:
-                    c.kick()  # the kernel starts on these while we hand back the oldest part
+                    c.kick(len(out))  # the kernel starts on these while we hand back the oldest part
                 if not out:
                     return
                 b, op = out[0]
@@ -299,8 +299,8 @@ class AsyncKsvc(Operations):
                 if err is not None:
                     raise err
         finally:
-            if out:  # left early: parts still in flight keep their buffers until the dispatcher reaps them
-                self.instance.dispatcher.wake()
+            # Left early, parts still in flight keep their buffers until the dispatcher's thread reaps them.
+            c.end_kicks(bool(out))
 
     def _bulk_done(self, b: BulkWaiter) -> asyncio.Future[None]:
         """A future done when *b* is (reaped on this loop's thread: the ring sink's notifications)."""

@@ -121,7 +121,7 @@ class Ksvc(Operations):
                     out.append((b, op))
                     started = True
                 if started:
-                    c.kick()  # the kernel starts on these while we convert the oldest part below
+                    c.kick(len(out))  # the kernel starts on these while we convert the oldest part below
                 if not out:
                     return
                 b, op = out.popleft()
@@ -130,8 +130,8 @@ class Ksvc(Operations):
                 if err is not None:
                     raise err
         finally:
-            if out:  # left early: parts still in flight keep their buffers until the dispatcher reaps them
-                c.dispatcher.wake()
+            # Left early, parts still in flight keep their buffers until the dispatcher's thread reaps them.
+            c.end_kicks(bool(out))
 
     def batch(self, *, linked: bool = False) -> Batch:
         """Collect operations and submit them in one go (see :class:`Batch`)."""

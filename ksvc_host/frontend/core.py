@@ -314,19 +314,34 @@ class Completer:
             raise OSError(-b.failed, os.strerror(-b.failed))
         return b.values()
 
-    def kick(self) -> None:
+    def kick(self, own: int = 0) -> None:
         """Start what was submitted without waiting for it: one dispatcher turn here, or a wake-up.
 
         For a caller that goes on with other work (results of earlier entries)
-        while the kernel works on these, then waits for them; a caller that
-        leaves without waiting calls ``dispatcher.wake()``, so that the
-        dispatcher's thread reaps them. An inline dispatcher runs when its
+        while the kernel works on these, then waits for them; *own* is how
+        many of the bulks in flight are its own. The turn leaves io_uring's
+        wake-ups muted only while nothing else is in flight and nobody else
+        waits (this caller comes back for its completions); a caller that
+        stops calls :meth:`end_kicks`. An inline dispatcher runs when its
         caller next waits.
         """
         if self._helps:
             if not self.dispatcher.help(wait=False):
                 self.dispatcher.wake()  # another thread is in a turn, or nothing could be taken
+            elif self._leader or self._blocked or len(self._pending) + len(self._bulks) > own:
+                self.dispatcher.resume_wakeups()  # others' completions must still wake whoever waits for them
         elif not self.inline:
+            self.dispatcher.wake()
+
+    def end_kicks(self, left_in_flight: bool) -> None:
+        """A caller that used :meth:`kick` stops: completions wake the dispatcher's thread again.
+
+        *left_in_flight*: it leaves entries behind, which the dispatcher's
+        thread reaps.
+        """
+        if self._helps:
+            self.dispatcher.resume_wakeups()
+        if left_in_flight:
             self.dispatcher.wake()
 
     def submit_bulk(self, b: BulkWaiter) -> None:
