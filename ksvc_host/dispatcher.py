@@ -159,6 +159,8 @@ class Dispatcher:
         self._publish_quietly: Callable[[], None] | None = getattr(sink, "publish_quietly", None)
         self._helper = False
         """A caller runs this turn (``help``) and reaps next: its own completions need no wake-up."""
+        self._quiet_published = False
+        """Completions were published without a wake-up; the next ordinary turn notifies."""
 
     @property
     def express_entries(self) -> int:
@@ -243,11 +245,17 @@ class Dispatcher:
         if self._pushed:
             self._publish_stats()
             self._publish_completions()
+        if self._quiet_published and not self._helper:
+            self._notify_quiet()
         if taken:
             self.batches_processed += 1
             if self._on_batch is not None:
                 self._on_batch(taken)
         return progress
+
+    def _notify_quiet(self) -> None:
+        self._quiet_published = False
+        self.sink.flush_and_notify()  # notifies even with nothing new: the sink remembers the quiet publish
 
     def _publish_completions(self) -> None:
         self._pushed = False
@@ -256,6 +264,7 @@ class Dispatcher:
             # under asyncio, a FUTEX_WAKE and a thread wake-up per turn for nobody). The sink
             # notifies at its next ordinary flush, so no other waiter misses these.
             self._publish_quietly()
+            self._quiet_published = True
         else:
             self.sink.flush_and_notify()
 
@@ -270,7 +279,7 @@ class Dispatcher:
         """True when the loop runs on its own thread."""
         return self._thread is not None
 
-    def help(self, *, wait: bool = True) -> bool:
+    def help(self, *, wait: bool = True, quiet: bool = True) -> bool:
         """Run turns on the calling thread if no other thread is in one; True when anything moved.
 
         A blocking caller about to sleep until its results arrive calls this
@@ -279,11 +288,14 @@ class Dispatcher:
         ``wait=False`` runs one turn and returns at once: for a caller with
         other work to do while the kernel carries on (a streaming read). It
         leaves completions muted, as the caller comes back for them: it calls
-        ``help()`` next, or :meth:`resume_wakeups` when it stops.
+        ``help()`` next, or :meth:`resume_wakeups` when it stops. ``quiet``:
+        the completions these turns publish wake nobody, as the caller reaps
+        them itself next and every other waiter sleeps where that reap wakes
+        it (``quiet=False`` when another thread may sleep on the notifier).
         """
         if self._stop or self.failure is not None or not self._turn.acquire(blocking=False):
             return False
-        self._helper = True
+        self._helper = quiet
         try:
             self._mute_completions(True)
             if not wait:
@@ -316,6 +328,8 @@ class Dispatcher:
         if not self._turn.acquire(blocking=False):
             return
         try:
+            if self._quiet_published:
+                self._notify_quiet()
             if self.sleeping and self._thread is not None:
                 self._mute_completions(False)
                 if self._completions_ready is not None and self._completions_ready():

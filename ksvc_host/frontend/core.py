@@ -326,9 +326,10 @@ class Completer:
         caller next waits.
         """
         if self._helps:
-            if not self.dispatcher.help(wait=False):
+            alone = not (self._leader or self._blocked or len(self._pending) + len(self._bulks) > own)
+            if not self.dispatcher.help(wait=False, quiet=alone):
                 self.dispatcher.wake()  # another thread is in a turn, or nothing could be taken
-            elif self._leader or self._blocked or len(self._pending) + len(self._bulks) > own:
+            elif not alone:
                 self.dispatcher.resume_wakeups()  # others' completions must still wake whoever waits for them
         elif not self.inline:
             self.dispatcher.wake()
