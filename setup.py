@@ -1,7 +1,8 @@
 """Builds the optional compiled fast path; everything else is in pyproject.toml.
 
 The C loops in ``ksvc_host/fastpath/fastpath.c`` are compiled with cffi in
-API mode. When that fails (no compiler, no headers) the package still
+API mode, and ``bytes_alloc.c`` (bytes objects for reads to fill) as a plain
+extension. When that fails (no compiler, no headers) the package still
 installs and runs the same loops in pure Python, and says so.
 """
 
@@ -40,6 +41,12 @@ def _fastpath_extension() -> list[Extension]:
                       extra_compile_args=["-O2", "-std=gnu11"])]
 
 
+def _bytes_alloc_extension() -> list[Extension]:
+    # The one helper that needs the CPython API (bytes objects the kernel reads into); cffi cannot return objects.
+    return [Extension("ksvc_host._bytes_alloc", sources=["ksvc_host/fastpath/bytes_alloc.c"],
+                      extra_compile_args=["-O2", "-std=gnu11"])]
+
+
 class OptionalBuildExt(build_ext):
     """Compile the fast path if possible; a failure leaves the pure-Python loops in charge."""
 
@@ -58,4 +65,4 @@ class OptionalBuildExt(build_ext):
                   file=sys.stderr)
 
 
-setup(ext_modules=_fastpath_extension(), cmdclass={"build_ext": OptionalBuildExt})
+setup(ext_modules=_fastpath_extension() + _bytes_alloc_extension(), cmdclass={"build_ext": OptionalBuildExt})

@@ -192,12 +192,20 @@ def test_submit_strided_writes_abi_entries(impl: str) -> None:
     ffi = fastpath.ffi
     ring = ffi.new("uint8_t[]", L.ring_bytes(16, L.SUBMIT_ENTRY_SIZE))
     offs = ffi.new("uint64_t[]", [10, 20, 30])
-    fastpath.lib.ksvc_submit_strided(ring, 14, 15, 100, 17, 5, 0x1000, 0x200, 64, offs, 3)
+    fastpath.lib.ksvc_submit_strided(ring, 14, 15, 100, 17, 5, 0x1000, 0x200, 64, offs, ffi.NULL, 3)
     raw = bytes(ffi.buffer(ring))
     assert struct.unpack_from("<Q", raw, L.RING_TAIL_OFFSET)[0] == 17
     for i, slot in enumerate((14, 15, 0)):
         e = L.SubmitEntry.unpack(raw, L.RING_ENTRIES_OFFSET + slot * L.SUBMIT_ENTRY_SIZE)
         assert e == L.SubmitEntry(100 + i, 17, 0, (5, 0x1000 + i * 0x200, 64, 10 * (i + 1), 0, 0))
+    # With a table of addresses, buffer i is wherever addrs[i] says (bytes objects of a stream).
+    addrs = ffi.new("uint64_t[]", [0x9000, 0x4000, 0x7777])
+    fastpath.lib.ksvc_submit_strided(ring, 17, 15, 200, 17, 5, 0x1000, 0x200, 64, offs, addrs, 3)
+    raw = bytes(ffi.buffer(ring))
+    assert struct.unpack_from("<Q", raw, L.RING_TAIL_OFFSET)[0] == 20
+    for i, slot in enumerate((1, 2, 3)):
+        e = L.SubmitEntry.unpack(raw, L.RING_ENTRIES_OFFSET + slot * L.SUBMIT_ENTRY_SIZE)
+        assert e == L.SubmitEntry(200 + i, 17, 0, (5, (0x9000, 0x4000, 0x7777)[i], 64, 10 * (i + 1), 0, 0))
 
 
 def test_bulk_reap_routes_entries(impl: str) -> None:
@@ -264,3 +272,19 @@ def test_a_failed_build_is_reported_once(monkeypatch: pytest.MonkeyPatch, capsys
     with ksvc.open():
         pass
     assert capsys.readouterr().err == ""  # chosen on purpose: nothing to report
+
+
+def test_new_bytes_gives_objects_and_their_addresses() -> None:
+    lib = fastpath.lib
+    if fastpath.IMPLEMENTATION != "native" or lib.new_bytes is None:
+        pytest.skip(f"compiled fast path unavailable: {fastpath.REASON}")
+    ffi = fastpath.ffi
+    table = ffi.new("uint64_t[]", 3)
+    objs = lib.new_bytes(3, 4096, int(ffi.cast("uintptr_t", table)))
+    assert [type(b) for b in objs] == [bytes] * 3 and [len(b) for b in objs] == [4096] * 3
+    assert len({table[i] for i in range(3)}) == 3  # three separate buffers, one per object
+    assert lib.new_bytes(0, 4096, 0) == []
+    with pytest.raises(ValueError, match="must be >= 0"):
+        lib.new_bytes(-1, 10, int(ffi.cast("uintptr_t", table)))
+    with pytest.raises(ValueError, match="table is NULL"):
+        lib.new_bytes(2, 10, 0)

@@ -3,7 +3,9 @@
 ``ksvc_host._fastpath`` is built from ``fastpath.c`` when the package is
 installed. When it could not be built, or ``KSVC_PURE_PYTHON=1`` is set, the
 same four functions come from :mod:`ksvc_host.fastpath.reference`; results
-are identical either way, only the speed differs. :data:`IMPLEMENTATION`
+are identical either way, only the speed differs. ``lib.new_bytes`` (from
+``bytes_alloc.c``) gives streams bytes objects to read into; it is ``None`` on
+the pure path, where reads are copied out of a staging buffer. :data:`IMPLEMENTATION`
 says which one is in use, and ``ksvc plugins`` shows it.
 """
 
@@ -24,9 +26,10 @@ _PURE_VALUES = ("1", "true", "yes", "on")
 def _load(pure: bool) -> tuple[str, Any, Any, str]:
     if not pure:
         try:
-            from ksvc_host import _fastpath  # type: ignore[attr-defined]
+            from ksvc_host import _bytes_alloc, _fastpath  # type: ignore[attr-defined]
 
-            return "native", _fastpath.ffi, _fastpath.lib, ""
+            lib = _fastpath.lib
+            return "native", _fastpath.ffi, _Native(lib, _bytes_alloc.new_bytes), ""
         except ImportError as exc:
             why = f"the compiled fast path is not available ({exc}); using the pure-Python loops"
     else:
@@ -38,8 +41,20 @@ def _load(pure: bool) -> tuple[str, Any, Any, str]:
         ksvc_express_submit = staticmethod(reference.express_submit)
         ksvc_express_reap = staticmethod(reference.express_reap)
         ksvc_bulk_reap = staticmethod(reference.bulk_reap)
+        new_bytes = None  # reads go to a staging buffer and are copied out (the reference behaviour)
 
     return "python", reference.ffi, _Lib(), why
+
+
+class _Native:
+    """The compiled loops, plus ``new_bytes`` (bytes objects for reads to fill in place)."""
+
+    def __init__(self, lib: Any, new_bytes: Any) -> None:
+        self.ksvc_submit_strided = lib.ksvc_submit_strided
+        self.ksvc_express_submit = lib.ksvc_express_submit
+        self.ksvc_express_reap = lib.ksvc_express_reap
+        self.ksvc_bulk_reap = lib.ksvc_bulk_reap
+        self.new_bytes = new_bytes
 
 
 IMPLEMENTATION: str

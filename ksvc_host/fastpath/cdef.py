@@ -35,7 +35,7 @@ struct ksvc_bulk {
 FUNCTIONS: Final = """
 uint32_t ksvc_submit_strided(uint8_t *ring, uint64_t tail, uint32_t mask, uint64_t corr0, uint32_t nr,
                              uint64_t fd, uint64_t addr0, uint64_t stride, uint64_t len,
-                             const uint64_t *offsets, uint32_t n);
+                             const uint64_t *offsets, const uint64_t *addrs, uint32_t n);
 int ksvc_express_submit(struct ksvc_express *x, uint32_t max_take);
 int ksvc_express_reap(struct ksvc_express *x);
 int ksvc_bulk_reap(uint8_t *cring, uint64_t head, uint64_t tail, uint32_t mask, struct ksvc_bulk *b,

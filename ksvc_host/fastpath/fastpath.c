@@ -4,6 +4,7 @@
  * which is the specification; the tests run both and compare:
  *
  *   ksvc_submit_strided  front end: write N submit entries and publish the tail
+ *                        (buffer i at addr0 + i*stride, or at addrs[i] when given)
  *   ksvc_express_submit  dispatcher: drain simple read/write entries into SQEs
  *   ksvc_express_reap    dispatcher: CQEs of those entries into completion entries
  *   ksvc_bulk_reap       front end: completion entries into per-group result arrays
@@ -36,11 +37,11 @@ static inline void store_release32(uint32_t *p, uint32_t v) { __atomic_store_n(p
 
 uint32_t ksvc_submit_strided(uint8_t *ring, uint64_t tail, uint32_t mask, uint64_t corr0, uint32_t nr,
                              uint64_t fd, uint64_t addr0, uint64_t stride, uint64_t len,
-                             const uint64_t *offsets, uint32_t n)
+                             const uint64_t *offsets, const uint64_t *addrs, uint32_t n)
 {
     for (uint32_t i = 0; i < n; i++) {
         uint8_t *e = ring + RING_ENTRIES + (size_t)((tail + i) & mask) * SUBMIT_SIZE;
-        uint64_t w[8] = {corr0 + i, (uint64_t)nr, fd, addr0 + (uint64_t)i * stride, len,
+        uint64_t w[8] = {corr0 + i, (uint64_t)nr, fd, addrs ? addrs[i] : addr0 + (uint64_t)i * stride, len,
                          offsets ? offsets[i] : 0, 0, 0};
         memcpy(e, w, sizeof w);   /* nr u32 + flags u32 (0) share the second word */
     }

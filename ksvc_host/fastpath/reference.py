@@ -51,14 +51,16 @@ def _ring_view(ring_addr: Any, entries: int, entry_size: int) -> Any:
 
 def submit_strided(
     ring: Any, tail: int, mask: int, corr0: int, nr: int, fd: int, addr0: int, stride: int, length: int,
-    offsets: Any, n: int,
+    offsets: Any, addrs: Any, n: int,
 ) -> int:
-    """Write *n* submit entries ``nr(fd, addr0 + i*stride, length, offsets[i])`` and publish the tail."""
+    """Write *n* submit entries ``nr(fd, addrs[i] or addr0 + i*stride, length, offsets[i])``; publish the tail."""
     buf = _ring_view(ring, mask + 1, L.SUBMIT_ENTRY_SIZE)
+    by_table = addrs != ffi.NULL and addrs is not None
     for i in range(n):
         off = int(offsets[i]) if offsets != ffi.NULL and offsets is not None else 0
+        addr = int(addrs[i]) if by_table else addr0 + i * stride
         slot = L.RING_ENTRIES_OFFSET + ((tail + i) & mask) * L.SUBMIT_ENTRY_SIZE
-        _SUBMIT_WORDS.pack_into(buf, slot, corr0 + i, nr, fd, addr0 + i * stride, length, off, 0, 0)
+        _SUBMIT_WORDS.pack_into(buf, slot, corr0 + i, nr, fd, addr, length, off, 0, 0)
     _U64.pack_into(buf, L.RING_TAIL_OFFSET, tail + n)
     return n
 

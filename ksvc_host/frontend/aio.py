@@ -234,8 +234,9 @@ class AsyncKsvc(Operations):
         for start in range(0, op.n, BULK_MAX):
             n = min(BULK_MAX, op.n - start)
             offs = op.offsets[start : start + n] if op.offsets is not None else None
+            addrs = op.addrs + start if op.addrs is not None else None
             parts.append(self._completer.new_bulk(op.nr, op.fd, op.addr0 + start * op.stride, op.stride, op.length,
-                                                  offs, n, op.keep, on_done))  # fmt: skip
+                                                  offs, n, op.keep, on_done, addrs))  # fmt: skip
         left[0] = len(parts)
         for b in parts:
             if self._bulk_backlog or not self._completer.bulk_continue(b, wake=not self._runs):
@@ -277,7 +278,8 @@ class AsyncKsvc(Operations):
                     op = stream.next_op()
                     if op is None:
                         break
-                    b = c.new_bulk(op.nr, op.fd, op.addr0, op.stride, op.length, op.offsets, op.n, op.keep)
+                    b = c.new_bulk(op.nr, op.fd, op.addr0, op.stride, op.length, op.offsets, op.n, op.keep,
+                                   addrs=op.addrs)
                     out.append((b, op))
                     while not c.bulk_continue(b, wake=False):  # ring full, or every bulk group in flight
                         self._help()

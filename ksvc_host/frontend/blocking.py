@@ -78,8 +78,9 @@ class Ksvc(Operations):
         for start in range(0, op.n, BULK_MAX):  # a bulk group holds BULK_MAX entries
             n = min(BULK_MAX, op.n - start)
             offs = op.offsets[start : start + n] if op.offsets is not None else None
+            addrs = op.addrs + start if op.addrs is not None else None
             b = self._completer.new_bulk(op.nr, op.fd, op.addr0 + start * op.stride, op.stride, op.length, offs, n,
-                                         op.keep)  # fmt: skip
+                                         op.keep, addrs=addrs)  # fmt: skip
             self._completer.submit_bulk(b)
             out.extend(self._collect_bulk(b))
         return op.finish(out)
@@ -116,7 +117,8 @@ class Ksvc(Operations):
                     op = stream.next_op()
                     if op is None:
                         break
-                    b = c.new_bulk(op.nr, op.fd, op.addr0, op.stride, op.length, op.offsets, op.n, op.keep)
+                    b = c.new_bulk(op.nr, op.fd, op.addr0, op.stride, op.length, op.offsets, op.n, op.keep,
+                                   addrs=op.addrs)
                     c.submit_bulk(b)
                     out.append((b, op))
                     started = True

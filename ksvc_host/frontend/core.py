@@ -65,7 +65,7 @@ class BulkWaiter:
     """
 
     __slots__ = ("nr", "fd", "addr0", "stride", "length", "offsets", "n", "submitted", "group", "results",
-                 "done", "failed", "keep", "callback", "event")  # fmt: skip
+                 "done", "failed", "keep", "callback", "event", "addrs")  # fmt: skip
 
     def __init__(
         self, nr: int, fd: int, addr0: int, stride: int, length: int, offsets: Any, n: int, keep: Any,
@@ -83,6 +83,8 @@ class BulkWaiter:
         self.keep = keep
         self.callback = callback
         self.event: Any = None
+        self.addrs: Any = fastpath.ffi.NULL
+        """A ``uint64_t`` array: entry *i*'s buffer address, instead of ``addr0 + i*stride``."""
 
     def values(self) -> list[int]:
         """Every entry's result, in submission order."""
@@ -252,9 +254,11 @@ class Completer:
 
     def new_bulk(
         self, nr: int, fd: int, addr0: int, stride: int, length: int, offsets: Sequence[int] | None, n: int,
-        keep: Any = None, callback: Callable[[BulkWaiter], None] | None = None,
+        keep: Any = None, callback: Callable[[BulkWaiter], None] | None = None, addrs: Any = None,
     ) -> BulkWaiter:
         """A bulk operation: entry *i* is ``nr(fd, addr0 + i*stride, length, offsets[i])``.
+
+        With *addrs* (a ``uint64_t`` array of *n*), entry *i*'s buffer is ``addrs[i]``.
 
         Nothing is submitted yet: :meth:`bulk_continue` writes what fits.
         """
@@ -269,6 +273,8 @@ class Completer:
             except OverflowError:  # negative offsets travel as the kernel sees them (it answers EINVAL)
                 offs = fastpath.ffi.new("uint64_t[]", [o & 0xFFFF_FFFF_FFFF_FFFF for o in offsets])
         b = BulkWaiter(nr, fd & 0xFFFF_FFFF_FFFF_FFFF, addr0, stride, length, offs, n, keep, callback)
+        if addrs is not None:
+            b.addrs = addrs  # a uint64_t array of n addresses (bytes objects that reads fill in place)
         if self.direct and not self.inline and callback is None:
             b.event = self._make_event()
         return b
@@ -296,9 +302,10 @@ class Completer:
                 return False
             first = b.submitted
             offs = b.offsets + first if b.offsets != fastpath.ffi.NULL else fastpath.ffi.NULL
+            addrs = b.addrs + first if b.addrs != fastpath.ffi.NULL else fastpath.ffi.NULL
             self._lib.ksvc_submit_strided(
                 self._sring_ptr, self._tail, ring.mask, BULK_BIT | (b.group << BULK_INDEX_BITS) | first,
-                b.nr, b.fd, b.addr0 + first * b.stride, b.stride, b.length, offs, count,
+                b.nr, b.fd, b.addr0 + first * b.stride, b.stride, b.length, offs, addrs, count,
             )
             self._tail += count
             b.submitted += count

@@ -19,7 +19,7 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ksvc_host import native
+from ksvc_host import fastpath, native
 from ksvc_host.abi import linux as lx
 from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.frontend import sockaddr
@@ -108,13 +108,16 @@ _SCRATCH_MAX = 16 << 20
 
 
 class BulkOp:
-    """Many entries of one syscall: entry *i* is ``nr(fd, addr0 + i*stride, length, offsets[i])``."""
+    """Many entries of one syscall: entry *i* is ``nr(fd, addr0 + i*stride, length, offsets[i])``.
 
-    __slots__ = ("nr", "fd", "addr0", "stride", "length", "offsets", "n", "keep", "finish")
+    With *addrs* (a ``uint64_t`` array), entry *i*'s buffer is ``addrs[i]`` instead.
+    """
+
+    __slots__ = ("nr", "fd", "addr0", "stride", "length", "offsets", "n", "keep", "finish", "addrs")
 
     def __init__(
         self, nr: int, fd: int, addr0: int, stride: int, length: int, offsets: Sequence[int] | None, n: int,
-        keep: Any, finish: Callable[[list[int]], Any],
+        keep: Any, finish: Callable[[list[int]], Any], addrs: Any = None,
     ) -> None:
         self.nr, self.fd, self.addr0, self.stride, self.length = nr, fd, addr0, stride, length
         self.offsets = offsets
@@ -122,16 +125,18 @@ class BulkOp:
         self.keep = keep
         self.finish = finish
         """Maps the list of results to the caller's value (raises ``OSError`` on failure)."""
+        self.addrs = addrs
 
 
 class ReadStream:
     """The plan of a streaming read (``pread_iter``): offsets in parts, each part one bulk.
 
     At most *depth* reads are in flight, as ``parts_in_flight`` parts of
-    ``step`` reads; each part reads into a buffer of its own, reused once
-    its results are converted. The front end submits :meth:`next_op` while
-    fewer than ``parts_in_flight`` are out and hands each finished part's
-    results to its ``finish``, in order.
+    ``step`` reads. With the compiled fast path each read fills a new bytes
+    object in place (``fastpath.lib.new_bytes``); on the pure path each part
+    reads into a staging buffer of its own, copied out and reused. The front
+    end submits :meth:`next_op` while fewer than ``parts_in_flight`` are out
+    and hands each finished part's results to its ``finish``, in order.
 
     *parts*: how many pieces the window is cut into. One when the caller's
     own thread does the reads (they complete inside the submission); with a
@@ -152,6 +157,7 @@ class ReadStream:
         self.parts_in_flight = -(-depth // self.step)
         self._offsets = iter(offsets)
         self._free: list[bytearray] = []
+        self._tables: list[Any] = []
 
     def next_op(self) -> BulkOp | None:
         """The next part's bulk operation, or ``None`` when every offset has been submitted."""
@@ -159,6 +165,9 @@ class ReadStream:
         if not chunk:
             return None
         size, n = self.size, len(chunk)
+        new_bytes = fastpath.lib.new_bytes
+        if new_bytes is not None:
+            return self._in_place(chunk, new_bytes)
         buf = self._free.pop() if self._free else bytearray(max(1, self.step * size))
         view = ffi.from_buffer(buf)
         free = self._free
@@ -176,6 +185,24 @@ class ReadStream:
                 free.append(buf)
 
         return BulkOp(NR["pread64"], self.fd, _addr(view), size, size, chunk, n, (view, buf), finish)
+
+    def _in_place(self, chunk: list[int], new_bytes: Callable[[int, int, int], list[bytes]]) -> BulkOp:
+        # Each read fills a new bytes object in place, as os.pread does (no copy out of a staging buffer).
+        # The objects stay in this part until their reads complete; short reads are sliced, failed ones dropped.
+        size, n = self.size, len(chunk)
+        table = self._tables.pop() if self._tables else fastpath.ffi.new("uint64_t[]", self.step)
+        objs = new_bytes(n, size, _addr(table))
+        tables = self._tables
+
+        def finish(results: list[int]) -> tuple[list[bytes], OSError | None]:
+            tables.append(table)
+            if min(results) == size:
+                return objs, None
+            bad = next((i for i, r in enumerate(results) if r < 0), n)
+            good = [b if r == size else b[:r] for b, r in zip(objs[:bad], results[:bad], strict=True)]
+            return good, (oserror(-results[bad]) if bad < n else None)
+
+        return BulkOp(NR["pread64"], self.fd, 0, 0, size, chunk, n, (objs, table), finish, table)
 
 
 def _raise_first(results: list[int]) -> None:
@@ -274,6 +301,20 @@ class Operations:
         """
         size = _length(size)
         n = len(offsets)
+        new_bytes = fastpath.lib.new_bytes
+        if new_bytes is not None and n:
+            # Each read fills its own new bytes object in place, as os.pread does (see ReadStream).
+            table = fastpath.ffi.new("uint64_t[]", n)
+            objs = new_bytes(n, size, _addr(table))
+
+            def finish_in_place(results: list[int]) -> list[bytes]:
+                _raise_first(results)
+                if min(results) == size:
+                    return objs
+                return [b if r == size else b[:r] for b, r in zip(objs, results, strict=True)]
+
+            return self._run_bulk(BulkOp(NR["pread64"], fd, 0, 0, size, offsets, n, (objs, table), finish_in_place,
+                                         table))  # fmt: skip
         buf = self._take_scratch(n * size)
         view = ffi.from_buffer(buf)
 
