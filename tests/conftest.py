@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 import ksvc_host as ksvc
+from ksvc_host import fastpath
 
 
 def _require_fixture_plugins() -> bool:
@@ -40,3 +41,16 @@ def kt() -> Iterator[ksvc.Ksvc]:
     """A default-stack instance with the threaded dispatcher only."""
     with ksvc.open() as inst:
         yield inst
+
+
+@pytest.fixture(params=["native", "python"])
+def impl(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Both implementations of the fast path (compiled, pure Python), then the default again."""
+    got = fastpath.select(pure=request.param == "python")
+    if got != request.param:
+        msg = f"compiled fast path unavailable: {fastpath.REASON}"
+        if os.environ.get("KSVC_REQUIRE_NATIVE") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    yield got
+    fastpath.select()

@@ -27,19 +27,6 @@ from ksvc_host.express import ENV_DISABLE
 SIZE = 1 << 20
 
 
-@pytest.fixture(params=["native", "python"])
-def impl(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Select one implementation of the loops for the test, then restore the default."""
-    got = fastpath.select(pure=request.param == "python")
-    if got != request.param:
-        msg = f"compiled fast path unavailable: {fastpath.REASON}"
-        if os.environ.get("KSVC_REQUIRE_NATIVE") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    yield got
-    fastpath.select()
-
-
 @pytest.fixture
 def data_file(tmp_path: Path) -> Iterator[tuple[int, bytes]]:
     """A 1 MiB file of random bytes, open read-write."""

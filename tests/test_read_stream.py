@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 import ksvc_host as ksvc
-from ksvc_host import fastpath
 from ksvc_host.frontend.operations import ReadStream
 
 SIZE = 1 << 20
@@ -26,19 +25,6 @@ def data_fd(tmp_path: Path) -> Iterator[int]:
     fd = os.open(path, os.O_RDONLY)
     yield fd
     os.close(fd)
-
-
-@pytest.fixture(params=["native", "python"])
-def impl(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Both implementations of the fast path's loops (the stream is built on them)."""
-    got = fastpath.select(pure=request.param == "python")
-    if got != request.param:
-        msg = f"compiled fast path unavailable: {fastpath.REASON}"
-        if os.environ.get("KSVC_REQUIRE_NATIVE") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    yield got
-    fastpath.select()
 
 
 @pytest.fixture(params=["thread", "inline"])

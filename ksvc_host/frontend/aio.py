@@ -274,14 +274,9 @@ class AsyncKsvc(Operations):
         try:
             while True:
                 started = False
-                while len(out) < stream.parts_in_flight:
-                    op = stream.next_op()
-                    if op is None:
-                        break
-                    b = c.new_bulk(op.nr, op.fd, op.addr0, op.stride, op.length, op.offsets, op.n, op.keep,
-                                   addrs=op.addrs)
-                    out.append((b, op))
-                    while not c.bulk_continue(b, wake=False):  # ring full, or every bulk group in flight
+                while len(out) < stream.parts_in_flight and (part := self._next_part(stream)) is not None:
+                    out.append(part)
+                    while not c.bulk_continue(part[0], wake=False):  # ring full, or every bulk group in flight
                         self._help()
                         await asyncio.sleep(_BACKLOG_RETRY)
                     started = True

@@ -113,14 +113,9 @@ class Ksvc(Operations):
         try:
             while True:
                 started = False
-                while len(out) < stream.parts_in_flight:
-                    op = stream.next_op()
-                    if op is None:
-                        break
-                    b = c.new_bulk(op.nr, op.fd, op.addr0, op.stride, op.length, op.offsets, op.n, op.keep,
-                                   addrs=op.addrs)
-                    c.submit_bulk(b)
-                    out.append((b, op))
+                while len(out) < stream.parts_in_flight and (part := self._next_part(stream)) is not None:
+                    c.submit_bulk(part[0])
+                    out.append(part)
                     started = True
                 if started:
                     c.kick(len(out))  # the kernel starts on these while we convert the oldest part below

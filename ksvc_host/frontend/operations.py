@@ -224,12 +224,22 @@ class Operations:
     """
 
     _buffers: BufferProvider
+    _completer: Any
 
     def _run(self, op: Op) -> Any:  # pragma: no cover - provided by the front end
         raise NotImplementedError
 
     def _run_bulk(self, bulk: BulkOp) -> Any:  # pragma: no cover - provided by the front end
         raise NotImplementedError
+
+    def _next_part(self, stream: ReadStream) -> tuple[Any, BulkOp] | None:
+        """A stream's next part as a bulk of this front end's completer (not yet submitted), or ``None``."""
+        op = stream.next_op()
+        if op is None:
+            return None
+        b = self._completer.new_bulk(op.nr, op.fd, op.addr0, op.stride, op.length, op.offsets, op.n, op.keep,
+                                     addrs=op.addrs)  # fmt: skip
+        return b, op
 
     # -- memory -------------------------------------------------------------------
 
