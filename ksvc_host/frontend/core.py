@@ -265,9 +265,7 @@ class Completer:
         if not 0 <= n <= BULK_MAX:
             raise ValueError(f"a bulk operation holds 1 to {BULK_MAX} entries, got {n}")
         offs: Any = fastpath.ffi.NULL
-        if isinstance(offsets, fastpath.ffi.CData):
-            offs = offsets  # already a uint64_t array (a stream converts its offsets once per part)
-        elif offsets is not None:
+        if offsets is not None:
             try:
                 offs = fastpath.ffi.new("uint64_t[]", offsets)
             except OverflowError:  # negative offsets travel as the kernel sees them (it answers EINVAL)
