@@ -32,7 +32,7 @@ def _worker(k: Any, path: str, data: bytes, ops: int, seed: int, errors: list[st
     fd = k.open(path, os.O_RDONLY)
     try:
         for i in range(ops):
-            choice = rnd.randrange(4)
+            choice = rnd.randrange(6)
             off = rnd.randrange(0, len(data) - 4096)
             if choice == 0:
                 ok = k.pread(fd, 4096, off) == data[off : off + 4096]
@@ -40,11 +40,20 @@ def _worker(k: Any, path: str, data: bytes, ops: int, seed: int, errors: list[st
                 ok = k.fcntl(fd, fcntl.F_GETFL) == fcntl.fcntl(fd, fcntl.F_GETFL)
             elif choice == 2:
                 ok = k.getpid() == os.getpid()
-            else:
+            elif choice == 3:
                 b = k.batch()
                 for j in range(8):
                     b.pread(fd, 512, (off + j * 512) % (len(data) - 512))
                 ok = b.run() == [data[(off + j * 512) % (len(data) - 512) :][:512] for j in range(8)]
+            else:  # a stream, read to the end (4) or left after two results (5)
+                offs = [rnd.randrange(0, len(data) - 4096) for _ in range(24)]
+                stream = k.pread_iter(fd, 4096, offs, depth=8)
+                want = [data[o : o + 4096] for o in offs]
+                if choice == 4:
+                    ok = list(stream) == want
+                else:
+                    ok = [next(stream), next(stream)] == want[:2]
+                    stream.close()
             if not ok:
                 errors.append(f"op {i} ({choice}) returned a wrong result")
             done[0] += 1
