@@ -178,7 +178,7 @@ class ReadStream:
                 with memoryview(buf) as mv:
                     if min(results) == size:
                         return [mv[i : i + size].tobytes() for i in range(0, n * size, size)], None
-                    bad = next((i for i, r in enumerate(results) if r < 0), n)
+                    bad = _first_failure(results)
                     good = [mv[i * size : i * size + r].tobytes() for i, r in enumerate(results[:bad])]
                     return good, (oserror(-results[bad]) if bad < n else None)
             finally:
@@ -196,18 +196,32 @@ class ReadStream:
 
         def finish(results: list[int]) -> tuple[list[bytes], OSError | None]:
             tables.append(table)
-            if min(results) == size:
-                return objs, None
-            bad = next((i for i, r in enumerate(results) if r < 0), n)
-            good = [b if r == size else b[:r] for b, r in zip(objs[:bad], results[:bad], strict=True)]
-            return good, (oserror(-results[bad]) if bad < n else None)
+            bad = _first_failure(results)
+            if bad == n:
+                return _as_read(objs, results, size), None
+            return _as_read(objs[:bad], results[:bad], size), oserror(-results[bad])
 
         return BulkOp(NR["pread64"], self.fd, 0, 0, size, chunk, n, (objs, table), finish, table)
 
 
+def _first_failure(results: list[int]) -> int:
+    """The index of the first failed (negative) result, or ``len(results)``."""
+    if not results or min(results) >= 0:
+        return len(results)
+    return next(i for i, r in enumerate(results) if r < 0)
+
+
 def _raise_first(results: list[int]) -> None:
-    if results and min(results) < 0:
-        raise oserror(-next(r for r in results if r < 0))
+    bad = _first_failure(results)
+    if bad < len(results):
+        raise oserror(-results[bad])
+
+
+def _as_read(objs: list[bytes], results: list[int], size: int) -> list[bytes]:
+    """Bytes objects that reads filled in place, as ``os.pread`` gives them: short reads sliced."""
+    if not results or min(results) == size:
+        return objs
+    return [b if r == size else b[:r] for b, r in zip(objs, results, strict=True)]
 
 
 def _checked_counts(results: list[int]) -> list[int]:
@@ -319,9 +333,7 @@ class Operations:
 
             def finish_in_place(results: list[int]) -> list[bytes]:
                 _raise_first(results)
-                if min(results) == size:
-                    return objs
-                return [b if r == size else b[:r] for b, r in zip(objs, results, strict=True)]
+                return _as_read(objs, results, size)
 
             return self._run_bulk(BulkOp(NR["pread64"], fd, 0, 0, size, offsets, n, (objs, table), finish_in_place,
                                          table))  # fmt: skip
