@@ -79,6 +79,8 @@ class ExpressLane:
         """Express entries submitted and not yet completed."""
         self.entries = 0
         """Entries taken by the lane since it was built."""
+        self.cq_clear = False
+        """The last :meth:`reap` emptied the CQ (nothing there for the backend's own reap)."""
 
     def submit(self, head: int, max_take: int) -> int:
         """Take simple entries from submit-ring counter *head*; return how many (the new head is head + that)."""
@@ -99,12 +101,17 @@ class ExpressLane:
         return int(n)
 
     def reap(self) -> int:
-        """Move express CQEs at the head of the CQ into the completion ring; return how many."""
+        """Move express CQEs at the head of the CQ into the completion ring; return how many.
+
+        Afterwards :attr:`cq_clear` says whether this reap left the CQ empty.
+        """
         if not self.inflight:
+            self.cq_clear = False  # not looked at
             return 0
         x = self._x
         x.ctail = self._sink.pending_tail
         n = self._lib.ksvc_express_reap(x)
+        self.cq_clear = not x.cq_left
         if n:
             self._sink.pending_tail = int(x.ctail)
             self._backend.express_account(0, n, 0)

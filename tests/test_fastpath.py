@@ -275,3 +275,37 @@ def test_new_bytes_gives_objects_and_their_addresses() -> None:
         lib.new_bytes(-1, 10, int(ffi.cast("uintptr_t", table)))
     with pytest.raises(ValueError, match="table is NULL"):
         lib.new_bytes(2, 10, 0)
+
+
+def test_generic_completions_beside_express_ones_are_never_stranded(
+    kx: ksvc.Ksvc, data_file: tuple[int, bytes]
+) -> None:
+    # The lane's reap leaves the CQ to the backend's own reap only when something else is there
+    # (cq_clear); io_uring calls of the generic loop (fsync) and worker calls (getcwd) in between
+    # express reads must all complete.
+    fd, data = data_file
+    buf = bytearray(4096)
+    addr = int(fastpath.ffi.cast("uintptr_t", fastpath.ffi.from_buffer(buf)))
+    disp = kx.instance.dispatcher
+    for round_ in range(50):
+        off = (round_ * 4096) % SIZE
+        ids = kx.raw.submit([
+            (SYSCALLS["pread64"], (fd, addr, 4096, off), 0),
+            (SYSCALLS["fsync"], (fd,), 0),
+            (SYSCALLS["pread64"], (fd, addr, 4096, off), 0),
+        ])  # fmt: skip
+        got = {c.corr_id: c.result for c in kx.raw.completions(wait_for=3)}
+        assert got == {ids[0]: 4096, ids[1]: 0, ids[2]: 4096}
+        assert bytes(buf) == data[off : off + 4096]
+    assert kx.getcwd() == os.getcwd()
+    assert disp.io_backend.inflight() == 0
+
+
+def test_express_reap_says_whether_it_left_the_cq_empty(impl: str, data_file: tuple[int, bytes]) -> None:
+    fd, _ = data_file
+    with ksvc.open(dispatcher="inline") as k:
+        lane = k.instance.dispatcher._express
+        assert lane is not None
+        assert k.pread_many(fd, 4096, [0, 4096]) == [os.pread(fd, 4096, 0), os.pread(fd, 4096, 4096)]
+        assert lane.cq_clear  # the last reap took every CQE
+        assert lane.reap() == 0 and not lane.cq_clear  # nothing in flight: the CQ was not looked at

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import os
 import random
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -224,3 +225,20 @@ def test_an_async_stream_paused_mid_way_never_delays_another_task(data_fd: int, 
         a.close()
         b.close()
     assert delay < 0.9, f"the other task's receive completed only when the stream went on ({delay:.2f} s)"
+
+
+def test_statistics_count_every_read_once_the_call_returns(ks: ksvc.Ksvc, data_fd: int) -> None:
+    # Turns a caller runs for itself publish the shared page's statistics late (not per turn),
+    # but by the time its call returns or its stream ends they count every read.
+    page = ks.instance.shared_page
+    before = page.entries_processed
+    for i in range(10):
+        assert ks.pread(data_fd, 100, i) == os.pread(data_fd, 100, i)
+    assert page.entries_processed - before >= 10
+    before = page.entries_processed
+    offs = _offsets(9, 500, 4096)
+    assert list(ks.pread_iter(data_fd, 4096, offs)) == [os.pread(data_fd, 4096, o) for o in offs]
+    deadline = time.monotonic() + 2.0  # the dispatcher's thread may be ending a turn that publishes them
+    while page.entries_processed - before < 500 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert page.entries_processed - before >= 500

@@ -22,6 +22,7 @@ struct ksvc_express {
     uint32_t room;
     uint32_t taken; uint32_t completed; uint32_t unsubmitted;
     int32_t error; uint64_t enter_calls;
+    uint32_t cq_left;
 };
 struct ksvc_bulk {
     uint64_t bit;

@@ -64,6 +64,7 @@ struct ksvc_express {
     uint32_t room;
     uint32_t taken; uint32_t completed; uint32_t unsubmitted;
     int32_t error; uint64_t enter_calls;
+    uint32_t cq_left;   /* CQEs the last reap left in the CQ (not ours, or no room) */
 };
 
 #define NEED_WAKEUP 1u
@@ -178,6 +179,7 @@ int ksvc_express_reap(struct ksvc_express *x)
     }
     if (n) store_release32(x->cq_head, head);
     x->completed = n;
+    x->cq_left = tail - head;
     return (int)n;
 }
 

@@ -172,6 +172,7 @@ def express_reap(x: Any) -> int:
     if n:
         x.cq_head[0] = head
     x.completed = n
+    x.cq_left = (tail - head) & 0xFFFF_FFFF
     return n
 
 
