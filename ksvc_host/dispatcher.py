@@ -491,9 +491,12 @@ class Dispatcher:
 
     def _take(self) -> int:
         express = 0
-        if self._express is not None and not (self._held or self._barrier or self._overflow):
-            express = self._express.submit(self._ring_head, self.channel.submit_ring.size)
+        lane = self._express
+        if lane is not None and not (self._held or self._barrier or self._overflow):
+            express = lane.submit(self._ring_head, self.channel.submit_ring.size)
             self._ring_head += express
+            if lane.drained:
+                return express  # the lane took every entry there was
         return express + self._take_generic()
 
     def _take_generic(self) -> int:

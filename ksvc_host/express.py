@@ -72,6 +72,15 @@ class ExpressLane:
         x.ring_fd, x.sqpoll = ring.ring_fd, int(ring.sqpoll)
         x.excl_lo, x.excl_hi = ring.exclude_lo, ring.exclude_hi
         x.tag = TAG
+        x.a_ring_fd = -1
+        if ring.inline is not None:  # an SQPOLL ring's inline partner: see fastpath.c
+            a = ring.inline
+            x.a_ring_fd, x.a_backlog = a.ring_fd, ring.inline_backlog
+            x.a_sq_head, x.a_sq_tail = ptr("uint32_t *", a.sq_head), ptr("uint32_t *", a.sq_tail)
+            x.a_sq_array, x.a_sq_mask, x.a_sq_entries = ptr("uint32_t *", a.sq_array), a.sq_mask, a.sq_entries
+            x.a_cq_head, x.a_cq_tail = ptr("uint32_t *", a.cq_head), ptr("uint32_t *", a.cq_tail)
+            x.a_cq_mask = a.cq_mask
+            x.a_sqes, x.a_cqes = ptr("uint8_t *", a.sqes), ptr("uint8_t *", a.cqes)
         for nr, (op, kind) in opcodes.items():
             x.opcode[nr] = int(op) + 1
             x.kind[nr] = kind
@@ -81,19 +90,28 @@ class ExpressLane:
         """Entries taken by the lane since it was built."""
         self.cq_clear = False
         """The last :meth:`reap` emptied the CQ (nothing there for the backend's own reap)."""
+        self.drained = False
+        """The last :meth:`submit` took every entry in the submit ring (nothing for the generic loop)."""
+        self._room = backend.express_room
+        self._account = backend.express_account
 
     def submit(self, head: int, max_take: int) -> int:
-        """Take simple entries from submit-ring counter *head*; return how many (the new head is head + that)."""
-        room = self._backend.express_room()
+        """Take simple entries from submit-ring counter *head*; return how many (the new head is head + that).
+
+        Afterwards :attr:`drained` says whether it left the ring empty.
+        """
+        room = self._room()
         if room <= 0:
+            self.drained = False
             return 0
         x = self._x
         x.shead = head
         x.room = room
         n = self._lib.ksvc_express_submit(x, max_take)
+        self.drained = not x.s_left
         if n <= 0:
             return 0  # -EUCLEAN: corrupted counters, which the generic loop reports
-        self._backend.express_account(n, 0, int(x.unsubmitted))
+        self._account(n, 0, int(x.unsubmitted))
         self.inflight += n
         self.entries += n
         if x.error:
@@ -114,13 +132,18 @@ class ExpressLane:
         self.cq_clear = not x.cq_left
         if n:
             self._sink.pending_tail = int(x.ctail)
-            self._backend.express_account(0, n, 0)
+            self._account(0, n, 0)
             self.inflight -= n
         return int(n)
 
     def completed_elsewhere(self) -> None:
         """One express CQE was reaped by the backend's own reap (behind a CQE of the generic loop)."""
         self.inflight -= 1
+
+    @property
+    def inline_entries(self) -> int:
+        """Entries the lane ran on the submitting thread (an SQPOLL ring's inline partner)."""
+        return int(self._x.a_total)
 
     @property
     def enter_calls(self) -> int:

@@ -23,6 +23,14 @@ struct ksvc_express {
     uint32_t taken; uint32_t completed; uint32_t unsubmitted;
     int32_t error; uint64_t enter_calls;
     uint32_t cq_left;
+    uint32_t s_left;
+    int32_t a_ring_fd; uint32_t a_backlog;
+    uint32_t *a_sq_head; uint32_t *a_sq_tail; uint32_t *a_sq_array; uint32_t a_sq_mask; uint32_t a_sq_entries;
+    uint32_t *a_cq_head; uint32_t *a_cq_tail; uint32_t a_cq_mask;
+    uint8_t *a_sqes; uint8_t *a_cqes;
+    uint32_t a_pending;
+    uint32_t a_taken;
+    uint64_t a_total;
 };
 struct ksvc_bulk {
     uint64_t bit;

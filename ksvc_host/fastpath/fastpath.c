@@ -64,7 +64,18 @@ struct ksvc_express {
     uint32_t room;
     uint32_t taken; uint32_t completed; uint32_t unsubmitted;
     int32_t error; uint64_t enter_calls;
-    uint32_t cq_left;   /* CQEs the last reap left in the CQ (not ours, or no room) */
+    uint32_t cq_left;   /* CQEs the last reap left in the CQs (not ours, or no room) */
+    uint32_t s_left;    /* submit entries the last submit left in the ring (for the generic loop) */
+    /* The inline ring beside an SQPOLL ring (a_ring_fd < 0: none). Positioned entries go to it once
+     * the poller has a_backlog SQEs it has not consumed yet; the submitting thread's own
+     * io_uring_enter then runs them (for page-cached data, before the enter returns). */
+    int32_t a_ring_fd; uint32_t a_backlog;
+    uint32_t *a_sq_head; uint32_t *a_sq_tail; uint32_t *a_sq_array; uint32_t a_sq_mask; uint32_t a_sq_entries;
+    uint32_t *a_cq_head; uint32_t *a_cq_tail; uint32_t a_cq_mask;
+    uint8_t *a_sqes; uint8_t *a_cqes;
+    uint32_t a_pending;  /* published to the inline ring, not yet entered (EAGAIN/EBUSY) */
+    uint32_t a_taken;    /* of the last submit, entries run inline */
+    uint64_t a_total;    /* entries run inline since the lane was built */
 };
 
 #define NEED_WAKEUP 1u
@@ -89,6 +100,30 @@ static int fd_ok(struct fd_cache *c, int32_t fd, int positioned)
     return ok;
 }
 
+static void fill_sqe(uint8_t *s, uint8_t opcode, int kind, uint64_t fd, uint64_t addr, uint64_t len,
+                     uint64_t off, uint32_t msg_flags, uint64_t ud)
+{
+    memset(s, 0, SQE_SIZE);
+    s[0] = opcode;
+    int32_t fd32 = (int32_t)fd; memcpy(s + 4, &fd32, 4);
+    uint64_t o = kind == 1 ? off : (kind == 2 ? 0 : UINT64_MAX); memcpy(s + 8, &o, 8);
+    memcpy(s + 16, &addr, 8);
+    uint32_t l32 = (uint32_t)len; memcpy(s + 24, &l32, 4);
+    memcpy(s + 28, &msg_flags, 4);
+    memcpy(s + 32, &ud, 8);
+}
+
+/* io_uring_enter, retried on EINTR; returns what the kernel took, or -errno. */
+static long enter(struct ksvc_express *x, int fd, uint32_t n, uint32_t flags)
+{
+    for (;;) {
+        x->enter_calls++;
+        long r = syscall(SYS_io_uring_enter, fd, n, 0, flags, NULL, 0);
+        if (r < 0 && errno == EINTR) continue;
+        return r < 0 ? -errno : r;
+    }
+}
+
 int ksvc_express_submit(struct ksvc_express *x, uint32_t max_take)
 {
     struct fd_cache cache = {.n = 0};
@@ -96,13 +131,16 @@ int ksvc_express_submit(struct ksvc_express *x, uint32_t max_take)
     uint64_t stail = load_acquire64(x->sring + RING_TAIL);
     uint64_t avail = stail - head;
     uint32_t sq_tail = *x->sq_tail;
-    uint32_t sq_free = x->sq_entries - (sq_tail - load_acquire32(x->sq_head));
+    uint32_t backlog = sq_tail - load_acquire32(x->sq_head);   /* SQEs the kernel has not consumed */
+    uint32_t sq_free = x->sq_entries - backlog;
+    int assist = x->a_ring_fd >= 0;
+    uint32_t a_tail = assist ? *x->a_sq_tail : 0;
+    uint32_t a_free = assist ? x->a_sq_entries - (a_tail - load_acquire32(x->a_sq_head)) : 0;
     uint32_t limit = max_take;
-    uint32_t n = 0;
-    x->taken = 0; x->unsubmitted = 0; x->error = 0;
+    uint32_t n = 0, nm = 0, na = 0;
+    x->taken = 0; x->unsubmitted = 0; x->error = 0; x->a_taken = 0; x->s_left = (uint32_t)avail;
     if (avail > x->smask + 1) return -EUCLEAN;  /* corrupted counters: let the reference path report it */
     if (limit > avail) limit = (uint32_t)avail;
-    if (limit > sq_free) limit = sq_free;
     if (limit > x->room) limit = x->room;
     while (n < limit) {
         const uint8_t *e = x->sring + RING_ENTRIES + (size_t)((head + n) & x->smask) * SUBMIT_SIZE;
@@ -121,51 +159,70 @@ int ksvc_express_submit(struct ksvc_express *x, uint32_t max_take)
             if (w[6] || w[7] || off > 0xffffffffu) break;
             msg_flags = (uint32_t)off;
         }
+        /* Only positioned calls run inline: a file read or write always finishes, a stream may wait. */
+        int inline_ok = pos && assist && na < a_free;
+        int to_inline = inline_ok && (backlog + nm >= x->a_backlog || nm >= sq_free);
+        if (!to_inline && nm >= sq_free) break;
         if (!fd_ok(&cache, (int32_t)fd, pos)) break;
-        uint32_t idx = (sq_tail + n) & x->sq_mask;
-        uint8_t *s = x->sqes + (size_t)idx * SQE_SIZE;
-        memset(s, 0, SQE_SIZE);
-        s[0] = (uint8_t)(x->opcode[nr] - 1);
-        int32_t fd32 = (int32_t)fd; memcpy(s + 4, &fd32, 4);
-        uint64_t o = pos ? off : (kind == 2 ? 0 : UINT64_MAX); memcpy(s + 8, &o, 8);
-        memcpy(s + 16, &addr, 8);
-        uint32_t l32 = (uint32_t)len; memcpy(s + 24, &l32, 4);
-        memcpy(s + 28, &msg_flags, 4);
-        uint64_t ud = x->tag | w[0]; memcpy(s + 32, &ud, 8);
-        x->sq_array[idx] = idx;
+        uint8_t opcode = (uint8_t)(x->opcode[nr] - 1);
+        uint64_t ud = x->tag | w[0];
+        if (to_inline) {
+            uint32_t idx = (a_tail + na) & x->a_sq_mask;
+            fill_sqe(x->a_sqes + (size_t)idx * SQE_SIZE, opcode, kind, fd, addr, len, off, msg_flags, ud);
+            x->a_sq_array[idx] = idx;
+            na++;
+        } else {
+            uint32_t idx = (sq_tail + nm) & x->sq_mask;
+            fill_sqe(x->sqes + (size_t)idx * SQE_SIZE, opcode, kind, fd, addr, len, off, msg_flags, ud);
+            x->sq_array[idx] = idx;
+            nm++;
+        }
         n++;
     }
+    x->s_left = (uint32_t)(avail - n);
     if (!n) return 0;
     x->shead = head + n;
     store_release64(x->sring + RING_HEAD, x->shead);
-    store_release32(x->sq_tail, sq_tail + n);
     x->taken = n;
-    uint32_t enter_flags = 0;
-    if (x->sqpoll) {
-        if (!(load_acquire32(x->sq_flags) & NEED_WAKEUP)) return (int)n;
-        enter_flags = ENTER_SQ_WAKEUP;
+    if (nm) {
+        store_release32(x->sq_tail, sq_tail + nm);
+        int wake = 1;
+        uint32_t enter_flags = 0;
+        if (x->sqpoll) {
+            wake = (load_acquire32(x->sq_flags) & NEED_WAKEUP) != 0;
+            enter_flags = ENTER_SQ_WAKEUP;
+        }
+        if (wake) {
+            long r = enter(x, x->ring_fd, nm, enter_flags);
+            if (r == -EAGAIN || r == -EBUSY) x->unsubmitted = nm;
+            else if (r < 0) { x->error = (int32_t)r; x->unsubmitted = nm; }
+            else if (!x->sqpoll && (uint32_t)r < nm) x->unsubmitted = nm - (uint32_t)r;
+        }
     }
-    for (;;) {
-        x->enter_calls++;
-        long r = syscall(SYS_io_uring_enter, x->ring_fd, n, 0, enter_flags, NULL, 0);
-        if (r < 0 && errno == EINTR) continue;
-        if (r < 0 && (errno == EAGAIN || errno == EBUSY)) { x->unsubmitted = n; break; }
-        if (r < 0) { x->error = -errno; x->unsubmitted = n; break; }
-        if (!x->sqpoll && (uint32_t)r < n) x->unsubmitted = n - (uint32_t)r;
-        break;
+    if (na) {
+        store_release32(x->a_sq_tail, a_tail + na);
+        x->a_taken = na;
+        x->a_total += na;
+    }
+    if (na || x->a_pending) {
+        uint32_t want = x->a_pending + na;
+        long r = enter(x, x->a_ring_fd, want, 0);   /* runs them here, on this thread */
+        if (r == -EAGAIN || r == -EBUSY) x->a_pending = want;
+        else if (r < 0) { x->error = (int32_t)r; x->a_pending = want; }
+        else x->a_pending = want - (uint32_t)r;
     }
     return (int)n;
 }
 
-int ksvc_express_reap(struct ksvc_express *x)
+/* Move the express CQEs at the head of one CQ into the completion ring; return how many. */
+static uint32_t reap_cq(struct ksvc_express *x, uint32_t *cq_head, uint32_t *cq_tail, uint32_t cq_mask,
+                        const uint8_t *cqes, uint64_t chead, uint32_t *left)
 {
-    uint32_t head = *x->cq_head;
-    uint32_t tail = load_acquire32(x->cq_tail);
-    uint64_t chead = load_acquire64(x->cring + RING_HEAD);
+    uint32_t head = *cq_head;
+    uint32_t tail = load_acquire32(cq_tail);
     uint32_t n = 0;
-    x->completed = 0;
     while (head != tail) {
-        const uint8_t *c = x->cqes + (size_t)(head & x->cq_mask) * CQE_SIZE;
+        const uint8_t *c = cqes + (size_t)(head & cq_mask) * CQE_SIZE;
         uint64_t ud; int32_t res;
         memcpy(&ud, c, 8); memcpy(&res, c + 8, 4);
         if ((ud & ~(x->tag - 1)) != x->tag) break;   /* not ours: the backend's reap takes it */
@@ -177,9 +234,20 @@ int ksvc_express_reap(struct ksvc_express *x)
         head++;
         n++;
     }
-    if (n) store_release32(x->cq_head, head);
+    if (n) store_release32(cq_head, head);
+    *left += tail - head;
+    return n;
+}
+
+int ksvc_express_reap(struct ksvc_express *x)
+{
+    uint64_t chead = load_acquire64(x->cring + RING_HEAD);
+    uint32_t left = 0;
+    uint32_t n = reap_cq(x, x->cq_head, x->cq_tail, x->cq_mask, x->cqes, chead, &left);
+    if (x->a_ring_fd >= 0)
+        n += reap_cq(x, x->a_cq_head, x->a_cq_tail, x->a_cq_mask, x->a_cqes, chead, &left);
     x->completed = n;
-    x->cq_left = tail - head;
+    x->cq_left = left;
     return (int)n;
 }
 

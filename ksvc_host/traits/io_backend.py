@@ -148,3 +148,7 @@ class ExpressRing(NamedTuple):
     exclude_hi: int = 0
     rewritten_opcodes: frozenset[int] = frozenset()
     """Opcodes a feature rewrites on submit (send-zc: SEND): the lane does not take them."""
+    inline: ExpressRing | None = None
+    """Beside an SQPOLL ring: a plain ring whose submissions run on the submitting thread."""
+    inline_backlog: int = 0
+    """Positioned reads and writes go to ``inline`` once the SQPOLL ring has this many SQEs unconsumed."""

@@ -45,6 +45,26 @@ class BasicIoUring:
         self._filters: list[Callable[[IoCompletion], IoCompletion | None]] = []
         self.multishot_accept = False
         """Set by the multishot-accept feature: ACCEPT may carry IORING_ACCEPT_MULTISHOT."""
+        self.inline: IoUring | None = None
+        """A second ring without SQPOLL, beside an SQPOLL ring (:meth:`add_inline_ring`)."""
+        self.inline_backlog = 0
+
+    def add_inline_ring(self, backlog: int) -> None:
+        """Beside the SQPOLL ring, a plain ring whose submissions run on the submitting thread.
+
+        The express lane sends a positioned read or write there once the
+        kernel's SQ thread has *backlog* SQEs it has not consumed: the caller,
+        which would otherwise wait for that thread, does the work itself in
+        its io_uring_enter (profiled: with a stream of page-cached reads the
+        SQ thread alone was the bottleneck, and a stalled one stalled the stream).
+        """
+        self.inline = IoUring(
+            self.ring.sq_entries, flags=U.SetupFlag.SUBMIT_ALL, cq_entries=self.ring.cq_entries
+        )
+        self.inline_backlog = max(1, backlog)
+
+    def _rings(self) -> tuple[IoUring, ...]:
+        return (self.ring,) if self.inline is None else (self.ring, self.inline)
 
     def add_completion_filter(self, fn: Callable[[IoCompletion], IoCompletion | None]) -> None:
         """Have *fn* see every CQE first: return it (possibly changed), or ``None`` to swallow it."""
@@ -67,6 +87,8 @@ class BasicIoUring:
 
     def flush(self) -> int:
         """io_uring_enter for everything queued (none with SQPOLL while the poller is awake)."""
+        if self.inline is not None and self.inline.pending_submit():
+            self.inline.submit()  # cancels queued for the inline ring
         done = self.ring.submit()
         while self.ring.pending_submit():  # the kernel took only part (EAGAIN/EBUSY): try again
             n = self.ring.submit()
@@ -78,7 +100,10 @@ class BasicIoUring:
     def poll_completions(self, max_count: int = 64) -> list[IoCompletion]:
         """Reap CQEs, dropping those of internal requests."""
         out = []
-        for c in self.ring.reap(max_count):
+        cqes = self.ring.reap(max_count)
+        if self.inline is not None:
+            cqes += self.inline.reap(max_count)
+        for c in cqes:
             if c.user_data & INTERNAL:
                 self._internal -= 1
                 continue
@@ -117,12 +142,10 @@ class BasicIoUring:
         for fn in self._filters:
             if not getattr(getattr(fn, "__self__", None), "express_transparent", False):
                 return None
-        r = self.ring
-        a = r.addresses()
-        return ExpressRing(
-            r.fd, a["sq_head"], a["sq_tail"], a["sq_flags"], a["sq_array"], r._sq_mask, r.sq_entries,
-            a["cq_head"], a["cq_tail"], r._cq_mask, a["sqes"], a["cqes"], r._sqpoll, lo, hi, frozenset(rewritten),
-        )  # fmt: skip
+        inline = None
+        if self.inline is not None:
+            inline = _express_ring(self.inline, 0, 0, frozenset())
+        return _express_ring(self.ring, lo, hi, frozenset(rewritten), inline, self.inline_backlog)
 
     def express_room(self) -> int:
         """SQEs the express lane may add now (the same CQ-overflow guard as :meth:`submit`)."""
@@ -143,26 +166,31 @@ class BasicIoUring:
 
     def set_completion_wakeups(self, enabled: bool) -> None:
         """While off, new CQEs do not write the wake-up eventfd: the caller reaps them itself."""
-        self.ring.set_eventfd_enabled(enabled)
+        for ring in self._rings():
+            ring.set_eventfd_enabled(enabled)
 
     def completions_ready(self) -> int:
         """CQEs posted and not yet reaped."""
-        return self.ring.cq_ready()
+        if self.inline is None:
+            return self.ring.cq_ready()
+        return self.ring.cq_ready() + self.inline.cq_ready()
+
+    def _cancel(self, user_data: int, spec: SqeSpec) -> bool:
+        ok = False
+        for ring in self._rings():  # an express entry may be in either ring
+            if ring.prep(user_data, spec):
+                self._internal += 1
+                ok = True
+        return ok
 
     def cancel_all(self) -> bool:
         """Queue one ASYNC_CANCEL for everything in flight (sent with the next flush)."""
         spec = SqeSpec(U.IoringOp.ASYNC_CANCEL, -1, op_flags=U.IORING_ASYNC_CANCEL_ANY | U.IORING_ASYNC_CANCEL_ALL)
-        ok = self.ring.prep(INTERNAL, spec)
-        if ok:
-            self._internal += 1
-        return ok
+        return self._cancel(INTERNAL, spec)
 
     def cancel(self, user_data: int) -> bool:
         """Queue an ASYNC_CANCEL for *user_data* (sent with the next flush)."""
-        ok = self.ring.prep(INTERNAL | user_data, SqeSpec(U.IoringOp.ASYNC_CANCEL, -1, addr=user_data))
-        if ok:
-            self._internal += 1
-        return ok
+        return self._cancel(INTERNAL | user_data, SqeSpec(U.IoringOp.ASYNC_CANCEL, -1, addr=user_data))
 
     def inflight(self) -> int:
         """Accepted SQEs whose final CQE has not been reaped."""
@@ -176,20 +204,30 @@ class BasicIoUring:
 
     def set_wakeup_fd(self, fd: int) -> None:
         """Have the kernel write eventfd *fd* on every CQE."""
-        self.ring.register_eventfd(fd)
+        for ring in self._rings():
+            ring.register_eventfd(fd)
 
     def shutdown(self, timeout: float = 3.0) -> None:
         """Cancel everything in flight, reap it, close the ring."""
         if self.ring.closed:
             return
         if self._inflight:
-            spec = SqeSpec(U.IoringOp.ASYNC_CANCEL, -1, op_flags=U.IORING_ASYNC_CANCEL_ANY | U.IORING_ASYNC_CANCEL_ALL)
-            if self.ring.prep(INTERNAL, spec):
-                self._internal += 1
-            self.ring.submit()
+            self.cancel_all()
+            self.flush()
             deadline = time.monotonic() + timeout
             while (self._inflight or self._internal) and time.monotonic() < deadline:
-                if not self.ring.cq_ready():
+                if not self.completions_ready():
                     time.sleep(0.001)
                 self.poll_completions(1024)
-        self.ring.close()
+        for ring in self._rings():
+            ring.close()
+
+
+def _express_ring(
+    r: IoUring, lo: int, hi: int, rewritten: frozenset[int], inline: ExpressRing | None = None, backlog: int = 0
+) -> ExpressRing:
+    a = r.addresses()
+    return ExpressRing(
+        r.fd, a["sq_head"], a["sq_tail"], a["sq_flags"], a["sq_array"], r._sq_mask, r.sq_entries,
+        a["cq_head"], a["cq_tail"], r._cq_mask, a["sqes"], a["cqes"], r._sqpoll, lo, hi, rewritten, inline, backlog,
+    )  # fmt: skip

@@ -13,17 +13,24 @@ from typing import Any
 
 from ksvc_host.abi.io_uring import SetupFlag
 
+INLINE_BACKLOG = 0
+"""Default ``sq_inline_backlog``: SQEs the poller may have unconsumed before file reads and writes
+run on the submitting thread instead (a second, plain ring)."""
+
 
 class SqpollFeature:
     """Adds IORING_SETUP_SQPOLL (and SQ_AFF when a CPU is given) to the ring's set-up."""
 
     name = "sqpoll"
 
-    def __init__(self, idle_ms: int = 1000, cpu: int | None = None) -> None:
+    def __init__(self, idle_ms: int = 1000, cpu: int | None = None, inline_backlog: int = INLINE_BACKLOG) -> None:
         if idle_ms < 0:
             raise ValueError(f"sq_idle_ms must be >= 0, got {idle_ms}")
+        if isinstance(inline_backlog, bool) or not isinstance(inline_backlog, int) or inline_backlog < 0:
+            raise ValueError(f"sq_inline_backlog must be an int >= 0 (0: never run inline), got {inline_backlog!r}")
         self.idle_ms = idle_ms
         self.cpu = cpu
+        self.inline_backlog = inline_backlog
 
     def setup_flags(self, flags: int) -> int:
         """Ask for the kernel poller thread."""
@@ -40,3 +47,5 @@ class SqpollFeature:
         """Check the kernel really gave us a poller thread."""
         if not backend.ring.flags & SetupFlag.SQPOLL:
             raise OSError(95, "io_uring accepted the ring but without SQPOLL; this kernel cannot poll the SQ")
+        if self.inline_backlog:
+            backend.add_inline_ring(self.inline_backlog)

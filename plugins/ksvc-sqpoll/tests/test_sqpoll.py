@@ -102,3 +102,41 @@ def test_strace_shows_no_enter_per_batch(tmp_path: Path) -> None:
     end = next(i for i, line in enumerate(lines) if "MARK-END" in line)
     enters = [line for line in lines[start:end] if "io_uring_enter(" in line]
     assert len(enters) <= 5, f"{len(enters)} io_uring_enter calls for 200 reads:\n" + "\n".join(enters[:10])
+
+
+@pytest.mark.parametrize("dispatcher", ["thread", "inline"])
+def test_stack_with_every_file_call_run_inline(dispatcher: str) -> None:
+    # A backlog of 1: nearly every positioned read and write takes the plain ring beside the poller.
+    testing.check_instance(io_backend="sqpoll", dispatcher=dispatcher, options={"sq_inline_backlog": 1})
+
+
+@pytest.mark.parametrize("backlog", [1, 8])
+def test_inline_ring_reads_and_writes_equal_os(tmp_path: Path, backlog: int) -> None:
+    p = tmp_path / "d"
+    data = os.urandom(1 << 20)
+    p.write_bytes(data)
+    fd = os.open(p, os.O_RDWR)
+    offs = [(i * 7919 * 512) % ((1 << 20) + 4096) for i in range(3000)]  # some past the end: short reads
+    try:
+        with ksvc.open(io_backend="sqpoll", options={"sq_inline_backlog": backlog}) as k:
+            lane = k.instance.dispatcher._express
+            assert lane is not None
+            assert list(k.pread_iter(fd, 4096, offs, depth=64)) == [os.pread(fd, 4096, o) for o in offs]
+            assert k.pread_many(fd, 512, offs[:300]) == [os.pread(fd, 512, o) for o in offs[:300]]
+            assert lane.inline_entries > 0  # the poller's backlog sent some to the inline ring
+            payload = os.urandom(4096)
+            assert k.pwrite_many(fd, payload * 8, 4096, [i * 4096 for i in range(8)]) == [4096] * 8
+            assert all(os.pread(fd, 4096, i * 4096) == payload for i in range(8))
+            with pytest.raises(OSError) as info:
+                k.pread_many(-5 & 0x7FFF_FFFF, 10, [0])  # a bad descriptor: EBADF, as os.pread says
+            assert info.value.errno == 9
+            assert k.instance.io_backend.inflight() == 0  # type: ignore[attr-defined]
+    finally:
+        os.close(fd)
+
+
+def test_inline_backlog_zero_builds_no_second_ring() -> None:
+    with ksvc.open(io_backend="sqpoll", options={"sq_inline_backlog": 0}) as k:
+        assert k.instance.io_backend.inline is None  # type: ignore[attr-defined]
+    with pytest.raises(ksvc.KsvcError, match="sq_inline_backlog"):
+        ksvc.open(io_backend="sqpoll", options={"sq_inline_backlog": -1})
