@@ -282,7 +282,7 @@ class Dispatcher:
         """True when the loop runs on its own thread."""
         return self._thread is not None
 
-    def help(self, *, wait: bool = True, quiet: bool = True) -> bool:
+    def help(self, *, wait: bool = True, quiet: bool = True, inline: int = 0) -> bool:
         """Run turns on the calling thread if no other thread is in one; True when anything moved.
 
         A blocking caller about to sleep until its results arrive calls this
@@ -295,6 +295,9 @@ class Dispatcher:
         the completions these turns publish wake nobody, as the caller reaps
         them itself next and every other waiter sleeps where that reap wakes
         it (``quiet=False`` when another thread may sleep on the notifier).
+        ``inline``: with ``wait=False``, how many of the positioned reads and
+        writes this turn takes run on this thread (when the backend has a
+        plain ring beside its SQPOLL ring: :attr:`inline_capable`).
         """
         if self._stop or self.failure is not None or not self._turn.acquire(blocking=False):
             return False
@@ -302,7 +305,16 @@ class Dispatcher:
         try:
             self._mute_completions(True)
             if not wait:
-                return self.run_once()
+                if not inline:
+                    return self.run_once()
+                lane = self._express
+                if lane is not None:
+                    lane.set_inline_quota(inline)
+                try:
+                    return self.run_once()
+                finally:
+                    if lane is not None:
+                        lane.set_inline_quota(0)
             moved = False
             for _ in range(_HELP_TURNS):  # a turn submits; the next reaps what completed during the first
                 if not self.run_once():
@@ -322,6 +334,15 @@ class Dispatcher:
                 if self._completions_ready is not None and self._completions_ready():
                     self.wake()
             self._turn.release()
+
+    @property
+    def inline_capable(self) -> bool:
+        """True when a helping caller can run reads itself (``help(inline=n)``): an SQPOLL ring's plain partner."""
+        return self._express is not None and self._express.has_inline_ring
+
+    def poller_backlog(self) -> int:
+        """SQEs the kernel's SQ thread has not consumed yet (0 without an express lane)."""
+        return self._express.poller_backlog() if self._express is not None else 0
 
     def resume_wakeups(self) -> None:
         """Undo what ``help(wait=False)`` left: completions wake a sleeping dispatcher's thread again.

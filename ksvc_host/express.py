@@ -141,6 +141,20 @@ class ExpressLane:
         self.inflight -= 1
 
     @property
+    def has_inline_ring(self) -> bool:
+        """True when positioned entries can run on the submitting thread (an SQPOLL ring's partner)."""
+        return int(self._x.a_ring_fd) >= 0
+
+    def poller_backlog(self) -> int:
+        """SQEs in the io_uring's SQ that the kernel has not consumed (an SQ thread's backlog)."""
+        x = self._x
+        return (int(x.sq_tail[0]) - int(x.sq_head[0])) & 0xFFFF_FFFF
+
+    def set_inline_quota(self, n: int) -> None:
+        """Run the next *n* positioned entries this lane takes on the submitting thread."""
+        self._x.a_quota = n
+
+    @property
     def inline_entries(self) -> int:
         """Entries the lane ran on the submitting thread (an SQPOLL ring's inline partner)."""
         return int(self._x.a_total)

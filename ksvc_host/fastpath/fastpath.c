@@ -66,13 +66,15 @@ struct ksvc_express {
     int32_t error; uint64_t enter_calls;
     uint32_t cq_left;   /* CQEs the last reap left in the CQs (not ours, or no room) */
     uint32_t s_left;    /* submit entries the last submit left in the ring (for the generic loop) */
-    /* The inline ring beside an SQPOLL ring (a_ring_fd < 0: none). Positioned entries go to it once
-     * the poller has a_backlog SQEs it has not consumed yet; the submitting thread's own
-     * io_uring_enter then runs them (for page-cached data, before the enter returns). */
+    /* The inline ring beside an SQPOLL ring (a_ring_fd < 0: none). Positioned entries go to it
+     * while a_quota lasts (a stream whose caller waited for the poller sets it), once the poller
+     * has a_backlog SQEs it has not consumed yet (0: never), or when the poller's SQ is full; the
+     * submitting thread's own io_uring_enter then runs them (page-cached data: before it returns). */
     int32_t a_ring_fd; uint32_t a_backlog;
     uint32_t *a_sq_head; uint32_t *a_sq_tail; uint32_t *a_sq_array; uint32_t a_sq_mask; uint32_t a_sq_entries;
     uint32_t *a_cq_head; uint32_t *a_cq_tail; uint32_t a_cq_mask;
     uint8_t *a_sqes; uint8_t *a_cqes;
+    uint32_t a_quota;    /* the next positioned entries that run inline whatever the backlog */
     uint32_t a_pending;  /* published to the inline ring, not yet entered (EAGAIN/EBUSY) */
     uint32_t a_taken;    /* of the last submit, entries run inline */
     uint64_t a_total;    /* entries run inline since the lane was built */
@@ -161,12 +163,13 @@ int ksvc_express_submit(struct ksvc_express *x, uint32_t max_take)
         }
         /* Only positioned calls run inline: a file read or write always finishes, a stream may wait. */
         int inline_ok = pos && assist && na < a_free;
-        int to_inline = inline_ok && (backlog + nm >= x->a_backlog || nm >= sq_free);
+        int to_inline = inline_ok && (x->a_quota || (x->a_backlog && backlog + nm >= x->a_backlog) || nm >= sq_free);
         if (!to_inline && nm >= sq_free) break;
         if (!fd_ok(&cache, (int32_t)fd, pos)) break;
         uint8_t opcode = (uint8_t)(x->opcode[nr] - 1);
         uint64_t ud = x->tag | w[0];
         if (to_inline) {
+            if (x->a_quota) x->a_quota--;
             uint32_t idx = (a_tail + na) & x->a_sq_mask;
             fill_sqe(x->a_sqes + (size_t)idx * SQE_SIZE, opcode, kind, fd, addr, len, off, msg_flags, ud);
             x->a_sq_array[idx] = idx;

@@ -270,6 +270,7 @@ class AsyncKsvc(Operations):
         # This thread runs the dispatcher's turns: a part that is done by the time we look costs no
         # trip through the event loop, as in the blocking stream.
         c = self._completer
+        adapt = c.inline_capable and stream.parts_in_flight > 1
         out: deque[tuple[BulkWaiter, BulkOp]] = deque()
         try:
             while True:
@@ -281,7 +282,11 @@ class AsyncKsvc(Operations):
                         await asyncio.sleep(_BACKLOG_RETRY)
                     started = True
                 if started:
-                    c.kick(len(out))  # the kernel starts on these while we hand back the oldest part
+                    # The kernel starts on these while we hand back the oldest part; with an SQ thread,
+                    # this thread reads some of them itself (stream.inline).
+                    if adapt:
+                        stream.steer(c.poller_backlog())
+                    c.kick(len(out), stream.inline)
                 if not out:
                     return
                 b, op = out[0]

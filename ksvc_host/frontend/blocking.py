@@ -109,6 +109,7 @@ class Ksvc(Operations):
 
     def _stream(self, stream: ReadStream) -> Iterator[bytes]:
         c = self._completer
+        adapt = c.inline_capable and stream.parts_in_flight > 1
         out: deque[tuple[BulkWaiter, BulkOp]] = deque()
         try:
             while True:
@@ -118,7 +119,11 @@ class Ksvc(Operations):
                     out.append(part)
                     started = True
                 if started:
-                    c.kick(len(out))  # the kernel starts on these while we convert the oldest part below
+                    # The kernel starts on these while we convert the oldest part below; with an SQ
+                    # thread, we read some of them ourselves (stream.inline).
+                    if adapt:
+                        stream.steer(c.poller_backlog())
+                    c.kick(len(out), stream.inline)
                 if not out:
                     return
                 b, op = out.popleft()

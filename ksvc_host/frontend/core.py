@@ -54,6 +54,7 @@ BULK_INDEX_BITS = 20
 BULK_MAX = 1 << BULK_INDEX_BITS
 """Entries in one bulk operation at most (front ends split longer ones)."""
 _REAP_OTHER = 256
+_NULL = fastpath.ffi.NULL
 _REAP_DONE = 64
 
 
@@ -128,6 +129,8 @@ class Completer:
             self._caller_runs = self.inline
             self._make_event: Callable[[], Any] = getattr(sink, "make_event", threading.Event)
             attach(self.deliver)  # type: ignore[misc]  # callable() checked above
+        self.inline_capable = self._helps and self.dispatcher.inline_capable
+        """True when :meth:`kick` can have this thread run some reads itself, beside the kernel's SQ thread."""
         # Bulk operations: results land in per-group arrays, written by the fast path's reap.
         ffi = fastpath.ffi
         self._lib = fastpath.lib
@@ -299,8 +302,10 @@ class Completer:
             if count <= 0:
                 return False
             first = b.submitted
-            offs = b.offsets + first if b.offsets != fastpath.ffi.NULL else fastpath.ffi.NULL
-            addrs = b.addrs + first if b.addrs != fastpath.ffi.NULL else fastpath.ffi.NULL
+            offs, addrs = b.offsets, b.addrs
+            if first:  # the rest of a bulk the ring had no room for at first
+                offs = offs + first if offs != _NULL else _NULL
+                addrs = addrs + first if addrs != _NULL else _NULL
             self._lib.ksvc_submit_strided(
                 self._sring_ptr, self._tail, ring.mask, BULK_BIT | (b.group << BULK_INDEX_BITS) | first,
                 b.nr, b.fd, b.addr0 + first * b.stride, b.stride, b.length, offs, addrs, count,
@@ -319,7 +324,7 @@ class Completer:
             raise OSError(-b.failed, os.strerror(-b.failed))
         return b.values()
 
-    def kick(self, own: int = 0) -> None:
+    def kick(self, own: int = 0, inline: int = 0) -> None:
         """Start what was submitted without waiting for it: one dispatcher turn here, or a wake-up.
 
         For a caller that goes on with other work (results of earlier entries)
@@ -328,16 +333,21 @@ class Completer:
         wake-ups muted only while nothing else is in flight and nobody else
         waits (this caller comes back for its completions); a caller that
         stops calls :meth:`end_kicks`. An inline dispatcher runs when its
-        caller next waits.
+        caller next waits. *inline*: how many of the reads just submitted
+        this thread runs itself in the turn (:attr:`inline_capable`).
         """
         if self._helps:
             alone = not (self._leader or self._blocked or len(self._pending) + len(self._bulks) > own)
-            if not self.dispatcher.help(wait=False, quiet=alone):
+            if not self.dispatcher.help(wait=False, quiet=alone, inline=inline):
                 self.dispatcher.wake()  # another thread is in a turn, or nothing could be taken
             elif not alone:
                 self.dispatcher.resume_wakeups()  # others' completions must still wake whoever waits for them
         elif not self.inline:
             self.dispatcher.wake()
+
+    def poller_backlog(self) -> int:
+        """SQEs the kernel's SQ thread has not consumed yet (0 without one)."""
+        return self.dispatcher.poller_backlog()
 
     def end_kicks(self, left_in_flight: bool) -> None:
         """A caller that used :meth:`kick` stops: completions wake the dispatcher's thread again.
@@ -403,10 +413,10 @@ class Completer:
             ring.publish_head(self._chead)
         if self.dispatcher.has_overflow:
             self.dispatcher.wake()  # room freed for completions the dispatcher holds
-        # Under the lock: a follower checks its waiter and sleeps while holding it, so a
-        # notify made here cannot fall between its check and its wait.
-        with self._cv:
-            if self._blocked:
+        # A follower counts itself in _blocked before it checks its waiter, and sleeps holding
+        # the lock: so either it sees what was just reaped, or we see it and notify here.
+        if self._blocked:
+            with self._cv:
                 self._cv.notify_all()
         if self.on_reaped is not None:
             self.on_reaped()
@@ -454,17 +464,23 @@ class Completer:
                 finally:
                     self._blocked -= 1
             return
+        if not self._leader and not done():
+            self.instance.check_usable()
+            self.reap()  # often all it takes (a stream's part, finished while the caller worked)
         while not done():
             with self._cv:
-                if done():
-                    break
                 if self._leader:
+                    # Counted before the check: a reap that finishes our entries after the check
+                    # sees us and notifies (reap reads _blocked without taking the lock).
                     self._blocked += 1
                     try:
-                        self._cv.wait()
+                        if not done():
+                            self._cv.wait()
                     finally:
                         self._blocked -= 1
                     continue
+                if done():
+                    break
                 self._leader = True
             try:
                 self._lead_until(done)

@@ -151,4 +151,5 @@ class ExpressRing(NamedTuple):
     inline: ExpressRing | None = None
     """Beside an SQPOLL ring: a plain ring whose submissions run on the submitting thread."""
     inline_backlog: int = 0
-    """Positioned reads and writes go to ``inline`` once the SQPOLL ring has this many SQEs unconsumed."""
+    """Positioned reads and writes go to ``inline`` once the SQPOLL ring has this many SQEs unconsumed (0: never;
+    a stream still sends part of a batch there when its caller had to wait)."""

@@ -5,6 +5,12 @@ moves; the ring (``ksvc_basic.uring.IoUring``) then calls io_uring_enter
 only when the SQ ring says NEED_WAKEUP (the poller slept after
 ``idle_ms`` without work). Combines with the other features:
 ``io_backend="sqpoll+fixed-files"``.
+
+Beside the poller's ring sits a plain one (``sq_inline``, on by default):
+a stream of file reads (``pread_iter``) runs a share of each batch on the
+calling thread, through that ring, so both cores read; the share follows
+the poller's backlog. ``sq_inline_backlog=N`` also sends any file read or
+write there whenever the poller has N SQEs unconsumed.
 """
 
 from __future__ import annotations
@@ -13,24 +19,31 @@ from typing import Any
 
 from ksvc_host.abi.io_uring import SetupFlag
 
-INLINE_BACKLOG = 0
-"""Default ``sq_inline_backlog``: SQEs the poller may have unconsumed before file reads and writes
-run on the submitting thread instead (a second, plain ring)."""
-
 
 class SqpollFeature:
-    """Adds IORING_SETUP_SQPOLL (and SQ_AFF when a CPU is given) to the ring's set-up."""
+    """Adds IORING_SETUP_SQPOLL (and SQ_AFF when a CPU is given) to the ring's set-up, and the plain ring."""
 
     name = "sqpoll"
 
-    def __init__(self, idle_ms: int = 1000, cpu: int | None = None, inline_backlog: int = INLINE_BACKLOG) -> None:
+    def __init__(
+        self, idle_ms: int = 1000, cpu: int | None = None, inline: bool = True, inline_backlog: int = 0
+    ) -> None:
         if idle_ms < 0:
             raise ValueError(f"sq_idle_ms must be >= 0, got {idle_ms}")
+        if not isinstance(inline, bool):
+            raise ValueError(f"sq_inline must be True or False, got {inline!r}")
         if isinstance(inline_backlog, bool) or not isinstance(inline_backlog, int) or inline_backlog < 0:
-            raise ValueError(f"sq_inline_backlog must be an int >= 0 (0: never run inline), got {inline_backlog!r}")
+            raise ValueError(
+                f"sq_inline_backlog must be an int >= 0 (0: only streams run inline), got {inline_backlog!r}"
+            )
+        if inline_backlog and not inline:
+            raise ValueError("sq_inline_backlog needs sq_inline=True (the plain ring it sends entries to)")
         self.idle_ms = idle_ms
         self.cpu = cpu
+        self.inline = inline
+        """Build the plain ring beside the poller's: a stream whose caller waits for the poller reads part itself."""
         self.inline_backlog = inline_backlog
+        """Also send file reads and writes there whenever the poller has this many SQEs unconsumed (0: never)."""
 
     def setup_flags(self, flags: int) -> int:
         """Ask for the kernel poller thread."""
@@ -47,5 +60,5 @@ class SqpollFeature:
         """Check the kernel really gave us a poller thread."""
         if not backend.ring.flags & SetupFlag.SQPOLL:
             raise OSError(95, "io_uring accepted the ring but without SQPOLL; this kernel cannot poll the SQ")
-        if self.inline_backlog:
+        if self.inline:
             backend.add_inline_ring(self.inline_backlog)

@@ -9,12 +9,13 @@ from ksvc_host.instance import BuildContext
 
 
 def _sqpoll(ctx: BuildContext) -> Any:
-    from ksvc_sqpoll.feature import INLINE_BACKLOG, SqpollFeature
+    from ksvc_sqpoll.feature import SqpollFeature
 
     return SqpollFeature(
         idle_ms=int(ctx.option("sq_idle_ms", 1000)),
         cpu=ctx.option("sq_cpu"),
-        inline_backlog=ctx.option("sq_inline_backlog", INLINE_BACKLOG),
+        inline=ctx.option("sq_inline", True),
+        inline_backlog=ctx.option("sq_inline_backlog", 0),
     )
 
 
@@ -22,5 +23,7 @@ def _sqpoll(ctx: BuildContext) -> Any:
 def ksvc_register_io_feature(register: Any) -> None:
     """``sqpoll``: selected as ``io_backend="sqpoll"`` or combined, ``"sqpoll+fixed-files"``."""
     register(
-        "sqpoll", _sqpoll, description="kernel thread polls the SQ (options sq_idle_ms, sq_cpu, sq_inline_backlog)"
+        "sqpoll",
+        _sqpoll,
+        description="kernel thread polls the SQ (options sq_idle_ms, sq_cpu, sq_inline, sq_inline_backlog)",
     )

@@ -135,8 +135,72 @@ def test_inline_ring_reads_and_writes_equal_os(tmp_path: Path, backlog: int) -> 
         os.close(fd)
 
 
-def test_inline_backlog_zero_builds_no_second_ring() -> None:
-    with ksvc.open(io_backend="sqpoll", options={"sq_inline_backlog": 0}) as k:
+def test_sq_inline_false_builds_no_second_ring_and_bad_options_are_refused() -> None:
+    with ksvc.open(io_backend="sqpoll", options={"sq_inline": False}) as k:
         assert k.instance.io_backend.inline is None  # type: ignore[attr-defined]
+        assert not k._completer.inline_capable
+    with ksvc.open(io_backend="sqpoll") as k:
+        assert k.instance.io_backend.inline is not None  # type: ignore[attr-defined]
     with pytest.raises(ksvc.KsvcError, match="sq_inline_backlog"):
         ksvc.open(io_backend="sqpoll", options={"sq_inline_backlog": -1})
+    with pytest.raises(ksvc.KsvcError, match="sq_inline"):
+        ksvc.open(io_backend="sqpoll", options={"sq_inline": "yes"})
+    with pytest.raises(ksvc.KsvcError, match="needs sq_inline=True"):
+        ksvc.open(io_backend="sqpoll", options={"sq_inline": False, "sq_inline_backlog": 4})
+
+
+def test_a_stream_reads_part_of_each_batch_on_the_caller(tmp_path: Path) -> None:
+    # The caller's share follows the SQ thread's backlog; whatever it settles on, results equal os.pread.
+    p = tmp_path / "d"
+    p.write_bytes(os.urandom(1 << 20))
+    fd = os.open(p, os.O_RDONLY)
+    offs = [(i * 7919 * 4096) % (1 << 20) for i in range(20000)]
+    try:
+        with ksvc.open(io_backend="sqpoll", options={"sq_inline_backlog": 0}) as k:
+            lane = k.instance.dispatcher._express
+            assert lane is not None and k._completer.inline_capable
+            assert list(k.pread_iter(fd, 4096, offs, depth=64)) == [os.pread(fd, 4096, o) for o in offs]
+            assert k.pread_many(fd, 4096, offs[:64]) == [os.pread(fd, 4096, o) for o in offs[:64]]
+            assert k.instance.io_backend.inflight() == 0  # type: ignore[attr-defined]
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(
+    "backlog,inline,step,expect",
+    [(0, 2, 22, 1), (0, 0, 22, 0), (21, 2, 22, 3), (20, 2, 22, 2), (5, 2, 22, 2), (44, 22, 22, 22)],
+)
+def test_the_callers_share_follows_the_backlog(backlog: int, inline: int, step: int, expect: int) -> None:
+    from ksvc_host.frontend.operations import ReadStream
+
+    s = ReadStream(3, 4096, [], depth=3 * step, parts=3)
+    assert s.step == step
+    s.inline = inline
+    s.steer(backlog)
+    assert s.inline == expect
+
+
+@pytest.mark.parametrize("pure", [False, True])
+def test_an_inline_quota_runs_that_many_reads_on_the_caller(tmp_path: Path, pure: bool) -> None:
+    from ksvc_host import fastpath
+
+    if not pure and fastpath.select() != "native":
+        pytest.skip(f"compiled fast path unavailable: {fastpath.REASON}")
+    fastpath.select(pure=pure)
+    p = tmp_path / "d"
+    p.write_bytes(os.urandom(1 << 16))
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        with ksvc.open(io_backend="sqpoll", dispatcher="inline") as k:
+            lane = k.instance.dispatcher._express
+            assert lane is not None and lane.has_inline_ring
+            before = lane.inline_entries
+            lane.set_inline_quota(3)
+            offs = [i * 4096 for i in range(5)]
+            assert k.pread_many(fd, 4096, offs) == [os.pread(fd, 4096, o) for o in offs]
+            assert lane.inline_entries - before == 3  # the quota, then the SQ thread's ring
+            assert k.pread_many(fd, 4096, offs) == [os.pread(fd, 4096, o) for o in offs]
+            assert lane.inline_entries - before == 3  # spent
+    finally:
+        os.close(fd)
+        fastpath.select()
