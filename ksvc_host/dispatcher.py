@@ -233,6 +233,11 @@ class Dispatcher:
     def run_once(self) -> bool:
         """One turn of the loop; True when anything moved."""
         self._wake_pending = False
+        lane = self._express
+        if lane is not None and not (
+            self._cancels or self._overflow or self._held or self._barrier or self._inflight or self._pushed
+        ):
+            return self._express_turn(lane)
         if self._cancels:
             self._process_cancels()
         progress = self._reap()
@@ -243,6 +248,39 @@ class Dispatcher:
         if self._issued_io:
             self.io_backend.flush()
             self._issued_io = 0
+        if self._pushed:
+            self._publish_completions()
+        if self._quiet_published and not self._helper:
+            self._notify_quiet()
+        if taken:
+            self.batches_processed += 1
+            if self._on_batch is not None:
+                self._on_batch(taken)
+        return progress
+
+    def _express_turn(self, lane: Any) -> bool:
+        """:meth:`run_once` while only express entries are in flight: the lane's reap and submit in one call.
+
+        Profiled: a streaming read's turn cost ~6 us in the generic steps,
+        most of it Python around two C calls. Whatever the lane leaves (a
+        CQE of another kind, an entry it does not take) goes through the
+        generic steps in the same turn.
+        """
+        completed, taken = lane.turn(self._ring_head, self.channel.submit_ring.size)
+        self._ring_head += taken
+        progress = bool(completed or taken)
+        if completed:
+            self.entries_processed += completed
+            self._pushed = True
+        if not lane.cq_clear:
+            progress = self._reap() or progress
+        if not lane.drained:
+            generic = self._take_generic()
+            taken += generic
+            progress = self._issue() or progress or generic > 0
+            if self._issued_io:
+                self.io_backend.flush()
+                self._issued_io = 0
         if self._pushed:
             self._publish_completions()
         if self._quiet_published and not self._helper:

@@ -2,7 +2,7 @@
 
 ``ksvc_host._fastpath`` is built from ``fastpath.c`` when the package is
 installed. When it could not be built, or ``KSVC_PURE_PYTHON=1`` is set, the
-same four functions come from :mod:`ksvc_host.fastpath.reference`; results
+same functions come from :mod:`ksvc_host.fastpath.reference`; results
 are identical either way, only the speed differs. ``lib.new_bytes`` (from
 ``bytes_alloc.c``) gives streams bytes objects to read into; it is ``None`` on
 the pure path, where reads are copied out of a staging buffer. :data:`IMPLEMENTATION`
@@ -40,6 +40,7 @@ def _load(pure: bool) -> tuple[str, Any, Any, str]:
         ksvc_submit_strided = staticmethod(reference.submit_strided)
         ksvc_express_submit = staticmethod(reference.express_submit)
         ksvc_express_reap = staticmethod(reference.express_reap)
+        ksvc_express_turn = staticmethod(reference.express_turn)
         ksvc_bulk_reap = staticmethod(reference.bulk_reap)
         new_bytes = None  # reads go to a staging buffer and are copied out (the reference behaviour)
 
@@ -53,6 +54,7 @@ class _Native:
         self.ksvc_submit_strided = lib.ksvc_submit_strided
         self.ksvc_express_submit = lib.ksvc_express_submit
         self.ksvc_express_reap = lib.ksvc_express_reap
+        self.ksvc_express_turn = lib.ksvc_express_turn
         self.ksvc_bulk_reap = lib.ksvc_bulk_reap
         self.new_bytes = new_bytes
 

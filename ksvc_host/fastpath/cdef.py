@@ -48,7 +48,8 @@ uint32_t ksvc_submit_strided(uint8_t *ring, uint64_t tail, uint32_t mask, uint64
                              const uint64_t *offsets, const uint64_t *addrs, uint32_t n);
 int ksvc_express_submit(struct ksvc_express *x, uint32_t max_take);
 int ksvc_express_reap(struct ksvc_express *x);
+int ksvc_express_turn(struct ksvc_express *x, uint32_t max_take);
 int ksvc_bulk_reap(uint8_t *cring, uint64_t head, uint64_t tail, uint32_t mask, struct ksvc_bulk *b,
                    uint64_t *other, uint32_t max_other, uint32_t *done, uint32_t max_done, uint32_t *counts);
 """
-"""The four loops (see ``fastpath.c``)."""
+"""The loops (see ``fastpath.c``)."""

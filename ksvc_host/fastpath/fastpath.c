@@ -1,12 +1,13 @@
 /* KSVC fast path: the per-entry loops of the channel in C.
  *
- * Four loops, each mirrored line for line by ksvc_host/fastpath/reference.py,
+ * The loops, each mirrored line for line by ksvc_host/fastpath/reference.py,
  * which is the specification; the tests run both and compare:
  *
  *   ksvc_submit_strided  front end: write N submit entries and publish the tail
  *                        (buffer i at addr0 + i*stride, or at addrs[i] when given)
  *   ksvc_express_submit  dispatcher: drain simple read/write entries into SQEs
  *   ksvc_express_reap    dispatcher: CQEs of those entries into completion entries
+ *   ksvc_express_turn    dispatcher: the two above in one call (reap, then submit)
  *   ksvc_bulk_reap       front end: completion entries into per-group result arrays
  *
  * Layouts are the channel ABI (ksvc_host/abi/layout.py) and the io_uring ABI
@@ -252,6 +253,17 @@ int ksvc_express_reap(struct ksvc_express *x)
     x->completed = n;
     x->cq_left = left;
     return (int)n;
+}
+
+/* One turn of the lane: completions first (room in the completion ring for what follows), then
+ * submissions. x->completed holds what the reap moved. */
+int ksvc_express_turn(struct ksvc_express *x, uint32_t max_take)
+{
+    ksvc_express_reap(x);
+    uint32_t completed = x->completed;
+    int n = ksvc_express_submit(x, max_take);
+    x->completed = completed;
+    return n;
 }
 
 /* Keep in step with CDEF in ksvc_host/fastpath/__init__.py. */

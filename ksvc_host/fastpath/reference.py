@@ -218,6 +218,15 @@ def express_reap(x: Any) -> int:
     return n
 
 
+def express_turn(x: Any, max_take: int) -> int:
+    """One turn of the lane: reap, then submit; see ``fastpath.c``."""
+    express_reap(x)
+    completed = x.completed
+    n = express_submit(x, max_take)
+    x.completed = completed
+    return n
+
+
 def bulk_reap(
     cring: Any, head: int, tail: int, mask: int, b: Any, other: Any, max_other: int, done: Any, max_done: int,
     counts: Any,
