@@ -341,18 +341,12 @@ class Dispatcher:
             return False
         self._helper = quiet
         try:
-            self._mute_completions(True)
+            if not self._muted:
+                self._mute_completions(True)
             if not wait:
-                if not inline:
-                    return self.run_once()
-                lane = self._express
-                if lane is not None:
-                    lane.set_inline_quota(inline)
-                try:
-                    return self.run_once()
-                finally:
-                    if lane is not None:
-                        lane.set_inline_quota(0)
+                if inline and self._express is not None:
+                    self._express.set_inline_quota(inline)  # for this turn's submit only
+                return self.run_once()
             moved = False
             for _ in range(_HELP_TURNS):  # a turn submits; the next reaps what completed during the first
                 if not self.run_once():

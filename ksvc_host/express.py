@@ -176,7 +176,7 @@ class ExpressLane:
         return (int(x.sq_tail[0]) - int(x.sq_head[0])) & 0xFFFF_FFFF
 
     def set_inline_quota(self, n: int) -> None:
-        """Run the next *n* positioned entries this lane takes on the submitting thread."""
+        """Run up to *n* positioned entries of the lane's next submit on the submitting thread."""
         self._x.a_quota = n
 
     @property

@@ -75,7 +75,7 @@ struct ksvc_express {
     uint32_t *a_sq_head; uint32_t *a_sq_tail; uint32_t *a_sq_array; uint32_t a_sq_mask; uint32_t a_sq_entries;
     uint32_t *a_cq_head; uint32_t *a_cq_tail; uint32_t a_cq_mask;
     uint8_t *a_sqes; uint8_t *a_cqes;
-    uint32_t a_quota;    /* the next positioned entries that run inline whatever the backlog */
+    uint32_t a_quota;    /* positioned entries of the next submit that run inline whatever the backlog */
     uint32_t a_pending;  /* published to the inline ring, not yet entered (EAGAIN/EBUSY) */
     uint32_t a_taken;    /* of the last submit, entries run inline */
     uint64_t a_total;    /* entries run inline since the lane was built */
@@ -184,6 +184,7 @@ int ksvc_express_submit(struct ksvc_express *x, uint32_t max_take)
         n++;
     }
     x->s_left = (uint32_t)(avail - n);
+    x->a_quota = 0;   /* a quota is for one submit: what it did not place runs on the SQ thread as usual */
     if (!n) return 0;
     x->shead = head + n;
     store_release64(x->sring + RING_HEAD, x->shead);

@@ -148,6 +148,7 @@ def express_submit(x: Any, max_take: int) -> int:
             nm += 1
         n += 1
     x.s_left = avail - n
+    x.a_quota = 0  # a quota is for one submit
     if not n:
         return 0
     x.shead = head + n

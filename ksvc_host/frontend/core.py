@@ -70,14 +70,14 @@ class BulkWaiter:
 
     def __init__(
         self, nr: int, fd: int, addr0: int, stride: int, length: int, offsets: Any, n: int, keep: Any,
-        callback: Callable[[BulkWaiter], None] | None,
+        callback: Callable[[BulkWaiter], None] | None, results: Any = None,
     ) -> None:
         self.nr, self.fd, self.addr0, self.stride, self.length = nr, fd, addr0, stride, length
         self.offsets = offsets
         self.n = n
         self.submitted = 0
         self.group = -1
-        self.results: Any = fastpath.ffi.new("int64_t[]", max(1, n))
+        self.results: Any = fastpath.ffi.new("int64_t[]", max(1, n)) if results is None else results
         self.done = n == 0
         self.failed = 0
         """A negative errno when the whole operation failed (dispatcher failure, close)."""
@@ -258,22 +258,28 @@ class Completer:
     def new_bulk(
         self, nr: int, fd: int, addr0: int, stride: int, length: int, offsets: Sequence[int] | None, n: int,
         keep: Any = None, callback: Callable[[BulkWaiter], None] | None = None, addrs: Any = None,
+        tables: tuple[Any, Any] | None = None,
     ) -> BulkWaiter:
         """A bulk operation: entry *i* is ``nr(fd, addr0 + i*stride, length, offsets[i])``.
 
         With *addrs* (a ``uint64_t`` array of *n*), entry *i*'s buffer is ``addrs[i]``.
+        With *tables*, ``(offsets, results)`` arrays of at least *n* that the
+        caller filled (offsets) and reuses once the bulk is finished.
 
         Nothing is submitted yet: :meth:`bulk_continue` writes what fits.
         """
         if not 0 <= n <= BULK_MAX:
             raise ValueError(f"a bulk operation holds 1 to {BULK_MAX} entries, got {n}")
         offs: Any = fastpath.ffi.NULL
-        if offsets is not None:
+        if tables is not None:
+            offs = tables[0]
+        elif offsets is not None:
             try:
                 offs = fastpath.ffi.new("uint64_t[]", offsets)
             except OverflowError:  # negative offsets travel as the kernel sees them (it answers EINVAL)
                 offs = fastpath.ffi.new("uint64_t[]", [o & 0xFFFF_FFFF_FFFF_FFFF for o in offsets])
-        b = BulkWaiter(nr, fd & 0xFFFF_FFFF_FFFF_FFFF, addr0, stride, length, offs, n, keep, callback)
+        b = BulkWaiter(nr, fd & 0xFFFF_FFFF_FFFF_FFFF, addr0, stride, length, offs, n, keep, callback,
+                       None if tables is None else tables[1])  # fmt: skip
         if addrs is not None:
             b.addrs = addrs  # a uint64_t array of n addresses (bytes objects that reads fill in place)
         if self.direct and not self.inline and callback is None:

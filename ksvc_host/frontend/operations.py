@@ -113,11 +113,11 @@ class BulkOp:
     With *addrs* (a ``uint64_t`` array), entry *i*'s buffer is ``addrs[i]`` instead.
     """
 
-    __slots__ = ("nr", "fd", "addr0", "stride", "length", "offsets", "n", "keep", "finish", "addrs")
+    __slots__ = ("nr", "fd", "addr0", "stride", "length", "offsets", "n", "keep", "finish", "addrs", "tables")
 
     def __init__(
         self, nr: int, fd: int, addr0: int, stride: int, length: int, offsets: Sequence[int] | None, n: int,
-        keep: Any, finish: Callable[[list[int]], Any], addrs: Any = None,
+        keep: Any, finish: Callable[[list[int]], Any], addrs: Any = None, tables: tuple[Any, Any] | None = None,
     ) -> None:
         self.nr, self.fd, self.addr0, self.stride, self.length = nr, fd, addr0, stride, length
         self.offsets = offsets
@@ -126,6 +126,8 @@ class BulkOp:
         self.finish = finish
         """Maps the list of results to the caller's value (raises ``OSError`` on failure)."""
         self.addrs = addrs
+        self.tables = tables
+        """Reused ``(uint64_t offsets[n], int64_t results[n])`` arrays (streams), or ``None``."""
 
 
 class ReadStream:
@@ -210,19 +212,29 @@ class ReadStream:
     def _in_place(self, chunk: list[int], new_bytes: Callable[[int, int, int], list[bytes]]) -> BulkOp:
         # Each read fills a new bytes object in place, as os.pread does (no copy out of a staging buffer).
         # The objects stay in this part until their reads complete; short reads are sliced, failed ones dropped.
+        # The part's arrays (addresses, offsets, results) are reused once it is finished.
         size, n = self.size, len(chunk)
-        table = self._tables.pop() if self._tables else fastpath.ffi.new("uint64_t[]", self.step)
+        if self._tables:
+            arrays = self._tables.pop()
+        else:
+            new = fastpath.ffi.new
+            arrays = (new("uint64_t[]", self.step), new("uint64_t[]", self.step), new("int64_t[]", self.step))
+        table, offs, res = arrays
+        try:
+            offs[0:n] = chunk
+        except OverflowError:  # negative offsets travel as the kernel sees them (it answers EINVAL)
+            offs[0:n] = [o & 0xFFFF_FFFF_FFFF_FFFF for o in chunk]
         objs = new_bytes(n, size, _addr(table))
         tables = self._tables
 
         def finish(results: list[int]) -> tuple[list[bytes], OSError | None]:
-            tables.append(table)
+            tables.append(arrays)
             bad = _first_failure(results)
             if bad == n:
                 return _as_read(objs, results, size), None
             return _as_read(objs[:bad], results[:bad], size), oserror(-results[bad])
 
-        return BulkOp(NR["pread64"], self.fd, 0, 0, size, chunk, n, (objs, table), finish, table)
+        return BulkOp(NR["pread64"], self.fd, 0, 0, size, chunk, n, (objs, table), finish, table, (offs, res))
 
 
 def _first_failure(results: list[int]) -> int:
@@ -273,7 +285,7 @@ class Operations:
         if op is None:
             return None
         b = self._completer.new_bulk(op.nr, op.fd, op.addr0, op.stride, op.length, op.offsets, op.n, op.keep,
-                                     addrs=op.addrs)  # fmt: skip
+                                     addrs=op.addrs, tables=op.tables)  # fmt: skip
         return b, op
 
     # -- memory -------------------------------------------------------------------
