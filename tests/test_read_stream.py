@@ -58,12 +58,13 @@ def test_offsets_from_a_generator_never_run_more_than_depth_ahead(ks: ksvc.Ksvc,
             pulled += 1
             yield o
 
-    depth = 48
-    got = []
-    for data in ks.pread_iter(data_fd, 4096, gen(), depth=depth):
-        assert pulled - len(got) <= depth  # offsets taken but not yet handed back: the reads in flight
-        got.append(data)
-    assert got == [os.pread(data_fd, 4096, o) for o in offs]
+    for depth in (48, 64):
+        pulled = 0
+        got = []
+        for data in ks.pread_iter(data_fd, 4096, gen(), depth=depth):
+            assert pulled - len(got) <= depth  # offsets taken but not yet handed back: the reads in flight
+            got.append(data)
+        assert got == [os.pread(data_fd, 4096, o) for o in offs]
 
 
 def test_a_failed_read_raises_after_the_ones_before_it(ks: ksvc.Ksvc, data_fd: int) -> None:
@@ -113,10 +114,10 @@ def test_leaving_early_loses_nothing(ks: ksvc.Ksvc, data_fd: int) -> None:
 def test_the_window_is_cut_into_parts_only_for_a_kernel_sq_thread() -> None:
     one = ReadStream(3, 4096, [], 64)
     assert (one.step, one.parts_in_flight) == (64, 1)
-    piped = ReadStream(3, 4096, [], 64, ReadStream.PIPELINED_PARTS)
-    assert piped.step * piped.parts_in_flight >= 64
-    assert piped.step * (piped.parts_in_flight - 1) < 64  # never more than one short part past the depth
-    assert piped.parts_in_flight == ReadStream.PIPELINED_PARTS
+    for depth in (3, 4, 5, 63, 64, 65, 100, 1000):
+        piped = ReadStream(3, 4096, [], depth, ReadStream.PIPELINED_PARTS)
+        assert piped.parts_in_flight >= ReadStream.PIPELINED_PARTS
+        assert depth - piped.step < piped.step * piped.parts_in_flight <= depth  # never past the depth
     small = ReadStream(3, 4096, [], 2, ReadStream.PIPELINED_PARTS)
     assert (small.step, small.parts_in_flight) == (1, 2)
 

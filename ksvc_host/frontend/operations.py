@@ -155,8 +155,8 @@ class ReadStream:
             raise ValueError(f"depth must be a positive int (reads in flight at once), got {depth!r}")
         self.fd = fd
         self.size = _length(size)
-        self.step = max(1, -(-depth // max(1, parts)))
-        self.parts_in_flight = -(-depth // self.step)
+        self.step = max(1, depth // max(1, parts))
+        self.parts_in_flight = depth // self.step  # parts of step reads: never more than depth in flight
         self._offsets = iter(offsets)
         self._free: list[bytearray] = []
         self._tables: list[Any] = []
