@@ -87,11 +87,12 @@ class Ksvc(Operations):
 
     def _collect_bulk(self, b: BulkWaiter) -> list[int]:
         """Wait for every entry of *b*; their results."""
-        if b.event is not None:
-            while not b.done:
-                b.event.wait()
-        else:
-            self._completer.wait_until(lambda: b.done)
+        if not b.done:
+            if b.event is not None:
+                while not b.done:
+                    b.event.wait()
+            else:
+                self._completer.wait_until(lambda: b.done)
         return self._completer.bulk_results(b)
 
     def pread_iter(self, fd: int, size: int, offsets: Iterable[int], *, depth: int = 64) -> Iterator[bytes]:

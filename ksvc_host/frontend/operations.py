@@ -107,6 +107,9 @@ _SCRATCH_KEEP = 4
 _SCRATCH_MAX = 16 << 20
 
 
+_NR_PREAD = NR["pread64"]
+
+
 class BulkOp:
     """Many entries of one syscall: entry *i* is ``nr(fd, addr0 + i*stride, length, offsets[i])``.
 
@@ -218,23 +221,26 @@ class ReadStream:
             arrays = self._tables.pop()
         else:
             new = fastpath.ffi.new
-            arrays = (new("uint64_t[]", self.step), new("uint64_t[]", self.step), new("int64_t[]", self.step))
-        table, offs, res = arrays
+            table = new("uint64_t[]", self.step)
+            arrays = (table, new("uint64_t[]", self.step), new("int64_t[]", self.step), _addr(table))
+        table, offs, res, table_addr = arrays
         try:
             offs[0:n] = chunk
         except OverflowError:  # negative offsets travel as the kernel sees them (it answers EINVAL)
             offs[0:n] = [o & 0xFFFF_FFFF_FFFF_FFFF for o in chunk]
-        objs = new_bytes(n, size, _addr(table))
+        objs = new_bytes(n, size, table_addr)
         tables = self._tables
 
         def finish(results: list[int]) -> tuple[list[bytes], OSError | None]:
             tables.append(arrays)
+            if min(results) == size:
+                return objs, None  # every read full: the objects as they are
             bad = _first_failure(results)
             if bad == n:
                 return _as_read(objs, results, size), None
             return _as_read(objs[:bad], results[:bad], size), oserror(-results[bad])
 
-        return BulkOp(NR["pread64"], self.fd, 0, 0, size, chunk, n, (objs, table), finish, table, (offs, res))
+        return BulkOp(_NR_PREAD, self.fd, 0, 0, size, chunk, n, (objs, table), finish, table, (offs, res))
 
 
 def _first_failure(results: list[int]) -> int:
