@@ -243,6 +243,10 @@ class AsyncKsvc(Operations):
                 self._bulk_backlog.append(b)  # ring full: the rest goes as completions free room
                 self._flush_backlog()
         if self._helps:
+            if self._completer.inline_capable and op.n > 1 and not self._bulk_backlog:
+                # Beside the kernel's SQ thread, this thread does half of the file reads and writes
+                # itself (in the turn's io_uring_enter), as it would only wait for them otherwise.
+                self._completer.kick(len(parts), op.n // 2)
             # Run the turns now: work that completes at once (cached reads) is done before we return,
             # and awaiting a finished future costs no trip through the event loop. Bounded: a turn
             # never waits for completions (SQPOLL: at most its short spin).

@@ -204,3 +204,34 @@ def test_an_inline_quota_runs_that_many_reads_on_the_caller(tmp_path: Path, pure
     finally:
         os.close(fd)
         fastpath.select()
+
+
+def test_bulk_calls_share_their_reads_with_the_caller(tmp_path: Path) -> None:
+    import asyncio
+
+    p = tmp_path / "d"
+    data = os.urandom(1 << 20)
+    p.write_bytes(data)
+    fd = os.open(p, os.O_RDWR)
+    offs = [(i * 7919 * 512) % ((1 << 20) + 4096) for i in range(64)]  # some past the end: short reads
+    try:
+        with ksvc.open(io_backend="sqpoll") as k:
+            lane = k.instance.dispatcher._express
+            assert lane is not None
+            before = lane.inline_entries
+            for _ in range(50):
+                assert k.pread_many(fd, 4096, offs) == [os.pread(fd, 4096, o) for o in offs]
+            assert lane.inline_entries > before  # half of a bulk runs on the caller when it holds the turn
+            assert k.pwrite_many(fd, data[:4096] * 4, 4096, [0, 4096, 8192, 12288]) == [4096] * 4
+
+        async def main() -> None:
+            k = await ksvc.open_async(io_backend="sqpoll")
+            try:
+                for _ in range(20):
+                    assert await k.pread_many(fd, 4096, offs) == [os.pread(fd, 4096, o) for o in offs]
+            finally:
+                await k.aclose()
+
+        asyncio.run(main())
+    finally:
+        os.close(fd)
