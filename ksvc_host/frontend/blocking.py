@@ -88,6 +88,7 @@ class Ksvc(Operations):
                 # file reads and writes itself: both cores work on the bulk.
                 c.kick(1, n // 2)
                 try:
+                    c.kick(1)  # the SQ thread's half is usually done by now: one more turn collects it
                     out.extend(self._collect_bulk(b))
                 finally:
                     c.end_kicks(not b.done)
