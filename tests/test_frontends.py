@@ -118,6 +118,19 @@ def test_tier0_from_the_shared_page(k: ksvc.Ksvc) -> None:
     assert page.rlimit_nofile == __import__("resource").getrlimit(__import__("resource").RLIMIT_NOFILE)[0]
 
 
+def test_uname_equals_os_uname_and_follows_the_page(k: ksvc.Ksvc) -> None:
+    assert k.uname() == os.uname()
+    assert k.uname() is k.uname()  # built once while the page's bytes stay the same
+    channel = k.instance.channel
+    channel.write_page_field("nodename", b"renamed-host")  # as a sethostname() would show up there
+    try:
+        assert k.uname().nodename == "renamed-host"
+        assert k.uname()[:1] + k.uname()[2:] == os.uname()[:1] + os.uname()[2:]
+    finally:
+        channel.write_page_field("nodename", os.uname().nodename.encode())
+    assert k.uname() == os.uname()
+
+
 def test_shared_page_statistics_move(kt: ksvc.Ksvc) -> None:
     page = kt.instance.shared_page
     before = page.entries_processed
