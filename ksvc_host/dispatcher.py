@@ -159,6 +159,8 @@ class Dispatcher:
         self._publish_quietly: Callable[[], None] | None = getattr(sink, "publish_quietly", None)
         self._helper = False
         """A caller runs this turn (``help``) and reaps next: its own completions need no wake-up."""
+        self._inline_ring = self._express is not None and self._express.has_inline_ring
+        self._thread_ident: int | None = None
         self._quiet_published = False
         """Completions were published without a wake-up; the next ordinary turn notifies."""
         self._stats_stale = False
@@ -234,6 +236,11 @@ class Dispatcher:
         """One turn of the loop; True when anything moved."""
         self._wake_pending = False
         lane = self._express
+        if self._inline_ring and lane is not None:
+            # The kernel cancels what a thread submitted when it exits: only threads that outlive
+            # the work (the main thread, ours) may submit to the inline ring.
+            ident = threading.get_ident()
+            lane.bar_inline(ident != threading.main_thread().ident and ident != self._thread_ident)
         if lane is not None and not (
             self._cancels or self._overflow or self._held or self._barrier or self._inflight or self._pushed
         ):
@@ -314,6 +321,7 @@ class Dispatcher:
         self.sleeping = False
         self._thread = threading.Thread(target=self._thread_main, name="ksvc-dispatcher", daemon=True)
         self._thread.start()
+        self._thread_ident = self._thread.ident
 
     @property
     def threaded(self) -> bool:

@@ -76,6 +76,7 @@ struct ksvc_express {
     uint32_t *a_cq_head; uint32_t *a_cq_tail; uint32_t a_cq_mask;
     uint8_t *a_sqes; uint8_t *a_cqes;
     uint32_t a_quota;    /* positioned entries of the next submit that run inline whatever the backlog */
+    uint32_t a_barred;   /* nonzero: this thread must not submit to the inline ring (it may exit first) */
     uint32_t a_pending;  /* published to the inline ring, not yet entered (EAGAIN/EBUSY) */
     uint32_t a_taken;    /* of the last submit, entries run inline */
     uint64_t a_total;    /* entries run inline since the lane was built */
@@ -136,7 +137,7 @@ int ksvc_express_submit(struct ksvc_express *x, uint32_t max_take)
     uint32_t sq_tail = *x->sq_tail;
     uint32_t backlog = sq_tail - load_acquire32(x->sq_head);   /* SQEs the kernel has not consumed */
     uint32_t sq_free = x->sq_entries - backlog;
-    int assist = x->a_ring_fd >= 0;
+    int assist = x->a_ring_fd >= 0 && !x->a_barred;
     uint32_t a_tail = assist ? *x->a_sq_tail : 0;
     uint32_t a_free = assist ? x->a_sq_entries - (a_tail - load_acquire32(x->a_sq_head)) : 0;
     uint32_t limit = max_take;
@@ -209,7 +210,7 @@ int ksvc_express_submit(struct ksvc_express *x, uint32_t max_take)
         x->a_taken = na;
         x->a_total += na;
     }
-    if (na || x->a_pending) {
+    if (na || (x->a_pending && assist)) {
         uint32_t want = x->a_pending + na;
         long r = enter(x, x->a_ring_fd, want, 0);   /* runs them here, on this thread */
         if (r == -EAGAIN || r == -EBUSY) x->a_pending = want;

@@ -95,7 +95,7 @@ def express_submit(x: Any, max_take: int) -> int:
     sq_tail = int(x.sq_tail[0])
     backlog = (sq_tail - x.sq_head[0]) & 0xFFFF_FFFF  # SQEs the kernel has not consumed
     sq_free = x.sq_entries - backlog
-    assist = x.a_ring_fd >= 0
+    assist = x.a_ring_fd >= 0 and not x.a_barred
     a_tail = int(x.a_sq_tail[0]) if assist else 0
     a_free = x.a_sq_entries - ((a_tail - x.a_sq_head[0]) & 0xFFFF_FFFF) if assist else 0
     x.taken = x.unsubmitted = x.error = x.a_taken = 0
@@ -171,7 +171,7 @@ def express_submit(x: Any, max_take: int) -> int:
         x.a_sq_tail[0] = (a_tail + na) & 0xFFFF_FFFF
         x.a_taken = na
         x.a_total += na
-    if na or x.a_pending:
+    if na or (x.a_pending and assist):
         want = x.a_pending + na
         r = _enter(x, x.a_ring_fd, want, 0)  # runs them here, on this thread
         if r in (-errno.EAGAIN, -errno.EBUSY):

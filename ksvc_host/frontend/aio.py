@@ -243,7 +243,7 @@ class AsyncKsvc(Operations):
                 self._bulk_backlog.append(b)  # ring full: the rest goes as completions free room
                 self._flush_backlog()
         if self._helps:
-            if self._completer.inline_capable and op.n > 1 and not self._bulk_backlog:
+            if op.n > 1 and not self._bulk_backlog and self._completer.inline_here():
                 # Beside the kernel's SQ thread, this thread does half of the file reads and writes
                 # itself (in the turn's io_uring_enter), as it would only wait for them otherwise.
                 self._completer.kick(len(parts), op.n // 2)
@@ -274,7 +274,7 @@ class AsyncKsvc(Operations):
         # This thread runs the dispatcher's turns: a part that is done by the time we look costs no
         # trip through the event loop, as in the blocking stream.
         c = self._completer
-        adapt = c.inline_capable and stream.parts_in_flight > 1
+        adapt = stream.parts_in_flight > 1 and c.inline_here()
         out: deque[tuple[BulkWaiter, BulkOp]] = deque()
         try:
             while True:

@@ -99,7 +99,7 @@ class Ksvc(Operations):
             b = c.new_bulk(op.nr, op.fd, op.addr0 + start * op.stride, op.stride, op.length, offs, n, op.keep,
                            addrs=addrs)  # fmt: skip
             c.submit_bulk(b)
-            if c.inline_capable and n > 1:
+            if n > 1 and c.inline_here():
                 # Beside the kernel's SQ thread, this thread (which would only wait) does half of the
                 # file reads and writes itself: both cores work on the bulk.
                 c.kick(1, n // 2)
@@ -137,7 +137,7 @@ class Ksvc(Operations):
 
     def _stream(self, stream: ReadStream) -> Iterator[bytes]:
         c = self._completer
-        adapt = c.inline_capable and stream.parts_in_flight > 1
+        adapt = stream.parts_in_flight > 1 and c.inline_here()
         out: deque[tuple[BulkWaiter, BulkOp]] = deque()
         try:
             while True:

@@ -130,7 +130,7 @@ class Completer:
             self._make_event: Callable[[], Any] = getattr(sink, "make_event", threading.Event)
             attach(self.deliver)  # type: ignore[misc]  # callable() checked above
         self.inline_capable = self._helps and self.dispatcher.inline_capable
-        """True when :meth:`kick` can have this thread run some reads itself, beside the kernel's SQ thread."""
+        """True when :meth:`kick` can have a thread run some reads itself, beside the kernel's SQ thread."""
         # Bulk operations: results land in per-group arrays, written by the fast path's reap.
         ffi = fastpath.ffi
         self._lib = fastpath.lib
@@ -350,6 +350,16 @@ class Completer:
                 self.dispatcher.resume_wakeups()  # others' completions must still wake whoever waits for them
         elif not self.inline:
             self.dispatcher.wake()
+
+    def inline_here(self) -> bool:
+        """May the calling thread run reads itself (:meth:`kick` with *inline*)?
+
+        Only the main thread: a request belongs to the thread whose
+        io_uring_enter submitted it, and the kernel cancels what is still
+        pending when that thread exits (a cold-cache read would then end in
+        ECANCELED); the main thread outlives the process's work.
+        """
+        return self.inline_capable and threading.current_thread() is threading.main_thread()
 
     def poller_backlog(self) -> int:
         """SQEs the kernel's SQ thread has not consumed yet (0 without one)."""

@@ -235,3 +235,38 @@ def test_bulk_calls_share_their_reads_with_the_caller(tmp_path: Path) -> None:
         asyncio.run(main())
     finally:
         os.close(fd)
+
+
+def test_only_the_main_thread_reads_through_the_plain_ring(tmp_path: Path) -> None:
+    # A request belongs to the thread that submitted it and is cancelled when that thread exits:
+    # threads that may exit before a cold read completes leave the reads to the SQ thread.
+    import threading
+
+    p = tmp_path / "d"
+    p.write_bytes(os.urandom(1 << 20))
+    fd = os.open(p, os.O_RDONLY)
+    offs = [(i * 7919 * 4096) % (1 << 20) for i in range(3000)]
+    want = [os.pread(fd, 4096, o) for o in offs]
+    try:
+        # Inline dispatcher: each caller runs the turns itself; a backlog of 1 would send nearly
+        # every read to the plain ring.
+        with ksvc.open(io_backend="sqpoll", dispatcher="inline", options={"sq_inline_backlog": 1}) as k:
+            lane = k.instance.dispatcher._express
+            assert lane is not None
+            before = lane.inline_entries
+            got: list[object] = []
+
+            def worker() -> None:
+                assert not k._completer.inline_here()
+                got.append(list(k.pread_iter(fd, 4096, offs)))
+                got.append(k.pread_many(fd, 4096, offs[:64]))
+
+            t = threading.Thread(target=worker)
+            t.start()
+            t.join()
+            assert got == [want, want[:64]]
+            assert lane.inline_entries == before
+            assert k.pread_many(fd, 4096, offs[:64]) == want[:64]
+            assert lane.inline_entries > before  # the main thread may
+    finally:
+        os.close(fd)
