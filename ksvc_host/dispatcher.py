@@ -161,6 +161,11 @@ class Dispatcher:
         """A caller runs this turn (``help``) and reaps next: its own completions need no wake-up."""
         self._inline_ring = self._express is not None and self._express.has_inline_ring
         self._thread_ident: int | None = None
+        self._watch_threads = self._inline_ring
+        """Set (also) once our thread runs, when a turn must know which thread it runs on (:meth:`_mark_thread`)."""
+        self._ephemeral = False
+        self._deferred = False
+        """SQEs prepared by a passing thread wait for our thread to submit them."""
         self._quiet_published = False
         """Completions were published without a wake-up; the next ordinary turn notifies."""
         self._stats_stale = False
@@ -236,13 +241,11 @@ class Dispatcher:
         """One turn of the loop; True when anything moved."""
         self._wake_pending = False
         lane = self._express
-        if self._inline_ring and lane is not None:
-            # The kernel cancels what a thread submitted when it exits: only threads that outlive
-            # the work (the main thread, ours) may submit to the inline ring.
-            ident = threading.get_ident()
-            lane.bar_inline(ident != threading.main_thread().ident and ident != self._thread_ident)
+        if self._watch_threads:
+            self._mark_thread(lane)
         if lane is not None and not (
             self._cancels or self._overflow or self._held or self._barrier or self._inflight or self._pushed
+            or self._deferred
         ):
             return self._express_turn(lane)
         if self._cancels:
@@ -253,8 +256,7 @@ class Dispatcher:
         taken = self._take()
         progress = self._issue() or progress or taken > 0
         if self._issued_io:
-            self.io_backend.flush()
-            self._issued_io = 0
+            self._flush_io()
         if self._pushed:
             self._publish_completions()
         if self._quiet_published and not self._helper:
@@ -286,8 +288,7 @@ class Dispatcher:
             taken += generic
             progress = self._issue() or progress or generic > 0
             if self._issued_io:
-                self.io_backend.flush()
-                self._issued_io = 0
+                self._flush_io()
         if self._pushed:
             self._publish_completions()
         if self._quiet_published and not self._helper:
@@ -297,6 +298,33 @@ class Dispatcher:
             if self._on_batch is not None:
                 self._on_batch(taken)
         return progress
+
+    def _mark_thread(self, lane: Any) -> None:
+        """Note whether the thread running this turn may exit before the work it submits ends.
+
+        The kernel ties an io_uring request to the thread whose io_uring_enter
+        submitted it and cancels what is pending when that thread exits; a
+        turn submits every entry it takes, other threads' too. The main
+        thread and ours outlast the work. Another thread, helping, leaves
+        SQEs that may wait to our thread (:meth:`_flush_io`) and keeps off
+        the plain ring beside an SQ thread; without a thread of ours (inline
+        dispatcher) there is nobody to leave them to.
+        """
+        ident = threading.get_ident()
+        passing = ident != threading.main_thread().ident and ident != self._thread_ident
+        self._ephemeral = passing and self._thread_ident is not None and not self._spins
+        if lane is not None:
+            lane.set_ephemeral(passing and (self._inline_ring or self._ephemeral))
+
+    def _flush_io(self) -> None:
+        """Hand the SQEs this turn prepared to the kernel, or to our thread when this one may exit first."""
+        if self._ephemeral:
+            self._deferred = True
+            self.wake()  # our thread submits them when this turn ends
+            return
+        self.io_backend.flush()
+        self._issued_io = 0
+        self._deferred = False
 
     def _notify_quiet(self) -> None:
         self._quiet_published = False
@@ -322,6 +350,7 @@ class Dispatcher:
         self._thread = threading.Thread(target=self._thread_main, name="ksvc-dispatcher", daemon=True)
         self._thread.start()
         self._thread_ident = self._thread.ident
+        self._watch_threads = self._inline_ring or not self._spins
 
     @property
     def threaded(self) -> bool:
@@ -553,7 +582,9 @@ class Dispatcher:
     def _take(self) -> int:
         express = 0
         lane = self._express
-        if lane is not None and not (self._held or self._barrier or self._overflow):
+        # (Not while SQEs wait for our thread: the lane writes after the kernel's tail, and would
+        # have to hand them over from this thread first.)
+        if lane is not None and not (self._held or self._barrier or self._overflow or self._deferred):
             express = lane.submit(self._ring_head, self.channel.submit_ring.size)
             self._ring_head += express
             if lane.drained:

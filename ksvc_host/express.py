@@ -175,9 +175,9 @@ class ExpressLane:
         x = self._x
         return (int(x.sq_tail[0]) - int(x.sq_head[0])) & 0xFFFF_FFFF
 
-    def bar_inline(self, barred: bool) -> None:
-        """Keep (or stop keeping) the calling thread's turns off the inline ring."""
-        self._x.a_barred = int(barred)
+    def set_ephemeral(self, ephemeral: bool) -> None:
+        """The thread running the next turns may exit before their work ends (see ``fastpath.c``)."""
+        self._x.ephemeral = int(ephemeral)
 
     def set_inline_quota(self, n: int) -> None:
         """Run up to *n* positioned entries of the lane's next submit on the submitting thread."""

@@ -29,7 +29,7 @@ struct ksvc_express {
     uint32_t *a_cq_head; uint32_t *a_cq_tail; uint32_t a_cq_mask;
     uint8_t *a_sqes; uint8_t *a_cqes;
     uint32_t a_quota;
-    uint32_t a_barred;
+    uint32_t ephemeral;
     uint32_t a_pending;
     uint32_t a_taken;
     uint64_t a_total;

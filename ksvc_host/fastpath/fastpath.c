@@ -76,7 +76,9 @@ struct ksvc_express {
     uint32_t *a_cq_head; uint32_t *a_cq_tail; uint32_t a_cq_mask;
     uint8_t *a_sqes; uint8_t *a_cqes;
     uint32_t a_quota;    /* positioned entries of the next submit that run inline whatever the backlog */
-    uint32_t a_barred;   /* nonzero: this thread must not submit to the inline ring (it may exit first) */
+    uint32_t ephemeral;  /* nonzero: the thread running this turn may exit before the work ends, and the
+                          * kernel cancels a request when its submitter exits: no inline ring, and
+                          * without SQPOLL only positioned calls (which never wait for a peer) */
     uint32_t a_pending;  /* published to the inline ring, not yet entered (EAGAIN/EBUSY) */
     uint32_t a_taken;    /* of the last submit, entries run inline */
     uint64_t a_total;    /* entries run inline since the lane was built */
@@ -137,7 +139,7 @@ int ksvc_express_submit(struct ksvc_express *x, uint32_t max_take)
     uint32_t sq_tail = *x->sq_tail;
     uint32_t backlog = sq_tail - load_acquire32(x->sq_head);   /* SQEs the kernel has not consumed */
     uint32_t sq_free = x->sq_entries - backlog;
-    int assist = x->a_ring_fd >= 0 && !x->a_barred;
+    int assist = x->a_ring_fd >= 0 && !x->ephemeral;
     uint32_t a_tail = assist ? *x->a_sq_tail : 0;
     uint32_t a_free = assist ? x->a_sq_entries - (a_tail - load_acquire32(x->a_sq_head)) : 0;
     uint32_t limit = max_take;
@@ -159,6 +161,7 @@ int ksvc_express_submit(struct ksvc_express *x, uint32_t max_take)
         int pos = kind == 1;
         uint32_t msg_flags = 0;
         if (pos && (int64_t)off < 0) break;
+        if (!pos && x->ephemeral && !x->sqpoll) break;   /* the generic loop defers it to a lasting thread */
         if (kind == 2) {                 /* sendto/recvfrom without an address; off is msg flags */
             if (w[6] || w[7] || off > 0xffffffffu) break;
             msg_flags = (uint32_t)off;

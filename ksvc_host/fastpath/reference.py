@@ -95,7 +95,7 @@ def express_submit(x: Any, max_take: int) -> int:
     sq_tail = int(x.sq_tail[0])
     backlog = (sq_tail - x.sq_head[0]) & 0xFFFF_FFFF  # SQEs the kernel has not consumed
     sq_free = x.sq_entries - backlog
-    assist = x.a_ring_fd >= 0 and not x.a_barred
+    assist = x.a_ring_fd >= 0 and not x.ephemeral
     a_tail = int(x.a_sq_tail[0]) if assist else 0
     a_free = x.a_sq_entries - ((a_tail - x.a_sq_head[0]) & 0xFFFF_FFFF) if assist else 0
     x.taken = x.unsubmitted = x.error = x.a_taken = 0
@@ -122,6 +122,8 @@ def express_submit(x: Any, max_take: int) -> int:
         msg_flags = 0
         if pos and off >= 1 << 63:
             break
+        if not pos and x.ephemeral and not x.sqpoll:
+            break  # the generic loop defers it to a lasting thread
         if kind == 2:  # sendto/recvfrom without an address; off is the message flags
             if a4 or a5 or off > 0xFFFF_FFFF:
                 break
