@@ -164,6 +164,8 @@ class Dispatcher:
         self._watch_threads = self._inline_ring
         """Set (also) once our thread runs, when a turn must know which thread it runs on (:meth:`_mark_thread`)."""
         self._ephemeral = False
+        self._marked: int | None = None
+        self._main_ident = threading.main_thread().ident
         self._deferred = False
         """SQEs prepared by a passing thread wait for our thread to submit them."""
         self._quiet_published = False
@@ -311,7 +313,10 @@ class Dispatcher:
         dispatcher) there is nobody to leave them to.
         """
         ident = threading.get_ident()
-        passing = ident != threading.main_thread().ident and ident != self._thread_ident
+        if ident == self._marked:
+            return  # the same thread as the last turn (the common case): nothing changes
+        self._marked = ident
+        passing = ident != self._main_ident and ident != self._thread_ident
         self._ephemeral = passing and self._thread_ident is not None and not self._spins
         if lane is not None:
             lane.set_ephemeral(passing and (self._inline_ring or self._ephemeral))
@@ -350,6 +355,7 @@ class Dispatcher:
         self._thread = threading.Thread(target=self._thread_main, name="ksvc-dispatcher", daemon=True)
         self._thread.start()
         self._thread_ident = self._thread.ident
+        self._marked = None
         self._watch_threads = self._inline_ring or not self._spins
 
     @property
