@@ -164,6 +164,9 @@ class Dispatcher:
         self._watch_threads = self._inline_ring
         """Set (also) once our thread runs, when a turn must know which thread it runs on (:meth:`_mark_thread`)."""
         self._ephemeral = False
+        self._foreign_held = False
+        self.own_end: Callable[[int], int] | None = None
+        """Set by the front end: the end of the run of entries from a head that the calling thread submitted."""
         self._marked: int | None = None
         self._main_ident = threading.main_thread().ident
         self._deferred = False
@@ -243,19 +246,22 @@ class Dispatcher:
         """One turn of the loop; True when anything moved."""
         self._wake_pending = False
         lane = self._express
+        limit = None
         if self._watch_threads:
             self._mark_thread(lane)
+            if self._ephemeral:
+                limit = self._own_limit()
         if lane is not None and not (
             self._cancels or self._overflow or self._held or self._barrier or self._inflight or self._pushed
             or self._deferred
         ):
-            return self._express_turn(lane)
+            return self._express_turn(lane, limit)
         if self._cancels:
             self._process_cancels()
         progress = self._reap()
         if self._pushed:
             self._publish_completions()
-        taken = self._take()
+        taken = self._take(limit)
         progress = self._issue() or progress or taken > 0
         if self._issued_io:
             self._flush_io()
@@ -269,7 +275,7 @@ class Dispatcher:
                 self._on_batch(taken)
         return progress
 
-    def _express_turn(self, lane: Any) -> bool:
+    def _express_turn(self, lane: Any, limit: int | None) -> bool:
         """:meth:`run_once` while only express entries are in flight: the lane's reap and submit in one call.
 
         Profiled: a streaming read's turn cost ~6 us in the generic steps,
@@ -277,7 +283,7 @@ class Dispatcher:
         CQE of another kind, an entry it does not take) goes through the
         generic steps in the same turn.
         """
-        completed, taken = lane.turn(self._ring_head, self.channel.submit_ring.size)
+        completed, taken = lane.turn(self._ring_head, self.channel.submit_ring.size if limit is None else limit)
         self._ring_head += taken
         progress = bool(completed or taken)
         if completed:
@@ -286,7 +292,7 @@ class Dispatcher:
         if not lane.cq_clear:
             progress = self._reap() or progress
         if not lane.drained:
-            generic = self._take_generic()
+            generic = self._take_generic(None if limit is None else limit - taken)
             taken += generic
             progress = self._issue() or progress or generic > 0
             if self._issued_io:
@@ -305,12 +311,13 @@ class Dispatcher:
         """Note whether the thread running this turn may exit before the work it submits ends.
 
         The kernel ties an io_uring request to the thread whose io_uring_enter
-        submitted it and cancels what is pending when that thread exits; a
-        turn submits every entry it takes, other threads' too. The main
-        thread and ours outlast the work. Another thread, helping, leaves
-        SQEs that may wait to our thread (:meth:`_flush_io`) and keeps off
-        the plain ring beside an SQ thread; without a thread of ours (inline
-        dispatcher) there is nobody to leave them to.
+        submitted it and ends what is pending when that thread exits; a turn
+        submits the entries it takes. The main thread and ours outlast the
+        work. Another thread, helping, takes only entries it submitted itself
+        (:meth:`_own_limit`), leaves SQEs of chains taken before to our
+        thread (:meth:`_flush_io`), and keeps off the plain ring beside an SQ
+        thread. Without a thread of ours (inline dispatcher) nobody else can
+        take them; with an SQ thread, the kernel thread submits.
         """
         ident = threading.get_ident()
         if ident == self._marked:
@@ -319,11 +326,27 @@ class Dispatcher:
         passing = ident != self._main_ident and ident != self._thread_ident
         self._ephemeral = passing and self._thread_ident is not None and not self._spins
         if lane is not None:
-            lane.set_ephemeral(passing and (self._inline_ring or self._ephemeral))
+            lane.set_ephemeral(passing)
+
+    def _own_limit(self) -> int:
+        """How many entries from the ring's head this (passing) thread submitted itself: all it may take.
+
+        Its own calls it waits for, so it does not exit while they are
+        pending; anything else is left to our thread, which is woken for it.
+        """
+        self._foreign_held = bool(self._held)  # chains taken by an earlier turn: not necessarily its own
+        head = self._ring_head
+        tail = self.channel.submit_ring.tail
+        if tail == head:
+            return 0  # nothing to take (most turns: reaping what an earlier one submitted)
+        end = self.own_end(head) if self.own_end is not None else head
+        if end != tail:
+            self.wake()
+        return end - head
 
     def _flush_io(self) -> None:
         """Hand the SQEs this turn prepared to the kernel, or to our thread when this one may exit first."""
-        if self._ephemeral:
+        if self._ephemeral and self._foreign_held:
             self._deferred = True
             self.wake()  # our thread submits them when this turn ends
             return
@@ -585,25 +608,28 @@ class Dispatcher:
 
     # Taking entries ------------------------------------------------------------------
 
-    def _take(self) -> int:
+    def _take(self, limit: int | None = None) -> int:
+        """Take entries from the submit ring (at most *limit*: a passing thread's own)."""
         express = 0
         lane = self._express
         # (Not while SQEs wait for our thread: the lane writes after the kernel's tail, and would
         # have to hand them over from this thread first.)
         if lane is not None and not (self._held or self._barrier or self._overflow or self._deferred):
-            express = lane.submit(self._ring_head, self.channel.submit_ring.size)
+            express = lane.submit(self._ring_head, self.channel.submit_ring.size if limit is None else limit)
             self._ring_head += express
             if lane.drained:
                 return express  # the lane took every entry there was
-        return express + self._take_generic()
+        return express + self._take_generic(None if limit is None else limit - express)
 
-    def _take_generic(self) -> int:
+    def _take_generic(self, limit: int | None = None) -> int:
         if len(self._held) >= self.batch_size:
             return 0  # back-pressure: leave entries in the ring until we issue what we hold
         ring = self.channel.submit_ring
         head = self._ring_head
         tail = ring.tail
         used = ring.check(head, tail)
+        if limit is not None:
+            used = min(used, limit)  # a passing thread's own entries (whole submissions: chains stay whole)
         if not used:
             return 0
         want = min(used, self.batch_size)

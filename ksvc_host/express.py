@@ -176,7 +176,7 @@ class ExpressLane:
         return (int(x.sq_tail[0]) - int(x.sq_head[0])) & 0xFFFF_FFFF
 
     def set_ephemeral(self, ephemeral: bool) -> None:
-        """The thread running the next turns may exit before their work ends (see ``fastpath.c``)."""
+        """The thread running the next turns may exit before their work ends: no inline ring for it."""
         self._x.ephemeral = int(ephemeral)
 
     def set_inline_quota(self, n: int) -> None:

@@ -76,9 +76,8 @@ struct ksvc_express {
     uint32_t *a_cq_head; uint32_t *a_cq_tail; uint32_t a_cq_mask;
     uint8_t *a_sqes; uint8_t *a_cqes;
     uint32_t a_quota;    /* positioned entries of the next submit that run inline whatever the backlog */
-    uint32_t ephemeral;  /* nonzero: the thread running this turn may exit before the work ends, and the
-                          * kernel cancels a request when its submitter exits: no inline ring, and
-                          * without SQPOLL only positioned calls (which never wait for a peer) */
+    uint32_t ephemeral;  /* nonzero: the thread running this turn may exit before the work ends (the
+                          * kernel ends a request when its submitter exits): no inline ring */
     uint32_t a_pending;  /* published to the inline ring, not yet entered (EAGAIN/EBUSY) */
     uint32_t a_taken;    /* of the last submit, entries run inline */
     uint64_t a_total;    /* entries run inline since the lane was built */
@@ -161,7 +160,6 @@ int ksvc_express_submit(struct ksvc_express *x, uint32_t max_take)
         int pos = kind == 1;
         uint32_t msg_flags = 0;
         if (pos && (int64_t)off < 0) break;
-        if (!pos && x->ephemeral && !x->sqpoll) break;   /* the generic loop defers it to a lasting thread */
         if (kind == 2) {                 /* sendto/recvfrom without an address; off is msg flags */
             if (w[6] || w[7] || off > 0xffffffffu) break;
             msg_flags = (uint32_t)off;

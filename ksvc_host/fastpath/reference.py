@@ -122,8 +122,6 @@ def express_submit(x: Any, max_take: int) -> int:
         msg_flags = 0
         if pos and off >= 1 << 63:
             break
-        if not pos and x.ephemeral and not x.sqpoll:
-            break  # the generic loop defers it to a lasting thread
         if kind == 2:  # sendto/recvfrom without an address; off is the message flags
             if a4 or a5 or off > 0xFFFF_FFFF:
                 break

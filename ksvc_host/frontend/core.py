@@ -14,6 +14,7 @@ import errno
 import itertools
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,6 +55,7 @@ BULK_INDEX_BITS = 20
 BULK_MAX = 1 << BULK_INDEX_BITS
 """Entries in one bulk operation at most (front ends split longer ones)."""
 _REAP_OTHER = 256
+_SPANS_KEPT = 64
 _NULL = fastpath.ffi.NULL
 _REAP_DONE = 64
 
@@ -129,6 +131,11 @@ class Completer:
             self._caller_runs = self.inline
             self._make_event: Callable[[], Any] = getattr(sink, "make_event", threading.Event)
             attach(self.deliver)  # type: ignore[misc]  # callable() checked above
+        self._spans: deque[list[int]] = deque()
+        """``[start, end, thread]`` of recent submissions, for :meth:`own_end` (without an SQ thread)."""
+        self._track_spans = self._helps and not self.pipelined
+        if self._track_spans:
+            self.dispatcher.own_end = self.own_end
         self.inline_capable = self._helps and self.dispatcher.inline_capable
         """True when :meth:`kick` can have a thread run some reads itself, beside the kernel's SQ thread."""
         # Bulk operations: results land in per-group arrays, written by the fast path's reap.
@@ -236,6 +243,8 @@ class Completer:
                 pending[corr] = w
                 self._pack(buf, ring.slot_offset(tail), corr, nr, flags, *args)
                 tail += 1
+            if self._track_spans:
+                self._note_span(self._tail, tail)
             self._tail = tail
             ring.publish_tail(tail)
         if wake or not self._caller_runs:
@@ -316,11 +325,45 @@ class Completer:
                 self._sring_ptr, self._tail, ring.mask, BULK_BIT | (b.group << BULK_INDEX_BITS) | first,
                 b.nr, b.fd, b.addr0 + first * b.stride, b.stride, b.length, offs, addrs, count,
             )
+            if self._track_spans:
+                self._note_span(self._tail, self._tail + count)
             self._tail += count
             b.submitted += count
         if wake or not self._caller_runs:
             self.dispatcher.wake()
         return b.submitted >= b.n
+
+    def _note_span(self, start: int, end: int) -> None:
+        """Record that the calling thread wrote entries [start, end) (with the submit lock held)."""
+        ident = threading.get_ident()
+        spans = self._spans
+        if spans and spans[-1][1] == start and spans[-1][2] == ident:
+            spans[-1][1] = end
+            return
+        spans.append([start, end, ident])
+        if len(spans) > _SPANS_KEPT:  # prune what the dispatcher has taken
+            head = self._sring.head
+            while spans and spans[0][1] <= head:
+                spans.popleft()
+
+    def own_end(self, head: int) -> int:
+        """The end of the run of entries from ring counter *head* that the calling thread submitted.
+
+        *head* itself when the entry there is another thread's. The dispatcher
+        lets a helping thread that may exit take only these (it waits for its
+        own calls; the kernel ends a request when its submitter exits).
+        """
+        ident = threading.get_ident()
+        with self._submit_lock:
+            spans = self._spans
+            while spans and spans[0][1] <= head:
+                spans.popleft()
+            end = head
+            for start, stop, who in spans:
+                if start > end or who != ident:
+                    break
+                end = stop
+            return end
 
     def bulk_results(self, b: BulkWaiter) -> list[int]:
         """The results of a finished bulk; raise when it failed as a whole (dispatcher failure, close)."""
