@@ -85,6 +85,10 @@ assert [L.SHARED_PAGE_FIELDS[f].offset for f in _STATS_FIELDS] == [_STATS_OFFSET
 _SPIN_NS = 50_000
 
 
+def _no_backlog() -> int:
+    return 0
+
+
 class _Op:
     """One issued entry awaiting its completion."""
 
@@ -160,6 +164,10 @@ class Dispatcher:
         self._helper = False
         """A caller runs this turn (``help``) and reaps next: its own completions need no wake-up."""
         self._inline_ring = self._express is not None and self._express.has_inline_ring
+        self.poller_backlog: Callable[[], int] = (
+            self._express.poller_backlog if self._express is not None else _no_backlog
+        )
+        """SQEs the kernel's SQ thread has not consumed yet (0 without an express lane)."""
         self._thread_ident: int | None = None
         self._watch_threads = self._inline_ring
         """Set (also) once our thread runs, when a turn must know which thread it runs on (:meth:`_mark_thread`)."""
@@ -437,10 +445,6 @@ class Dispatcher:
     def inline_capable(self) -> bool:
         """True when a helping caller can run reads itself (``help(inline=n)``): an SQPOLL ring's plain partner."""
         return self._express is not None and self._express.has_inline_ring
-
-    def poller_backlog(self) -> int:
-        """SQEs the kernel's SQ thread has not consumed yet (0 without an express lane)."""
-        return self._express.poller_backlog() if self._express is not None else 0
 
     def resume_wakeups(self) -> None:
         """Undo what ``help(wait=False)`` left: completions wake a sleeping dispatcher's thread again.

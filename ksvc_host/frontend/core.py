@@ -137,6 +137,8 @@ class Completer:
         if self._track_spans:
             self.dispatcher.own_end = self.own_end
         self.inline_capable = self._helps and self.dispatcher.inline_capable
+        self.poller_backlog: Callable[[], int] = self.dispatcher.poller_backlog
+        """SQEs the kernel's SQ thread has not consumed yet (0 without one)."""
         """True when :meth:`kick` can have a thread run some reads itself, beside the kernel's SQ thread."""
         # Bulk operations: results land in per-group arrays, written by the fast path's reap.
         ffi = fastpath.ffi
@@ -403,10 +405,6 @@ class Completer:
         ECANCELED); the main thread outlives the process's work.
         """
         return self.inline_capable and threading.current_thread() is threading.main_thread()
-
-    def poller_backlog(self) -> int:
-        """SQEs the kernel's SQ thread has not consumed yet (0 without one)."""
-        return self.dispatcher.poller_backlog()
 
     def end_kicks(self, left_in_flight: bool) -> None:
         """A caller that used :meth:`kick` stops: completions wake the dispatcher's thread again.
