@@ -273,14 +273,7 @@ class Dispatcher:
         progress = self._issue() or progress or taken > 0
         if self._issued_io:
             self._flush_io()
-        if self._pushed:
-            self._publish_completions()
-        if self._quiet_published and not self._helper:
-            self._notify_quiet()
-        if taken:
-            self.batches_processed += 1
-            if self._on_batch is not None:
-                self._on_batch(taken)
+        self._end_turn(taken)
         return progress
 
     def _express_turn(self, lane: Any, limit: int | None) -> bool:
@@ -305,6 +298,11 @@ class Dispatcher:
             progress = self._issue() or progress or generic > 0
             if self._issued_io:
                 self._flush_io()
+        self._end_turn(taken)
+        return progress
+
+    def _end_turn(self, taken: int) -> None:
+        """Publish what the turn completed (waking whoever waits, unless a caller runs it) and count the batch."""
         if self._pushed:
             self._publish_completions()
         if self._quiet_published and not self._helper:
@@ -313,7 +311,6 @@ class Dispatcher:
             self.batches_processed += 1
             if self._on_batch is not None:
                 self._on_batch(taken)
-        return progress
 
     def _mark_thread(self, lane: Any) -> None:
         """Note whether the thread running this turn may exit before the work it submits ends.

@@ -274,7 +274,7 @@ class AsyncKsvc(Operations):
         # This thread runs the dispatcher's turns: a part that is done by the time we look costs no
         # trip through the event loop, as in the blocking stream.
         c = self._completer
-        adapt = stream.parts_in_flight > 1 and c.inline_here()
+        adapt = self._steers(stream)
         out: deque[tuple[BulkWaiter, BulkOp]] = deque()
         try:
             while True:
@@ -286,11 +286,7 @@ class AsyncKsvc(Operations):
                         await asyncio.sleep(_BACKLOG_RETRY)
                     started = True
                 if started:
-                    # The kernel starts on these while we hand back the oldest part; with an SQ thread,
-                    # this thread reads some of them itself (stream.inline).
-                    if adapt:
-                        stream.steer(c.poller_backlog())
-                    c.kick(len(out), stream.inline)
+                    self._kick_stream(stream, len(out), adapt)  # the kernel reads while we hand back below
                 if not out:
                     return
                 b, op = out[0]

@@ -137,7 +137,7 @@ class Ksvc(Operations):
 
     def _stream(self, stream: ReadStream) -> Iterator[bytes]:
         c = self._completer
-        adapt = stream.parts_in_flight > 1 and c.inline_here()
+        adapt = self._steers(stream)
         out: deque[tuple[BulkWaiter, BulkOp]] = deque()
         try:
             while True:
@@ -147,11 +147,7 @@ class Ksvc(Operations):
                     out.append(part)
                     started = True
                 if started:
-                    # The kernel starts on these while we convert the oldest part below; with an SQ
-                    # thread, we read some of them ourselves (stream.inline).
-                    if adapt:
-                        stream.steer(c.poller_backlog())
-                    c.kick(len(out), stream.inline)
+                    self._kick_stream(stream, len(out), adapt)  # the kernel reads while we convert below
                 if not out:
                     return
                 b, op = out.popleft()

@@ -294,6 +294,17 @@ class Operations:
                                      addrs=op.addrs, tables=op.tables)  # fmt: skip
         return b, op
 
+    def _steers(self, stream: ReadStream) -> bool:
+        """Does this thread read a share of *stream*'s parts itself, beside an SQ thread (:meth:`ReadStream.steer`)?"""
+        return stream.parts_in_flight > 1 and bool(self._completer.inline_here())
+
+    def _kick_stream(self, stream: ReadStream, parts: int, steers: bool) -> None:
+        """Start the parts just submitted (*parts* in flight); with *steers*, read ``stream.inline`` of them here."""
+        c = self._completer
+        if steers:
+            stream.steer(c.poller_backlog())
+        c.kick(parts, stream.inline)
+
     # -- memory -------------------------------------------------------------------
 
     def _out(self, n: int) -> tuple[int, Any, Callable[[], None]]:
