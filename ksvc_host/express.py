@@ -12,6 +12,13 @@ no Python per entry. It stops at the first entry it does not take, which
 the generic loop then handles, so order and every rule (LINKED, DRAIN,
 O_NONBLOCK and seekability checks, back-pressure) are kept. The loops are
 ``ksvc_host.fastpath`` (compiled, or the pure-Python reference).
+
+Beside an SQPOLL ring the backend may offer a plain one
+(``ExpressRing.inline``): the lane then sends a quota of positioned reads
+and writes there (:meth:`ExpressLane.set_inline_quota`, set by a stream or
+a bulk call whose caller would otherwise wait), and the thread running the
+turn executes them in its own ``io_uring_enter`` while the kernel's SQ
+thread reads the rest.
 """
 
 from __future__ import annotations
