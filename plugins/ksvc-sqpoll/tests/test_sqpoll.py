@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,8 +13,9 @@ from ksvc_basic.composite import CompositeIoUring
 from ksvc_sqpoll.feature import SqpollFeature
 
 import ksvc_host as ksvc
-from ksvc_host import testing
+from ksvc_host import fastpath, testing
 from ksvc_host.abi.io_uring import SetupFlag
+from ksvc_host.frontend.operations import ReadStream
 
 
 def test_conformance_backend() -> None:
@@ -104,6 +108,17 @@ def test_strace_shows_no_enter_per_batch(tmp_path: Path) -> None:
     assert len(enters) <= 5, f"{len(enters)} io_uring_enter calls for 200 reads:\n" + "\n".join(enters[:10])
 
 
+@pytest.fixture
+def data_fd(tmp_path: Path) -> Iterator[tuple[int, bytes]]:
+    """A 1 MiB file of random bytes, open read-write, and its contents."""
+    data = os.urandom(1 << 20)
+    path = tmp_path / "d"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDWR)
+    yield fd, data
+    os.close(fd)
+
+
 @pytest.mark.parametrize("dispatcher", ["thread", "inline"])
 def test_stack_with_every_file_call_run_inline(dispatcher: str) -> None:
     # A backlog of 1: nearly every positioned read and write takes the plain ring beside the poller.
@@ -111,28 +126,22 @@ def test_stack_with_every_file_call_run_inline(dispatcher: str) -> None:
 
 
 @pytest.mark.parametrize("backlog", [1, 8])
-def test_inline_ring_reads_and_writes_equal_os(tmp_path: Path, backlog: int) -> None:
-    p = tmp_path / "d"
-    data = os.urandom(1 << 20)
-    p.write_bytes(data)
-    fd = os.open(p, os.O_RDWR)
+def test_inline_ring_reads_and_writes_equal_os(data_fd: tuple[int, bytes], backlog: int) -> None:
+    fd, _ = data_fd
     offs = [(i * 7919 * 512) % ((1 << 20) + 4096) for i in range(3000)]  # some past the end: short reads
-    try:
-        with ksvc.open(io_backend="sqpoll", options={"sq_inline_backlog": backlog}) as k:
-            lane = k.instance.dispatcher._express
-            assert lane is not None
-            assert list(k.pread_iter(fd, 4096, offs, depth=64)) == [os.pread(fd, 4096, o) for o in offs]
-            assert k.pread_many(fd, 512, offs[:300]) == [os.pread(fd, 512, o) for o in offs[:300]]
-            assert lane.inline_entries > 0  # the poller's backlog sent some to the inline ring
-            payload = os.urandom(4096)
-            assert k.pwrite_many(fd, payload * 8, 4096, [i * 4096 for i in range(8)]) == [4096] * 8
-            assert all(os.pread(fd, 4096, i * 4096) == payload for i in range(8))
-            with pytest.raises(OSError) as info:
-                k.pread_many(-5 & 0x7FFF_FFFF, 10, [0])  # a bad descriptor: EBADF, as os.pread says
-            assert info.value.errno == 9
-            assert k.instance.io_backend.inflight() == 0  # type: ignore[attr-defined]
-    finally:
-        os.close(fd)
+    with ksvc.open(io_backend="sqpoll", options={"sq_inline_backlog": backlog}) as k:
+        lane = k.instance.dispatcher._express
+        assert lane is not None
+        assert list(k.pread_iter(fd, 4096, offs, depth=64)) == [os.pread(fd, 4096, o) for o in offs]
+        assert k.pread_many(fd, 512, offs[:300]) == [os.pread(fd, 512, o) for o in offs[:300]]
+        assert lane.inline_entries > 0  # the poller's backlog sent some to the inline ring
+        payload = os.urandom(4096)
+        assert k.pwrite_many(fd, payload * 8, 4096, [i * 4096 for i in range(8)]) == [4096] * 8
+        assert all(os.pread(fd, 4096, i * 4096) == payload for i in range(8))
+        with pytest.raises(OSError) as info:
+            k.pread_many(-5 & 0x7FFF_FFFF, 10, [0])  # a bad descriptor: EBADF, as os.pread says
+        assert info.value.errno == 9
+        assert k.instance.io_backend.inflight() == 0  # type: ignore[attr-defined]
 
 
 def test_sq_inline_false_builds_no_second_ring_and_bad_options_are_refused() -> None:
@@ -149,21 +158,16 @@ def test_sq_inline_false_builds_no_second_ring_and_bad_options_are_refused() -> 
         ksvc.open(io_backend="sqpoll", options={"sq_inline": False, "sq_inline_backlog": 4})
 
 
-def test_a_stream_reads_part_of_each_batch_on_the_caller(tmp_path: Path) -> None:
+def test_a_stream_reads_part_of_each_batch_on_the_caller(data_fd: tuple[int, bytes]) -> None:
     # The caller's share follows the SQ thread's backlog; whatever it settles on, results equal os.pread.
-    p = tmp_path / "d"
-    p.write_bytes(os.urandom(1 << 20))
-    fd = os.open(p, os.O_RDONLY)
+    fd, _ = data_fd
     offs = [(i * 7919 * 4096) % (1 << 20) for i in range(20000)]
-    try:
-        with ksvc.open(io_backend="sqpoll", options={"sq_inline_backlog": 0}) as k:
-            lane = k.instance.dispatcher._express
-            assert lane is not None and k._completer.inline_capable
-            assert list(k.pread_iter(fd, 4096, offs, depth=64)) == [os.pread(fd, 4096, o) for o in offs]
-            assert k.pread_many(fd, 4096, offs[:64]) == [os.pread(fd, 4096, o) for o in offs[:64]]
-            assert k.instance.io_backend.inflight() == 0  # type: ignore[attr-defined]
-    finally:
-        os.close(fd)
+    with ksvc.open(io_backend="sqpoll", options={"sq_inline_backlog": 0}) as k:
+        lane = k.instance.dispatcher._express
+        assert lane is not None and k._completer.inline_capable
+        assert list(k.pread_iter(fd, 4096, offs, depth=64)) == [os.pread(fd, 4096, o) for o in offs]
+        assert k.pread_many(fd, 4096, offs[:64]) == [os.pread(fd, 4096, o) for o in offs[:64]]
+        assert k.instance.io_backend.inflight() == 0  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -171,8 +175,6 @@ def test_a_stream_reads_part_of_each_batch_on_the_caller(tmp_path: Path) -> None
     [(0, 2, 22, 1), (0, 0, 22, 0), (21, 2, 22, 3), (20, 2, 22, 2), (5, 2, 22, 2), (44, 22, 22, 22)],
 )
 def test_the_callers_share_follows_the_backlog(backlog: int, inline: int, step: int, expect: int) -> None:
-    from ksvc_host.frontend.operations import ReadStream
-
     s = ReadStream(3, 4096, [], depth=3 * step, parts=3)
     assert s.step == step
     s.inline = inline
@@ -181,15 +183,11 @@ def test_the_callers_share_follows_the_backlog(backlog: int, inline: int, step: 
 
 
 @pytest.mark.parametrize("pure", [False, True])
-def test_an_inline_quota_runs_that_many_reads_on_the_caller(tmp_path: Path, pure: bool) -> None:
-    from ksvc_host import fastpath
-
+def test_an_inline_quota_runs_that_many_reads_on_the_caller(data_fd: tuple[int, bytes], pure: bool) -> None:
     if not pure and fastpath.select() != "native":
         pytest.skip(f"compiled fast path unavailable: {fastpath.REASON}")
     fastpath.select(pure=pure)
-    p = tmp_path / "d"
-    p.write_bytes(os.urandom(1 << 16))
-    fd = os.open(p, os.O_RDONLY)
+    fd, _ = data_fd
     try:
         with ksvc.open(io_backend="sqpoll", dispatcher="inline") as k:
             lane = k.instance.dispatcher._express
@@ -202,71 +200,55 @@ def test_an_inline_quota_runs_that_many_reads_on_the_caller(tmp_path: Path, pure
             assert k.pread_many(fd, 4096, offs) == [os.pread(fd, 4096, o) for o in offs]
             assert lane.inline_entries - before == 3  # spent
     finally:
-        os.close(fd)
         fastpath.select()
 
 
-def test_bulk_calls_share_their_reads_with_the_caller(tmp_path: Path) -> None:
-    import asyncio
-
-    p = tmp_path / "d"
-    data = os.urandom(1 << 20)
-    p.write_bytes(data)
-    fd = os.open(p, os.O_RDWR)
+def test_bulk_calls_share_their_reads_with_the_caller(data_fd: tuple[int, bytes]) -> None:
+    fd, data = data_fd
     offs = [(i * 7919 * 512) % ((1 << 20) + 4096) for i in range(64)]  # some past the end: short reads
-    try:
-        with ksvc.open(io_backend="sqpoll") as k:
-            lane = k.instance.dispatcher._express
-            assert lane is not None
-            before = lane.inline_entries
-            for _ in range(50):
-                assert k.pread_many(fd, 4096, offs) == [os.pread(fd, 4096, o) for o in offs]
-            assert lane.inline_entries > before  # half of a bulk runs on the caller when it holds the turn
-            assert k.pwrite_many(fd, data[:4096] * 4, 4096, [0, 4096, 8192, 12288]) == [4096] * 4
+    with ksvc.open(io_backend="sqpoll") as k:
+        lane = k.instance.dispatcher._express
+        assert lane is not None
+        before = lane.inline_entries
+        for _ in range(50):
+            assert k.pread_many(fd, 4096, offs) == [os.pread(fd, 4096, o) for o in offs]
+        assert lane.inline_entries > before  # half of a bulk runs on the caller when it holds the turn
+        assert k.pwrite_many(fd, data[:4096] * 4, 4096, [0, 4096, 8192, 12288]) == [4096] * 4
 
-        async def main() -> None:
-            k = await ksvc.open_async(io_backend="sqpoll")
-            try:
-                for _ in range(20):
-                    assert await k.pread_many(fd, 4096, offs) == [os.pread(fd, 4096, o) for o in offs]
-            finally:
-                await k.aclose()
+    async def main() -> None:
+        k = await ksvc.open_async(io_backend="sqpoll")
+        try:
+            for _ in range(20):
+                assert await k.pread_many(fd, 4096, offs) == [os.pread(fd, 4096, o) for o in offs]
+        finally:
+            await k.aclose()
 
-        asyncio.run(main())
-    finally:
-        os.close(fd)
+    asyncio.run(main())
 
 
-def test_only_the_main_thread_reads_through_the_plain_ring(tmp_path: Path) -> None:
+def test_only_the_main_thread_reads_through_the_plain_ring(data_fd: tuple[int, bytes]) -> None:
     # A request belongs to the thread that submitted it and is cancelled when that thread exits:
     # threads that may exit before a cold read completes leave the reads to the SQ thread.
-    import threading
-
-    p = tmp_path / "d"
-    p.write_bytes(os.urandom(1 << 20))
-    fd = os.open(p, os.O_RDONLY)
+    fd, _ = data_fd
     offs = [(i * 7919 * 4096) % (1 << 20) for i in range(3000)]
     want = [os.pread(fd, 4096, o) for o in offs]
-    try:
-        # Inline dispatcher: each caller runs the turns itself; a backlog of 1 would send nearly
-        # every read to the plain ring.
-        with ksvc.open(io_backend="sqpoll", dispatcher="inline", options={"sq_inline_backlog": 1}) as k:
-            lane = k.instance.dispatcher._express
-            assert lane is not None
-            before = lane.inline_entries
-            got: list[object] = []
+    # Inline dispatcher: each caller runs the turns itself; a backlog of 1 would send nearly
+    # every read to the plain ring.
+    with ksvc.open(io_backend="sqpoll", dispatcher="inline", options={"sq_inline_backlog": 1}) as k:
+        lane = k.instance.dispatcher._express
+        assert lane is not None
+        before = lane.inline_entries
+        got: list[object] = []
 
-            def worker() -> None:
-                assert not k._completer.inline_here()
-                got.append(list(k.pread_iter(fd, 4096, offs)))
-                got.append(k.pread_many(fd, 4096, offs[:64]))
+        def worker() -> None:
+            assert not k._completer.inline_here()
+            got.append(list(k.pread_iter(fd, 4096, offs)))
+            got.append(k.pread_many(fd, 4096, offs[:64]))
 
-            t = threading.Thread(target=worker)
-            t.start()
-            t.join()
-            assert got == [want, want[:64]]
-            assert lane.inline_entries == before
-            assert k.pread_many(fd, 4096, offs[:64]) == want[:64]
-            assert lane.inline_entries > before  # the main thread may
-    finally:
-        os.close(fd)
+        t = threading.Thread(target=worker)
+        t.start()
+        t.join()
+        assert got == [want, want[:64]]
+        assert lane.inline_entries == before
+        assert k.pread_many(fd, 4096, offs[:64]) == want[:64]
+        assert lane.inline_entries > before  # the main thread may
