@@ -441,7 +441,7 @@ class Dispatcher:
     @property
     def inline_capable(self) -> bool:
         """True when a helping caller can run reads itself (``help(inline=n)``): an SQPOLL ring's plain partner."""
-        return self._express is not None and self._express.has_inline_ring
+        return self._inline_ring
 
     def resume_wakeups(self) -> None:
         """Undo what ``help(wait=False)`` left: completions wake a sleeping dispatcher's thread again.

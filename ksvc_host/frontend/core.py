@@ -137,9 +137,9 @@ class Completer:
         if self._track_spans:
             self.dispatcher.own_end = self.own_end
         self.inline_capable = self._helps and self.dispatcher.inline_capable
+        """True when :meth:`kick` can have a thread run some reads itself, beside the kernel's SQ thread."""
         self.poller_backlog: Callable[[], int] = self.dispatcher.poller_backlog
         """SQEs the kernel's SQ thread has not consumed yet (0 without one)."""
-        """True when :meth:`kick` can have a thread run some reads itself, beside the kernel's SQ thread."""
         # Bulk operations: results land in per-group arrays, written by the fast path's reap.
         ffi = fastpath.ffi
         self._lib = fastpath.lib
@@ -399,10 +399,10 @@ class Completer:
     def inline_here(self) -> bool:
         """May the calling thread run reads itself (:meth:`kick` with *inline*)?
 
-        Only the main thread: a request belongs to the thread whose
-        io_uring_enter submitted it, and the kernel cancels what is still
-        pending when that thread exits (a cold-cache read would then end in
-        ECANCELED); the main thread outlives the process's work.
+        Only the main thread: the kernel ends a request when the thread whose
+        io_uring_enter submitted it exits, so the dispatcher keeps other
+        threads off the plain ring anyway (``Dispatcher._mark_thread``); this
+        spares them the steering and the extra turn that would come to nothing.
         """
         return self.inline_capable and threading.current_thread() is threading.main_thread()
 

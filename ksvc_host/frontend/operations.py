@@ -175,7 +175,7 @@ class ReadStream:
         is behind: more than the SQ thread's share of one part, the SQ
         thread, so the caller takes one read more; none at all, the caller
         (the SQ thread is out of work), so it gives one back. Profiled at
-        queue depth 64 (parts of 22): with no reads on the caller the
+        queue depth 64 (parts of 21-22): with no reads on the caller the
         backlog was two parts at 17% of the submissions and empty at 10%,
         and the stream 20% slower than with the 2 this settles on.
         """
@@ -210,7 +210,7 @@ class ReadStream:
             finally:
                 free.append(buf)
 
-        return BulkOp(NR["pread64"], self.fd, _addr(view), size, size, chunk, n, (view, buf), finish)
+        return BulkOp(_NR_PREAD, self.fd, _addr(view), size, size, chunk, n, (view, buf), finish)
 
     def _in_place(self, chunk: list[int], new_bytes: Callable[[int, int, int], list[bytes]]) -> BulkOp:
         # Each read fills a new bytes object in place, as os.pread does (no copy out of a staging buffer).
