@@ -858,7 +858,13 @@ class Dispatcher:
         self._overflow.clear()
         return out
 
+    def fail(self, exc: BaseException) -> None:
+        """Fail the dispatcher: *exc* is what broke; every pending entry completes with -EIO."""
+        self._fail(exc)
+
     def _fail(self, exc: BaseException) -> None:
+        if self.failure is not None:
+            return  # failed already: everything pending was completed then
         self.failure = exc
         # Tell the front end first, so its waiters fail with the dispatcher's error rather
         # than a bare EIO; then complete everything through the ring for raw consumers.

@@ -1,11 +1,17 @@
 """Shared by every front end: writing submit entries and routing completions to waiters.
 
 Submitting takes the submit lock, writes entries, publishes the tail once
-and rings the dispatcher. Completions are reaped from the completion ring
-by whichever thread needs one: one *leader* waits on the notifier (or
-drives an inline dispatcher) and resolves every waiter it reaps for; other
-blocked threads wait on a condition until their result arrives or the
-leader role is free.
+and makes sure a turn of the dispatcher will run: with the threaded
+dispatcher it wakes the dispatcher's thread, which is the only thread that
+ever runs turns (so the only one that submits to io_uring); with the inline
+dispatcher the waiting caller runs the turns itself.
+
+Completions are reaped from the completion ring by whichever thread needs
+one: one *leader* waits on the notifier (or drives an inline dispatcher)
+and resolves every waiter it reaps for; other blocked threads wait on a
+condition until their result arrives or the leader role is free. A waiting
+call therefore never holds up another: nobody waits for a turn that only a
+sleeping caller would run.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ksvc_host import fastpath
+from ksvc_host import fastpath, interrupts
 from ksvc_host.abi import layout as L
 from ksvc_host.errors import ChannelFull, DispatcherFailed
 from ksvc_host.instance import Instance
@@ -58,6 +64,8 @@ _REAP_OTHER = 256
 _SPANS_KEPT = 64
 _NULL = fastpath.ffi.NULL
 _REAP_DONE = 64
+_LEADER_RECHECK_S = 0.05
+"""How often a sleeping leader looks for a failure that no notification announced."""
 
 
 class BulkWaiter:
@@ -114,9 +122,10 @@ class Completer:
         self._blocked = 0
         self.failure: BaseException | None = None
         self.inline = not self.dispatcher.threaded
-        self._helps = not self.inline
-        self._caller_runs = True
-        """The submitting caller runs the dispatcher's loop next (inline, or helping): no wake-up needed."""
+        self._helps = False
+        """Callers never run the threaded dispatcher's turns: its thread is the only submitter to io_uring."""
+        self._caller_runs = self.inline
+        """The submitting caller runs the dispatcher's loop next (inline): no wake-up needed."""
         self.pipelined = bool(getattr(instance.io_backend, "completes_asynchronously", False))
         """True when the kernel works on submissions on a thread of its own (SQPOLL): streams keep it fed."""
         self.dispatcher.on_failure = self._on_dispatcher_failure
@@ -525,48 +534,62 @@ class Completer:
             self.instance.check_usable()
             self.reap()  # often all it takes (a stream's part, finished while the caller worked)
         while not done():
-            with self._cv:
-                if self._leader:
-                    # Counted before the check: a reap that finishes our entries after the check
-                    # sees us and notifies (reap reads _blocked without taking the lock).
-                    self._blocked += 1
-                    try:
-                        if not done():
-                            self._cv.wait()
-                    finally:
-                        self._blocked -= 1
-                    continue
-                if done():
-                    break
-                self._leader = True
+            if not self._follow_or_lead(done):
+                continue
             try:
                 self._lead_until(done)
             finally:
-                with self._cv:
-                    self._leader = False
-                    self._cv.notify_all()
+                self._resign()
+
+    def _follow_or_lead(self, done: Callable[[], bool]) -> bool:
+        """Take the leader role (True), or wait once for the leader's reap (False)."""
+        with self._cv:
+            if not self._leader:
+                if done():
+                    return False
+                self._leader = True
+                return True
+            # Counted before the check: a reap that finishes our entries after the check
+            # sees us and notifies (reap reads _blocked without taking the lock).
+            self._blocked += 1
+            try:
+                if not done():
+                    self._check_alive()
+                    if self.inline:
+                        # The leader may sleep in the inline dispatcher's wait: our entries need a turn.
+                        self.dispatcher.wake()
+                    self._cv.wait()
+            finally:
+                self._blocked -= 1
+            return False
+
+    def _resign(self) -> None:
+        with self._cv:
+            self._leader = False
+            self._cv.notify_all()
 
     def _wait_for_progress(self, want: int = 1) -> None:
         """Wait until the dispatcher takes entries, or *want* slots are free (it may have taken them already)."""
         want = min(want, self._sring.size)
+        before = self._sring.head
+
+        def progressed() -> bool:
+            return self._sring.head != before or self.free_slots() >= want or self.failure is not None
+
+        self.dispatcher.wake()
         with self._cv:
             if self._leader:
                 self._blocked += 1
                 try:
-                    self._cv.wait(0.05)
+                    self._cv.wait(_LEADER_RECHECK_S)  # the leader reaps, not necessarily for us: look again
                 finally:
                     self._blocked -= 1
                 return
             self._leader = True
         try:
-            before = self._sring.head
-            self._lead_until(
-                lambda: self._sring.head != before or self.free_slots() >= want or self.failure is not None
-            )
+            self._lead_until(progressed)
         finally:
-            with self._cv:
-                self._leader = False
-                self._cv.notify_all()
+            self._resign()
 
     def _lead_until(self, done: Callable[[], bool]) -> None:
         disp = self.dispatcher
@@ -574,20 +597,33 @@ class Completer:
             self.reap()
             if done():
                 return
-            if self.failure is not None:
-                raise DispatcherFailed(f"the dispatcher failed: {self.failure!r}; open a new instance")
+            self._check_alive()
             self.instance.check_usable()
             if self.inline:
-                if not disp.run_once():
-                    self.reap()
-                    if done():
-                        return
-                    disp.wait(disp.wait_timeout())
-            elif not disp.help():
-                # Nothing moved on this thread (or the dispatcher's thread is in a turn): from here the
-                # dispatcher's thread carries on (timed retries, later completions) and notifies us.
-                disp.wake()
-                self.notifier.wait(None)
+                self._inline_turn(done)
+            else:
+                # The dispatcher's thread runs every turn; it notifies once per batch it publishes. The
+                # bounded wait only matters when a broken notifier cannot tell us the dispatcher failed.
+                self.notifier.wait(_LEADER_RECHECK_S)
+
+    def _inline_turn(self, done: Callable[[], bool]) -> None:
+        """One turn of the inline dispatcher on this thread, then its wait when nothing moved.
+
+        A component that fails here fails the dispatcher, exactly as on the
+        dispatcher's thread: every pending caller gets DispatcherFailed.
+        """
+        disp = self.dispatcher
+        try:
+            with interrupts.deferred():
+                moved = disp.run_once()
+        except Exception as exc:  # noqa: BLE001 - a broken component: fail everything pending
+            disp.fail(exc)
+            self._check_alive()
+            raise
+        if not moved:
+            self.reap()
+            if not done():
+                disp.wait(disp.wait_timeout())
 
     # Failure ----------------------------------------------------------------------------
 
