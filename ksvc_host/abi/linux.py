@@ -18,6 +18,7 @@ O_TRUNC: Final = 0o1000
 
 U32_MAX: Final = 0xFFFF_FFFF
 U64_MASK: Final = 0xFFFF_FFFF_FFFF_FFFF
+U32_MASK: Final = 0xFFFF_FFFF
 
 STATX_SIZE: Final = 256
 """``struct statx`` is 256 bytes."""

@@ -11,16 +11,17 @@ completion arrives either way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import Any
 
 from ksvc_host.abi import layout as L
 from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.errors import DispatcherFailed
-from ksvc_host.frontend.blocking import check_route
+from ksvc_host.frontend.blocking import SETTLE_S, _LateResult, check_route
 from ksvc_host.frontend.core import BULK_MAX, BulkWaiter, Completer, Waiter
 from ksvc_host.frontend.operations import BulkOp, Op, Operations, ReadStream, oserror
 from ksvc_host.instance import Instance
@@ -29,6 +30,43 @@ _NR_PREAD64 = SYSCALLS["pread64"]
 
 _HELP_TURNS = 4
 _BACKLOG_RETRY = 0.001
+
+
+async def _value(value: Any) -> Any:
+    return value
+
+
+class _Outcome:
+    """Where one operation's completion goes: its future (no reference back to the waiter, so no cycle)."""
+
+    __slots__ = ("fut", "late")
+
+    def __init__(self, fut: asyncio.Future[tuple[int, int]]) -> None:
+        self.fut: asyncio.Future[tuple[int, int]] | None = fut
+        self.late: _LateResult | None = None
+        """Set when the caller gave up waiting: the result, once it comes, goes here."""
+
+    def __call__(self, corr_id: int, result: int, flags: int) -> None:
+        if flags > 0 and flags & L.COMPLETION_FLAG_MORE:
+            return
+        fut = self.fut
+        if fut is not None and not fut.done():
+            fut.set_result((result, flags))
+        elif self.late is not None:
+            self.late(corr_id, result, flags)
+
+
+class _ThreadsafeOutcome(_Outcome):
+    """An outcome delivered on the dispatcher's thread (``direct-wake`` sink): handed over to the loop."""
+
+    __slots__ = ("loop",)
+
+    def __init__(self, fut: asyncio.Future[tuple[int, int]], loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(fut)
+        self.loop = loop
+
+    def __call__(self, corr_id: int, result: int, flags: int) -> None:
+        self.loop.call_soon_threadsafe(_Outcome.__call__, self, corr_id, result, flags)
 
 
 class AsyncKsvc(Operations):
@@ -50,6 +88,9 @@ class AsyncKsvc(Operations):
         self._runs = self._completer.inline or self._helps
         """Submissions leave the dispatcher's thread asleep and this loop runs the turns (not with direct-wake)."""
         self._waiter_thread: threading.Thread | None = None
+        self._late: dict[int, bytearray] = {}
+        self._threadsafe = self._completer.direct and not self._completer.inline
+        """Completions are delivered on the dispatcher's thread (``direct-wake``), not on the loop's."""
         self._closed = False
         disp = instance.dispatcher
         if self._completer.inline:
@@ -151,50 +192,84 @@ class AsyncKsvc(Operations):
 
     # Submission side ---------------------------------------------------------------------
 
-    def _run(self, op: Op) -> asyncio.Future[Any]:
-        fut: asyncio.Future[Any] = self.loop.create_future()
+    def _run(self, op: Op) -> Coroutine[Any, Any, Any]:
+        return self._call(op)
+
+    def _ready(self, value: Any) -> Coroutine[Any, Any, Any]:
+        return _value(value)
+
+    async def _call(self, op: Op) -> Any:
+        """One operation: submit it, await its completion, return its value (a coroutine: no cycle, no task).
+
+        The waiter's callback is an :class:`_Outcome`, which holds the
+        future and nothing that leads back to the waiter, so a finished
+        operation is freed by reference counting alone.
+        """
         try:
             check_route(self.instance, op.nr)
-        except OSError as exc:
+        except OSError:
             if op.cleanup is not None:
                 op.cleanup()
-            fut.set_exception(exc)
-            return fut
-
-        def on_done(corr_id: int, result: int, flags: int) -> None:
-            if flags > 0 and flags & L.COMPLETION_FLAG_MORE:
-                return
-            if fut.done():  # cancelled: the kernel is finished with the memory only now
-                w.keep = None
-                if op.cleanup is not None:
-                    op.cleanup()
-                return
-            if flags == -1 and self._completer.failure is not None:
-                fut.set_exception(DispatcherFailed(f"the dispatcher failed: {self._completer.failure!r}"))
-                return
-            try:
-                fut.set_result(op.outcome(result))
-            except Exception as exc:  # noqa: BLE001 - becomes the awaiting task's exception
-                fut.set_exception(exc)
-
-        if self._completer.direct and not self._completer.inline:
-            # Delivered on the dispatcher's thread: hand over to the loop's thread.
-            call = self.loop.call_soon_threadsafe
-
-            def handoff(c: int, r: int, f: int) -> None:
-                call(on_done, c, r, f)
-
-            w = Waiter(op.keep, handoff)
-        else:
-            w = Waiter(op.keep, on_done)
-        fut.add_done_callback(lambda f: self._cancelled(f, w))
-        if self._backlog or not self._completer.try_submit(((op.nr, op.args, 0),), (w,), wake=not self._runs):
+            raise
+        c = self._completer
+        out = _Outcome(self.loop.create_future()) if not self._threadsafe else _ThreadsafeOutcome(
+            self.loop.create_future(), self.loop
+        )
+        w = Waiter(op.keep, out)
+        if self._backlog or not c.try_submit(((op.nr, op.args, 0),), (w,), wake=not self._runs):
             self._backlog.append((op, w))  # ring full: sent when completions free room
             self._flush_backlog()
         self._kick()
-        return fut
+        try:
+            result, flags = await out.fut
+        except asyncio.CancelledError:
+            await self._settle(op, w, out)
+            del op, w, out  # the exception's traceback keeps this frame, not the operation's buffers
+            raise
+        if flags == -1 and c.failure is not None:
+            raise DispatcherFailed(f"the dispatcher failed: {c.failure!r}")
+        return op.outcome(result)
 
-    def _run_bulk(self, op: BulkOp) -> asyncio.Future[Any]:
+    async def _settle(self, op: Op, w: Waiter, out: _Outcome) -> None:
+        """The awaiting task was cancelled: cancel the operation and wait for the kernel's answer.
+
+        Cancellation is reported only once the kernel is done with the
+        operation (or, for a call stuck on a worker, after ``SETTLE_S``:
+        its buffers stay referenced until it ends). A read that completed
+        after all keeps its bytes for the next read of that descriptor.
+        """
+        if not w.corr_id:  # still in the backlog: never submitted
+            with contextlib.suppress(ValueError):
+                self._backlog.remove((op, w))
+            op.abandon()
+            return
+        if not w.done:
+            out.fut = self.loop.create_future()
+            self.instance.dispatcher.request_cancel(w.corr_id)
+            self._kick()
+            deadline = self.loop.time() + SETTLE_S
+            while not out.fut.done():
+                left = deadline - self.loop.time()
+                if left <= 0:
+                    out.fut = None
+                    out.late = _LateResult(self, op)  # handled when the kernel finally answers
+                    return
+                with contextlib.suppress(asyncio.CancelledError):  # cancelled again: still waiting for the kernel
+                    await asyncio.wait((out.fut,), timeout=left)
+            result = out.fut.result()[0]
+        else:
+            result = w.result
+        self._keep_late(op, result)
+        op.abandon()
+
+    def _run_bulk(self, op: BulkOp) -> Coroutine[Any, Any, Any]:
+        return self._await_bulk(op)
+
+    async def _await_bulk(self, op: BulkOp) -> Any:
+        return await self._bulk_future(op)
+
+    def _bulk_future(self, op: BulkOp) -> asyncio.Future[Any]:
+        """Submit a bulk operation now; a future of its value."""
         fut: asyncio.Future[Any] = self.loop.create_future()
         try:
             if op.n:
@@ -210,15 +285,20 @@ class AsyncKsvc(Operations):
 
         def part_done(_: BulkWaiter) -> None:
             left[0] -= 1
-            if left[0] or fut.done():
+            if left[0]:
+                return
+            if fut.done():  # cancelled: the kernel is done with the memory only now
+                parts.clear()
                 return
             failed = next((p.failed for p in parts if p.failed), 0)
+            values = [r for p in parts for r in p.values()]
+            parts.clear()  # each part's callback refers to this list: no cycle outlives the operation
             try:
                 if failed:
                     if self._completer.failure is not None:
                         raise DispatcherFailed(f"the dispatcher failed: {self._completer.failure!r}")
                     raise oserror(-failed)
-                fut.set_result(op.finish([r for p in parts for r in p.values()]))
+                fut.set_result(op.finish(values))
             except Exception as exc:  # noqa: BLE001 - becomes the awaiting task's exception
                 fut.set_exception(exc)
 
@@ -325,7 +405,7 @@ class AsyncKsvc(Operations):
                     op = stream.next_op()
                     if op is None:
                         break
-                    out.append(self._run_bulk(op))
+                    out.append(self._bulk_future(op))
                 if not out:
                     return
                 values, err = await out.popleft()
@@ -389,12 +469,6 @@ class AsyncKsvc(Operations):
         if w.corr_id and not w.done:
             self.instance.dispatcher.request_cancel(w.corr_id)
             self._kick()
-
-    def _cancelled(self, fut: asyncio.Future[Any], w: Waiter) -> None:
-        if fut.cancelled() and w.corr_id:
-            self.instance.dispatcher.request_cancel(w.corr_id)
-            if self._completer.inline:
-                self._schedule_drive()
 
     # Tier 0 ---------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -13,7 +14,7 @@ from ksvc_host.abi import layout as L
 from ksvc_host.abi.syscalls import SYSCALL_NAMES
 from ksvc_host.abi.syscalls import SYSCALLS as NR
 from ksvc_host.errors import DispatcherFailed, NotOffloaded, RefusedSyscall
-from ksvc_host.frontend.core import BULK_MAX, BulkWaiter, Completer
+from ksvc_host.frontend.core import BULK_MAX, BulkWaiter, Completer, Waiter
 from ksvc_host.frontend.operations import BulkOp, Op, Operations, ReadStream, oserror
 from ksvc_host.frontend.raw import RawChannel
 from ksvc_host.instance import Instance
@@ -32,6 +33,10 @@ def _span(*names: str) -> slice:
 
 _UTS_A = _span("release", "nodename", "machine")
 _UTS_B = _span("uts_sysname", "uts_version")
+
+
+SETTLE_S = 1.0
+"""How long an interrupted or cancelled call waits for the kernel to confirm its cancellation."""
 
 
 def check_route(instance: Instance, nr: int) -> None:
@@ -62,6 +67,7 @@ class Ksvc(Operations):
         self._page = instance.shared_page
         self._uname_raw = b""
         self._uname: os.uname_result | None = None
+        self._late: dict[int, bytearray] = {}
         self.raw = RawChannel(instance, self._completer)
         """The raw entry interface (unsafe: pointers are the caller's responsibility)."""
 
@@ -72,19 +78,45 @@ class Ksvc(Operations):
             if op.cleanup is not None:
                 op.cleanup()
             raise
-        w = self._completer.new_waiter(op.keep)
-        self._completer.submit_all(((op.nr, op.args, 0),), (w,))
+        c = self._completer
+        w = c.new_waiter(op.keep)
+        c.submit_all(((op.nr, op.args, 0),), (w,))
         try:
-            self._completer.wait(w)
+            c.wait(w)
         except BaseException:
-            # Interrupted (a signal handler raised, KeyboardInterrupt): cancel the operation in the
-            # kernel. Its buffers stay referenced by the pending waiter until the completion arrives.
-            if not w.done:
-                self.instance.dispatcher.request_cancel(w.corr_id)
+            # Interrupted (KeyboardInterrupt, or whatever a signal handler raised): the interrupt is the
+            # caller's, as with os.read. The operation is cancelled in the kernel first, so that nothing
+            # it does later goes unseen.
+            self._settle(op, w)
+            del op, w  # the exception's traceback keeps this frame, not the operation's buffers
             raise
-        if w.flags == -1 and self._completer.failure is not None:
-            raise DispatcherFailed(f"the dispatcher failed: {self._completer.failure!r}; open a new instance")
+        if w.flags == -1 and c.failure is not None:
+            raise DispatcherFailed(f"the dispatcher failed: {c.failure!r}; open a new instance")
         return op.outcome(w.result)
+
+    def _settle(self, op: Op, w: Waiter) -> None:
+        """Cancel the operation of an interrupted call and wait (bounded) for the kernel's answer.
+
+        A read that completed after all keeps its bytes for the next read
+        of that descriptor. Should the kernel still hold the operation after
+        :data:`SETTLE_S` (a call stuck on a worker), its buffers stay
+        referenced by the waiter until it ends, and its result is handled
+        then.
+        """
+        c = self._completer
+        if w.done:
+            self._keep_late(op, w.result)
+            op.abandon()
+            return
+        if not w.corr_id:
+            return  # never submitted
+        w.callback = _LateResult(self, op)
+        self.instance.dispatcher.request_cancel(w.corr_id)
+        deadline = time.monotonic() + SETTLE_S
+        try:
+            c.wait_until(lambda: w.done or time.monotonic() > deadline or c.failure is not None)
+        except BaseException:  # a second interrupt, or a failure: the late result is still handled
+            return
 
     def _run_bulk(self, op: BulkOp) -> Any:
         if op.n == 0:
@@ -311,6 +343,22 @@ class Ksvc(Operations):
         self.close()
 
 
+class _LateResult:
+    """A waiter's callback after its caller gave up: keep what a stream read received, release its memory."""
+
+    __slots__ = ("front", "op")
+
+    def __init__(self, front: Operations, op: Op) -> None:
+        self.front = front
+        self.op = op
+
+    def __call__(self, corr_id: int, result: int, flags: int) -> None:
+        if flags > 0 and flags & L.COMPLETION_FLAG_MORE:
+            return
+        self.front._keep_late(self.op, result)
+        self.op.abandon()
+
+
 class Batch(Operations):
     """Operations collected, then submitted together with :meth:`run`.
 
@@ -325,6 +373,7 @@ class Batch(Operations):
         self._buffers = k._buffers
         self._ops: list[Op] = []
         self._flags: list[int] = []
+        self._late: dict[int, bytearray] = {}  # never filled: a batch's reads always go to the kernel
         self.linked = linked
         self._drain_next = False
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -31,6 +32,15 @@ from ksvc_host.instance import Instance
 
 Entry = tuple[int, tuple[int, ...], int]
 """``(syscall_nr, args, flags)``; args are padded to six words."""
+
+
+def _field_error(entry: Entry, exc: struct.error) -> Exception:
+    """The error ``os.*`` would give for an argument that does not fit its entry field."""
+    nr, args, flags = entry
+    for value in (nr, flags, *args):
+        if not isinstance(value, int):
+            return TypeError(f"'{type(value).__name__}' object cannot be interpreted as an integer")
+    return OverflowError(f"an argument of syscall {nr} does not fit its 64-bit field ({exc})")
 
 
 class Waiter:
@@ -65,7 +75,7 @@ _SPANS_KEPT = 64
 _NULL = fastpath.ffi.NULL
 _REAP_DONE = 64
 _LEADER_RECHECK_S = 0.05
-"""How often a sleeping leader looks for a failure that no notification announced."""
+"""How often a sleeping waiter looks again by itself: for a failure no notification announced, or its deadline."""
 
 
 class BulkWaiter:
@@ -246,14 +256,22 @@ class Completer:
             tail = self._tail
             buf = ring.buf
             pending = self._pending
-            for i in range(count):
-                nr, args, flags = entries[i]
-                corr = next(self._corr)
-                w = waiters[i]
-                w.corr_id = corr
-                pending[corr] = w
-                self._pack(buf, ring.slot_offset(tail), corr, nr, flags, *args)
-                tail += 1
+            i = 0
+            try:
+                for i in range(count):
+                    nr, args, flags = entries[i]
+                    corr = next(self._corr)
+                    self._pack(buf, ring.slot_offset(tail), corr, nr, flags, *args)
+                    w = waiters[i]
+                    w.corr_id = corr
+                    pending[corr] = w
+                    tail += 1
+            except struct.error as exc:
+                # A value that does not fit its field: nothing becomes visible, nothing stays registered.
+                for j in range(i):
+                    pending.pop(waiters[j].corr_id, None)
+                    waiters[j].corr_id = 0
+                raise _field_error(entries[i], exc) from None
             if self._track_spans:
                 self._note_span(self._tail, tail)
             self._tail = tail
@@ -558,7 +576,7 @@ class Completer:
                     if self.inline:
                         # The leader may sleep in the inline dispatcher's wait: our entries need a turn.
                         self.dispatcher.wake()
-                    self._cv.wait()
+                    self._cv.wait(_LEADER_RECHECK_S)  # bounded: done() may also be a deadline
             finally:
                 self._blocked -= 1
             return False
@@ -623,7 +641,8 @@ class Completer:
         if not moved:
             self.reap()
             if not done():
-                disp.wait(disp.wait_timeout())
+                timeout = disp.wait_timeout()
+                disp.wait(_LEADER_RECHECK_S if timeout is None else min(timeout, _LEADER_RECHECK_S))
 
     # Failure ----------------------------------------------------------------------------
 

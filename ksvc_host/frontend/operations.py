@@ -12,7 +12,9 @@ errno (and the file name, for path operations).
 
 from __future__ import annotations
 
+import errno
 import itertools
+import operator
 import os
 import socket as _socket
 import struct
@@ -27,6 +29,8 @@ from ksvc_host.traits import BufferProvider
 
 ffi = native.ffi
 NR = SYSCALLS
+_NR_READ = SYSCALLS["read"]
+_NR_RECVFROM = SYSCALLS["recvfrom"]
 AT_FDCWD = lx.AT_FDCWD
 _IOVEC = struct.Struct("<QQ")
 
@@ -36,7 +40,7 @@ PathLike = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 class Op:
     """One syscall ready to submit."""
 
-    __slots__ = ("nr", "args", "keep", "finish", "filename", "cleanup", "on_error")
+    __slots__ = ("nr", "args", "keep", "finish", "filename", "cleanup", "on_error", "capture")
 
     def __init__(
         self,
@@ -57,6 +61,13 @@ class Op:
         self.cleanup = cleanup
         self.on_error = on_error
         """Maps an errno to a value instead of raising (``access`` returns False)."""
+        self.capture: tuple[int, Callable[[int], bytes]] | None = None
+        """``(fd, bytes of a result)`` for reads that consume a stream (read, recv): see :meth:`Operations._keep_late`."""
+
+    def abandon(self) -> None:
+        """The caller gave up on the result (cancelled, interrupted): release what only the result needed."""
+        if self.cleanup is not None:
+            self.cleanup()
 
     def outcome(self, result: int) -> Any:
         """The Python value for *result*, or raise ``OSError`` like ``os.*``."""
@@ -90,6 +101,50 @@ def _addr(cdata: Any) -> int:
 
 
 def _u(v: int) -> int:
+    return v & lx.U64_MASK
+
+
+def syscall_number(nr: Any) -> int:
+    """A syscall number as an entry carries it (u32): anything else is refused, never truncated."""
+    v = operator.index(nr)
+    if not 0 <= v <= lx.U32_MASK:
+        raise ValueError(f"syscall number {v} is out of range (0 to {lx.U32_MASK})")
+    return v
+
+
+def word(value: Any) -> int:
+    """A raw argument word: an int from -2**63 to 2**64-1 (signed or unsigned), as the u64 an entry carries."""
+    v = operator.index(value)
+    if not -(1 << 63) <= v <= lx.U64_MASK:
+        raise OverflowError(f"syscall argument {v} does not fit in 64 bits")
+    return v & lx.U64_MASK
+
+
+_C_INT_MIN, _C_INT_MAX = -(1 << 31), (1 << 31) - 1
+_C_LONG_MIN, _C_LONG_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _fd(fd: Any) -> int:
+    """A descriptor as ``os.*`` takes it (an int that fits a C int), as a raw word."""
+    v = operator.index(fd)
+    if not _C_INT_MIN <= v <= _C_INT_MAX:
+        raise OverflowError("Python int too large to convert to C int")
+    return v & lx.U64_MASK
+
+
+def _off(offset: Any) -> int:
+    """An offset or length as ``os.*`` takes it (an int that fits a C long), as a raw word."""
+    v = operator.index(offset)
+    if not _C_LONG_MIN <= v <= _C_LONG_MAX:
+        raise OverflowError("Python int too large to convert to C long")
+    return v & lx.U64_MASK
+
+
+def _int(value: Any) -> int:
+    """A flag, mode or count argument (an int that fits a C int), as a raw word."""
+    v = operator.index(value)
+    if not _C_INT_MIN <= v <= lx.U32_MASK:
+        raise OverflowError("Python int too large to convert to C int")
     return v & lx.U64_MASK
 
 
@@ -156,7 +211,7 @@ class ReadStream:
     def __init__(self, fd: int, size: int, offsets: Iterable[int], depth: int, parts: int = 1) -> None:
         if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
             raise ValueError(f"depth must be a positive int (reads in flight at once), got {depth!r}")
-        self.fd = fd
+        self.fd = _fd(fd)
         self.size = _length(size)
         self.step = max(1, depth // max(1, parts))
         self.parts_in_flight = depth // self.step  # parts of step reads: never more than depth in flight
@@ -316,11 +371,77 @@ class Operations:
         provider = self._buffers
         return handle.address, handle, lambda: provider.release(handle)
 
-    def _bytes_result(self, n: int, nr: int, args: Callable[[int, int], Sequence[int]]) -> Op:
+    def _bytes_result(self, n: int, nr: int, args: Callable[[int, int], Sequence[int]], stream_fd: int = -1) -> Any:
         n = _length(n)
         address, owner, release = self._out(n)
-        return self._run(Op(nr, args(address, n), keep=owner, cleanup=release,
-                            finish=lambda r: bytes(ffi.buffer(ffi.cast("char *", address), r))))  # fmt: skip
+        try:
+            raw = args(address, n)
+        except BaseException:  # a bad argument: nothing was submitted, give the buffer back
+            release()
+            raise
+        op = Op(nr, raw, keep=owner, cleanup=release, finish=lambda r: bytes(ffi.buffer(ffi.cast("char *", address), r)))
+        if stream_fd >= 0:
+            op.capture = (stream_fd, op.finish)  # type: ignore[assignment]
+        return self._run(op)
+
+    # -- reads that consume a stream: what a cancelled one received is not lost --------------
+
+    _late: dict[int, bytearray]
+    """Bytes that reads received after their caller had given up (cancelled, interrupted), per descriptor."""
+
+    def _keep_late(self, op: Op, result: int) -> None:
+        """A read whose caller gave up completed after all: keep its bytes for the next read of that descriptor.
+
+        A read without an offset (``read``, ``recv``) consumes what it gets
+        from a pipe or socket; when it wins the race with its cancellation
+        the bytes are not dropped but handed to the next ``read``/``recv``
+        (or ``readinto``/``recv_into``) of the same descriptor through this
+        front end (docs/design.md §6).
+        """
+        if op.capture is None or result <= 0:
+            return
+        fd, data_of = op.capture
+        self._late.setdefault(fd, bytearray()).extend(data_of(result))
+
+    def _take_late(self, fd: int, n: int) -> bytes | None:
+        """Up to *n* kept bytes of *fd*, or None when there are none."""
+        late = self._late
+        if not late:
+            return None
+        key = fd & lx.U32_MASK if isinstance(fd, int) else fd
+        buf = late.get(key)
+        if buf is None:
+            return None
+        out = bytes(buf[:n])
+        del buf[:n]
+        if not buf:
+            del late[key]
+        return out
+
+    def _ready(self, value: Any) -> Any:
+        """A result known without a syscall, in this front end's form (blocking: itself)."""
+        return value
+
+    def _stream_read(self, fd: int, n: int, nr: int, flags: int = 0) -> Any:
+        raw_fd = _fd(fd)
+        kept = self._take_late(raw_fd & lx.U32_MASK, _length(n)) if self._late else None
+        if kept is not None:
+            return self._ready(kept)
+        args = (lambda a, n: (raw_fd, a, n)) if nr == _NR_READ else (lambda a, n: (raw_fd, a, n, _int(flags)))
+        return self._bytes_result(n, nr, args, raw_fd & lx.U32_MASK)
+
+    def _stream_readinto(self, fd: int, buffer: Any, nr: int, flags: int = 0) -> Any:
+        raw_fd = _fd(fd)
+        view = ffi.from_buffer(buffer, require_writable=True)
+        if self._late:
+            kept = self._take_late(raw_fd & lx.U32_MASK, len(view))
+            if kept is not None:
+                ffi.memmove(view, kept, len(kept))
+                return self._ready(len(kept))
+        args = (raw_fd, _addr(view), len(view)) if nr == _NR_READ else (raw_fd, _addr(view), len(view), _int(flags))
+        op = Op(nr, args, keep=(view, buffer))
+        op.capture = (raw_fd & lx.U32_MASK, lambda r: ffi.buffer(view, r)[:])
+        return self._run(op)
 
     # -- raw -----------------------------------------------------------------------------
 
@@ -332,37 +453,36 @@ class Operations:
         """
         if len(args) > 6:
             raise TypeError(f"a syscall takes at most 6 arguments, got {len(args)}")
-        return self._run(Op(nr, [_u(a) for a in args], keep=keep))
+        return self._run(Op(syscall_number(nr), [word(a) for a in args], keep=keep))
 
     # -- reads and writes ---------------------------------------------------------
 
     def read(self, fd: int, n: int) -> Any:
         """Read up to *n* bytes at the file position (like ``os.read``)."""
-        return self._bytes_result(n, NR["read"], lambda a, n: (fd, a, n))
+        return self._stream_read(fd, n, _NR_READ)
 
     def pread(self, fd: int, n: int, offset: int) -> Any:
         """Read up to *n* bytes at *offset* (like ``os.pread``)."""
-        return self._bytes_result(n, NR["pread64"], lambda a, n: (fd, a, n, _u(offset)))
+        return self._bytes_result(n, NR["pread64"], lambda a, n: (_fd(fd), a, n, _off(offset)))
 
     def readinto(self, fd: int, buffer: Any) -> Any:
         """Read into a writable *buffer* at the file position; return the byte count."""
-        view = ffi.from_buffer(buffer, require_writable=True)
-        return self._run(Op(NR["read"], (fd, _addr(view), len(view)), keep=(view, buffer)))
+        return self._stream_readinto(fd, buffer, _NR_READ)
 
     def preadinto(self, fd: int, buffer: Any, offset: int) -> Any:
         """Read into a writable *buffer* at *offset*; return the byte count."""
         view = ffi.from_buffer(buffer, require_writable=True)
-        return self._run(Op(NR["pread64"], (fd, _addr(view), len(view), _u(offset)), keep=(view, buffer)))
+        return self._run(Op(NR["pread64"], (_fd(fd), _addr(view), len(view), _off(offset)), keep=(view, buffer)))
 
     def write(self, fd: int, data: Any) -> Any:
         """Write *data* at the file position (like ``os.write``); return the byte count."""
         view = ffi.from_buffer(data)
-        return self._run(Op(NR["write"], (fd, _addr(view), len(view)), keep=(view, data)))
+        return self._run(Op(NR["write"], (_fd(fd), _addr(view), len(view)), keep=(view, data)))
 
     def pwrite(self, fd: int, data: Any, offset: int) -> Any:
         """Write *data* at *offset* (like ``os.pwrite``)."""
         view = ffi.from_buffer(data)
-        return self._run(Op(NR["pwrite64"], (fd, _addr(view), len(view), _u(offset)), keep=(view, data)))
+        return self._run(Op(NR["pwrite64"], (_fd(fd), _addr(view), len(view), _off(offset)), keep=(view, data)))
 
     # -- many at once: one submission, one wake-up, one result list ------------------------
 
@@ -385,7 +505,7 @@ class Operations:
                 _raise_first(results)
                 return _as_read(objs, results, size)
 
-            return self._run_bulk(BulkOp(NR["pread64"], fd, 0, 0, size, offsets, n, (objs, table), finish_in_place,
+            return self._run_bulk(BulkOp(NR["pread64"], _fd(fd), 0, 0, size, offsets, n, (objs, table), finish_in_place,
                                          table))  # fmt: skip
         buf = self._take_scratch(n * size)
         view = ffi.from_buffer(buf)
@@ -400,7 +520,7 @@ class Operations:
             finally:
                 self._give_scratch(buf)  # only once every entry completed: the kernel is done with it
 
-        return self._run_bulk(BulkOp(NR["pread64"], fd, _addr(view), size, size, offsets, n, (view, buf), finish))
+        return self._run_bulk(BulkOp(NR["pread64"], _fd(fd), _addr(view), size, size, offsets, n, (view, buf), finish))
 
     def _take_scratch(self, n: int) -> bytearray:
         """A reusable buffer of at least *n* bytes (fresh allocations of large buffers cost page faults)."""
@@ -421,7 +541,7 @@ class Operations:
         n = len(offsets)
         if size < 0 or n * size > len(view):
             raise ValueError(f"buffer of {len(view)} bytes cannot hold {n} reads of {size} bytes")
-        return self._run_bulk(BulkOp(NR["pread64"], fd, _addr(view), size, size, offsets, n, (view, buffer),
+        return self._run_bulk(BulkOp(NR["pread64"], _fd(fd), _addr(view), size, size, offsets, n, (view, buffer),
                                      _checked_counts))  # fmt: skip
 
     def pwrite_many(self, fd: int, data: Any, size: int, offsets: Sequence[int]) -> Any:
@@ -430,7 +550,7 @@ class Operations:
         n = len(offsets)
         if size < 0 or n * size > len(view):
             raise ValueError(f"data of {len(view)} bytes holds fewer than {n} blocks of {size} bytes")
-        return self._run_bulk(BulkOp(NR["pwrite64"], fd, _addr(view), size, size, offsets, n, (view, data),
+        return self._run_bulk(BulkOp(NR["pwrite64"], _fd(fd), _addr(view), size, size, offsets, n, (view, data),
                                      _checked_counts))  # fmt: skip
 
     def _iov(self, buffers: Sequence[Any], writable: bool) -> tuple[int, int, Any]:
@@ -444,29 +564,29 @@ class Operations:
     def readv(self, fd: int, buffers: Sequence[Any]) -> Any:
         """Scatter-read into *buffers* (like ``os.readv``)."""
         addr, n, keep = self._iov(buffers, True)
-        return self._run(Op(NR["readv"], (fd, addr, n), keep=keep))
+        return self._run(Op(NR["readv"], (_fd(fd), addr, n), keep=keep))
 
     def writev(self, fd: int, buffers: Sequence[Any]) -> Any:
         """Gather-write *buffers* (like ``os.writev``)."""
         addr, n, keep = self._iov(buffers, False)
-        return self._run(Op(NR["writev"], (fd, addr, n), keep=keep))
+        return self._run(Op(NR["writev"], (_fd(fd), addr, n), keep=keep))
 
     def preadv(self, fd: int, buffers: Sequence[Any], offset: int, flags: int = 0) -> Any:
         """Scatter-read at *offset* (like ``os.preadv``)."""
         addr, n, keep = self._iov(buffers, True)
-        return self._run(Op(NR["preadv2"], (fd, addr, n, _u(offset), 0, flags), keep=keep))
+        return self._run(Op(NR["preadv2"], (_fd(fd), addr, n, _off(offset), 0, flags), keep=keep))
 
     def pwritev(self, fd: int, buffers: Sequence[Any], offset: int, flags: int = 0) -> Any:
         """Gather-write at *offset* (like ``os.pwritev``)."""
         addr, n, keep = self._iov(buffers, False)
-        return self._run(Op(NR["pwritev2"], (fd, addr, n, _u(offset), 0, flags), keep=keep))
+        return self._run(Op(NR["pwritev2"], (_fd(fd), addr, n, _off(offset), 0, flags), keep=keep))
 
     # -- files -------------------------------------------------------------------------------
 
     def openat(self, dir_fd: int, path: PathLike, flags: int, mode: int = 0o777) -> Any:
         """Open *path* relative to *dir_fd*; return the descriptor (``O_CLOEXEC`` is the caller's choice)."""
         p = _path(path)
-        return self._run(Op(NR["openat"], (_u(dir_fd), _addr(p), flags, mode), keep=p, filename=path))
+        return self._run(Op(NR["openat"], (_fd(dir_fd), _addr(p), flags, mode), keep=p, filename=path))
 
     def open(self, path: PathLike, flags: int, mode: int = 0o777, *, dir_fd: int = AT_FDCWD) -> Any:
         """Open *path* (like ``os.open``, which also adds ``O_CLOEXEC``)."""
@@ -474,31 +594,31 @@ class Operations:
 
     def close(self, fd: int) -> Any:
         """Close *fd*."""
-        return self._run(Op(NR["close"], (fd,), finish=_none))
+        return self._run(Op(NR["close"], (_fd(fd),), finish=_none))
 
     def fsync(self, fd: int) -> Any:
         """Flush *fd*'s data and metadata to storage."""
-        return self._run(Op(NR["fsync"], (fd,), finish=_none))
+        return self._run(Op(NR["fsync"], (_fd(fd),), finish=_none))
 
     def fdatasync(self, fd: int) -> Any:
         """Flush *fd*'s data to storage."""
-        return self._run(Op(NR["fdatasync"], (fd,), finish=_none))
+        return self._run(Op(NR["fdatasync"], (_fd(fd),), finish=_none))
 
     def ftruncate(self, fd: int, length: int) -> Any:
         """Truncate *fd* to *length* bytes."""
-        return self._run(Op(NR["ftruncate"], (fd, _u(length)), finish=_none))
+        return self._run(Op(NR["ftruncate"], (_fd(fd), _off(length)), finish=_none))
 
     def fallocate(self, fd: int, mode: int, offset: int, length: int) -> Any:
         """Allocate space (``fallocate(2)``)."""
-        return self._run(Op(NR["fallocate"], (fd, mode, _u(offset), _u(length)), finish=_none))
+        return self._run(Op(NR["fallocate"], (_fd(fd), mode, _off(offset), _off(length)), finish=_none))
 
     def fadvise(self, fd: int, offset: int, length: int, advice: int) -> Any:
         """Declare an access pattern (like ``os.posix_fadvise``)."""
-        return self._run(Op(NR["fadvise64"], (fd, _u(offset), _u(length), advice), finish=_none))
+        return self._run(Op(NR["fadvise64"], (_fd(fd), _off(offset), _off(length), advice), finish=_none))
 
     def sync_file_range(self, fd: int, offset: int, nbytes: int, flags: int) -> Any:
         """Sync part of a file (``sync_file_range(2)``)."""
-        return self._run(Op(NR["sync_file_range"], (fd, _u(offset), _u(nbytes), flags), finish=_none))
+        return self._run(Op(NR["sync_file_range"], (_fd(fd), _off(offset), _off(nbytes), flags), finish=_none))
 
     def _stat_op(self, nr: int, args: Callable[[int], Sequence[int]], keep: Any, filename: Any) -> Any:
         buf = native.alloc(lx.STAT_SIZE)
@@ -517,13 +637,13 @@ class Operations:
 
     def fstat(self, fd: int) -> Any:
         """``os.fstat(fd)``."""
-        return self._stat_op(NR["fstat"], lambda a: (fd, a), None, None)
+        return self._stat_op(NR["fstat"], lambda a: (_fd(fd), a), None, None)
 
     def statx(self, path: PathLike, flags: int = 0, mask: int = lx.STATX_BASIC_STATS, *, dir_fd: int = AT_FDCWD) -> Any:
         """The raw 256-byte ``struct statx`` for *path* (``statx(2)``)."""
         p = _path(path)
         buf = native.alloc(lx.STATX_SIZE)
-        return self._run(Op(NR["statx"], (_u(dir_fd), _addr(p), flags, mask, _addr(buf)), keep=(p, buf),
+        return self._run(Op(NR["statx"], (_fd(dir_fd), _addr(p), flags, mask, _addr(buf)), keep=(p, buf),
                             filename=path, finish=lambda r: bytes(ffi.buffer(buf, lx.STATX_SIZE))))  # fmt: skip
 
     def _path_op(self, name: str, path: PathLike, *rest: int) -> Any:
@@ -587,27 +707,27 @@ class Operations:
 
     def fcntl(self, fd: int, cmd: int, arg: int = 0) -> Any:
         """``fcntl(2)`` with an integer argument; return its result."""
-        return self._run(Op(NR["fcntl"], (fd, cmd, _u(arg))))
+        return self._run(Op(NR["fcntl"], (_fd(fd), cmd, _u(arg))))
 
     def lseek(self, fd: int, pos: int, how: int) -> Any:
         """Move the file position (like ``os.lseek``)."""
-        return self._run(Op(NR["lseek"], (fd, _u(pos), how)))
+        return self._run(Op(NR["lseek"], (_fd(fd), _off(pos), how)))
 
     def dup(self, fd: int) -> Any:
         """Duplicate *fd* (the new descriptor is not inheritable only if you set it so)."""
-        return self._run(Op(NR["dup"], (fd,)))
+        return self._run(Op(NR["dup"], (_fd(fd),)))
 
     def dup3(self, fd: int, fd2: int, flags: int = 0) -> Any:
         """Duplicate *fd* onto *fd2*."""
-        return self._run(Op(NR["dup3"], (fd, fd2, flags)))
+        return self._run(Op(NR["dup3"], (_fd(fd), _fd(fd2), flags)))
 
     def flock(self, fd: int, operation: int) -> Any:
         """Apply or remove an advisory lock."""
-        return self._run(Op(NR["flock"], (fd, operation), finish=_none))
+        return self._run(Op(NR["flock"], (_fd(fd), operation), finish=_none))
 
     def fchmod(self, fd: int, mode: int) -> Any:
         """Change *fd*'s mode."""
-        return self._run(Op(NR["fchmod"], (fd, mode), finish=_none))
+        return self._run(Op(NR["fchmod"], (_fd(fd), mode), finish=_none))
 
     def getcwd(self) -> Any:
         """The current directory, as str."""
@@ -634,55 +754,54 @@ class Operations:
         """Bind *fd* to *address* (``(host, port)``, a 4-tuple for IPv6, or a path)."""
         raw = sockaddr.encode(family or _family_of(address), address)
         mem = ffi.from_buffer(raw)
-        return self._run(Op(NR["bind"], (fd, _addr(mem), len(raw)), keep=(mem, raw), finish=_none))
+        return self._run(Op(NR["bind"], (_fd(fd), _addr(mem), len(raw)), keep=(mem, raw), finish=_none))
 
     def connect(self, fd: int, address: Any, family: int | None = None) -> Any:
         """Connect *fd* to *address*."""
         raw = sockaddr.encode(family or _family_of(address), address)
         mem = ffi.from_buffer(raw)
-        return self._run(Op(NR["connect"], (fd, _addr(mem), len(raw)), keep=(mem, raw), finish=_none))
+        return self._run(Op(NR["connect"], (_fd(fd), _addr(mem), len(raw)), keep=(mem, raw), finish=_none))
 
     def listen(self, fd: int, backlog: int = 128) -> Any:
         """Mark *fd* as listening."""
-        return self._run(Op(NR["listen"], (fd, backlog), finish=_none))
+        return self._run(Op(NR["listen"], (_fd(fd), backlog), finish=_none))
 
     def accept(self, fd: int, flags: int = _socket.SOCK_CLOEXEC) -> Any:
         """Accept a connection: ``(new_fd, peer_address)``."""
         buf = native.alloc(sockaddr.SOCKADDR_STORAGE)
         length = ffi.new("unsigned int *", sockaddr.SOCKADDR_STORAGE)
-        return self._run(Op(NR["accept4"], (fd, _addr(buf), _addr(length), flags), keep=(buf, length),
+        return self._run(Op(NR["accept4"], (_fd(fd), _addr(buf), _addr(length), flags), keep=(buf, length),
                             finish=lambda r: (r, sockaddr.decode(bytes(ffi.buffer(buf, length[0]))))))  # fmt: skip
 
     def send(self, fd: int, data: Any, flags: int = 0) -> Any:
         """Send *data*; return the byte count."""
         view = ffi.from_buffer(data)
-        return self._run(Op(NR["sendto"], (fd, _addr(view), len(view), flags), keep=(view, data)))
+        return self._run(Op(NR["sendto"], (_fd(fd), _addr(view), len(view), flags), keep=(view, data)))
 
     def sendto(self, fd: int, data: Any, address: Any, flags: int = 0) -> Any:
         """Send *data* to *address* (Tier 2: io_uring's SEND carries no address here)."""
         view = ffi.from_buffer(data)
         raw = sockaddr.encode(_family_of(address), address)
         mem = ffi.from_buffer(raw)
-        return self._run(Op(NR["sendto"], (fd, _addr(view), len(view), flags, _addr(mem), len(raw)),
+        return self._run(Op(NR["sendto"], (_fd(fd), _addr(view), len(view), flags, _addr(mem), len(raw)),
                             keep=(view, data, mem, raw)))  # fmt: skip
 
     def recv(self, fd: int, n: int, flags: int = 0) -> Any:
         """Receive up to *n* bytes."""
-        return self._bytes_result(n, NR["recvfrom"], lambda a, n: (fd, a, n, flags))
+        return self._stream_read(fd, n, _NR_RECVFROM, flags)
 
     def recv_into(self, fd: int, buffer: Any, flags: int = 0) -> Any:
         """Receive into *buffer*; return the byte count."""
-        view = ffi.from_buffer(buffer, require_writable=True)
-        return self._run(Op(NR["recvfrom"], (fd, _addr(view), len(view), flags), keep=(view, buffer)))
+        return self._stream_readinto(fd, buffer, _NR_RECVFROM, flags)
 
     def shutdown(self, fd: int, how: int) -> Any:
         """Shut down part of a full-duplex connection."""
-        return self._run(Op(NR["shutdown"], (fd, how), finish=_none))
+        return self._run(Op(NR["shutdown"], (_fd(fd), how), finish=_none))
 
     def _name_op(self, name: str, fd: int) -> Any:
         buf = native.alloc(sockaddr.SOCKADDR_STORAGE)
         length = ffi.new("unsigned int *", sockaddr.SOCKADDR_STORAGE)
-        return self._run(Op(NR[name], (fd, _addr(buf), _addr(length)), keep=(buf, length),
+        return self._run(Op(NR[name], (_fd(fd), _addr(buf), _addr(length)), keep=(buf, length),
                             finish=lambda r: sockaddr.decode(bytes(ffi.buffer(buf, length[0])))))  # fmt: skip
 
     def getsockname(self, fd: int) -> Any:
@@ -697,7 +816,7 @@ class Operations:
         """Set a socket option (an int is passed as a C int)."""
         raw = struct.pack("<i", value) if isinstance(value, int) else bytes(value)
         mem = ffi.from_buffer(raw)
-        return self._run(Op(NR["setsockopt"], (fd, level, option, _addr(mem), len(raw)), keep=(mem, raw),
+        return self._run(Op(NR["setsockopt"], (_fd(fd), level, option, _addr(mem), len(raw)), keep=(mem, raw),
                             finish=_none))  # fmt: skip
 
     def getsockopt(self, fd: int, level: int, option: int, buflen: int = 0) -> Any:
@@ -710,7 +829,7 @@ class Operations:
             raw = bytes(ffi.buffer(buf, length[0]))
             return raw if buflen else struct.unpack("<i", raw.ljust(4, b"\0"))[0]
 
-        return self._run(Op(NR["getsockopt"], (fd, level, option, _addr(buf), _addr(length)), keep=(buf, length),
+        return self._run(Op(NR["getsockopt"], (_fd(fd), level, option, _addr(buf), _addr(length)), keep=(buf, length),
                             finish=finish))  # fmt: skip
 
 
@@ -718,12 +837,12 @@ MAX_RW_COUNT = 0x7FFFF000
 """The most one read or write moves on Linux; longer requests are clamped, as the kernel does."""
 
 
-def _length(n: int) -> int:
-    if not isinstance(n, int):
-        raise TypeError(f"length must be an int, not {type(n).__name__}")
-    if n < 0:
-        raise ValueError(f"negative length {n}")
-    return min(n, MAX_RW_COUNT)
+def _length(n: Any) -> int:
+    """A byte count as ``os.read`` takes it: an int (TypeError otherwise), not negative (EINVAL, as os gives)."""
+    v = operator.index(n)
+    if v < 0:
+        raise OSError(errno.EINVAL, f"{os.strerror(errno.EINVAL)}: negative length {v}")
+    return min(v, MAX_RW_COUNT)
 
 
 def _none(_: int) -> None:

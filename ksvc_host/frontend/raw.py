@@ -8,12 +8,14 @@ the surface another runtime (a green-thread scheduler, say) plugs into.
 
 from __future__ import annotations
 
+import operator
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ksvc_host.abi import layout as L
 from ksvc_host.frontend.core import Waiter
+from ksvc_host.frontend.operations import syscall_number, word
 
 if TYPE_CHECKING:
     from ksvc_host.frontend.core import Completer
@@ -38,8 +40,10 @@ class RawChannel:
         for nr, args, flags in entries:
             if len(args) > 6:
                 raise ValueError(f"an entry has at most 6 arguments, got {len(args)}")
-            norm.append((nr & 0xFFFF_FFFF, tuple(int(a) & 0xFFFF_FFFF_FFFF_FFFF for a in args) + (0,) * (6 - len(args)),
-                         flags & 0xFFFF_FFFF))  # fmt: skip
+            f = operator.index(flags)
+            if f & ~L.SUBMIT_FLAGS_VALID or f < 0:
+                raise ValueError(f"entry flags {f:#x} carry bits KSVC does not define (valid: {L.SUBMIT_FLAGS_VALID:#x})")
+            norm.append((syscall_number(nr), tuple(word(a) for a in args) + (0,) * (6 - len(args)), f))
         waiters = [Waiter(callback=self._on_completion) for _ in norm]
         self._completer.submit_raw(norm, waiters)
         return [w.corr_id for w in waiters]
