@@ -41,7 +41,7 @@ from ksvc_host.channel.ring import RingCorrupted
 from ksvc_host.express import TAG as _EXPRESS_TAG
 from ksvc_host.express import corr_of, express_lane
 from ksvc_host.routing import is_refused
-from ksvc_host.traits import CompletionSink, IoBackend, SyscallRouter, Tier, WorkerPool
+from ksvc_host.traits import CancellableWorkerPool, CompletionSink, IoBackend, SyscallRouter, Tier, WorkerPool
 from ksvc_host.translate import translate
 
 _PAGE_ANSWERS = {
@@ -126,10 +126,14 @@ class Dispatcher:
         self.batch_size = max(1, min(batch_size, L.MAX_BATCH))
         self._on_batch = on_batch
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._poller = select.poll()
-        self._poller.register(self._wake_fd, select.POLLIN)
         io_backend.set_wakeup_fd(self._wake_fd)
         worker_pool.set_wakeup(self.wake)
+        self._cancellable_pool: CancellableWorkerPool | None = (
+            worker_pool if isinstance(worker_pool, CancellableWorkerPool) else None
+        )
+        self.still_in_kernel: set[int] = set()
+        """Correlation ids completed with -ECANCELED at shutdown while a worker was still inside their syscall:
+        whoever owns their memory must keep it (the front end does)."""
 
         self.sleeping = True  # inline mode: workers always ring; the thread clears it while busy
         self._wake_pending = False
@@ -185,6 +189,11 @@ class Dispatcher:
         """Statistics on the shared page lag (quiet turns of a stream); published when it stops."""
 
     @property
+    def turn_lock(self) -> threading.Lock:
+        """Held while a turn runs: callers of the inline dispatcher take it around :meth:`run_once`."""
+        return self._turn
+
+    @property
     def express_entries(self) -> int:
         """Entries the express lane took (0 without one)."""
         return self._express.entries if self._express is not None else 0
@@ -210,7 +219,9 @@ class Dispatcher:
         if self._wake_pending:
             return
         ms = -1 if timeout is None else max(0, int(timeout * 1000))
-        if self._poller.poll(ms):
+        poller = select.poll()  # one per call: a closing thread may wait while a caller does (inline)
+        poller.register(self._wake_fd, select.POLLIN)
+        if poller.poll(ms):
             try:
                 os.eventfd_read(self._wake_fd)
             except BlockingIOError:
@@ -531,11 +542,16 @@ class Dispatcher:
         wanted = set()
         while self._cancels:
             wanted.add(self._cancels.popleft())
+        pool = self._cancellable_pool
         for token, op in self._inflight.items():
-            if op.corr_id in wanted and op.tier is Tier.IO_URING:
-                wanted.discard(op.corr_id)
+            if op.corr_id not in wanted:
+                continue
+            wanted.discard(op.corr_id)
+            if op.tier is Tier.IO_URING:
                 self.io_backend.cancel(token)
                 self._issued_io += 1
+            elif op.tier is Tier.WORKER and pool is not None:
+                pool.cancel(token)  # queued: dropped; running: its syscall is interrupted
         if self._express is not None and self._express.inflight:
             for corr in wanted:  # perhaps an express entry; a cancel that finds nothing is harmless
                 self.io_backend.cancel(_EXPRESS_TAG | corr)
@@ -791,7 +807,9 @@ class Dispatcher:
         else:
             try:
                 while not self._stopping_done():
-                    if not self.run_once():
+                    with self._turn:
+                        moved = self.run_once()
+                    if not moved:
                         self.wait(self.wait_timeout())
             except Exception as exc:  # a broken component or ring: fail what is pending, and stop
                 self._fail(exc)
@@ -810,9 +828,12 @@ class Dispatcher:
             return False
         if not self._cancelled:
             self._cancelled = True
+            pool = self._cancellable_pool
             for token, op in list(self._inflight.items()):
                 if op.tier is Tier.IO_URING:
                     self.io_backend.cancel(token)
+                elif op.tier is Tier.WORKER and pool is not None:
+                    pool.cancel(token)
             cancel_all = getattr(self.io_backend, "cancel_all", None)
             if self._express_inflight() and cancel_all is not None:
                 cancel_all()  # express entries have no token of ours: cancel them all at once
@@ -834,7 +855,10 @@ class Dispatcher:
             ring.publish_head(self._ring_head)
         except Exception:  # a corrupted ring: what is in it cannot be trusted
             pass
-        for op in list(self._inflight.values()):
+        pool = self._cancellable_pool
+        for token, op in list(self._inflight.items()):
+            if op.tier is Tier.WORKER and (pool is None or pool.running(token)):
+                self.still_in_kernel.add(op.corr_id)  # a worker may still write into its memory
             self._emit(op.corr_id, result, 0)
             for entry in op.chain:
                 self._emit(entry.corr_id, -errno.ECANCELED, 0)

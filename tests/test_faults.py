@@ -93,3 +93,40 @@ def test_injector_passes_everything_else_through() -> None:
         inj.f()
     assert inj.f() == 7 and inj.calls == {"f": 3}
     assert SYSCALLS["read"] == 0
+
+
+@pytest.mark.parametrize("dispatcher", ["thread", "inline"])
+@pytest.mark.parametrize(("trait", "base", "method"), [("completion_sink", "ring", "push"),
+                                                        ("io_backend", "basic", "submit"),
+                                                        ("notifier", "eventfd", "notify")])  # fmt: skip
+def test_both_dispatchers_fail_pending_callers_at_once(dispatcher: str, trait: str, base: str, method: str) -> None:
+    # One transient fault: the dispatcher fails, every caller (the one whose entry was in the turn, and
+    # one already waiting on another thread) gets DispatcherFailed promptly, never the raw fault, and
+    # nothing stays pending.
+    plugin = faulty_plugin(trait, base, fail={method: {1}})
+    k = ksvc.open(plugins=_pm(plugin), dispatcher=dispatcher, **{trait: f"faulty-{base}"})
+    r, w = os.pipe()
+    got: list[BaseException] = []
+
+    def blocked_reader() -> None:
+        try:
+            k.read(r, 10)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            got.append(exc)
+
+    t = threading.Thread(target=blocked_reader, daemon=True)
+    t.start()
+    fd = os.open("/proc/self/stat", os.O_RDONLY)
+    t0 = time.monotonic()
+    with pytest.raises(ksvc.DispatcherFailed, match="injected fault"):
+        for _ in range(5):
+            k.pread(fd, 10, 0)
+            time.sleep(0.05)
+    t.join(2.0)
+    assert not t.is_alive(), "a caller waiting on another thread was never told of the failure"
+    assert len(got) == 1 and isinstance(got[0], ksvc.DispatcherFailed), got
+    assert time.monotonic() - t0 < 2.0
+    assert k.raw.pending() == 0
+    k.close(timeout=0.5)
+    for d in (fd, r, w):
+        os.close(d)

@@ -43,6 +43,10 @@ def _field_error(entry: Entry, exc: struct.error) -> Exception:
     return OverflowError(f"an argument of syscall {nr} does not fit its 64-bit field ({exc})")
 
 
+STILL_IN_KERNEL: list[Any] = []
+"""Memory of calls that a closed instance completed with ECANCELED while a syscall still used it (kept for good)."""
+
+
 class Waiter:
     """One submitted entry's result, delivered by :meth:`Completer.reap`.
 
@@ -189,6 +193,8 @@ class Completer:
             return None
         if not flags & L.COMPLETION_FLAG_MORE:
             del self._pending[corr]
+            if corr in self.dispatcher.still_in_kernel:
+                STILL_IN_KERNEL.append(w.keep)  # the syscall may still write there: never freed
             w.result, w.flags, w.done = res, flags, True
         elif w.results is not None:
             w.results.append(res)
@@ -548,8 +554,9 @@ class Completer:
                 finally:
                     self._blocked -= 1
             return
+        # (No check that the instance is open: a call already submitted gets its completion, from
+        # the kernel or from close(), which completes what is left with ECANCELED.)
         if not self._leader and not done():
-            self.instance.check_usable()
             self.reap()  # often all it takes (a stream's part, finished while the caller worked)
         while not done():
             if not self._follow_or_lead(done):
@@ -616,8 +623,11 @@ class Completer:
             if done():
                 return
             self._check_alive()
-            self.instance.check_usable()
             if self.inline:
+                if self.instance.closed:  # close() runs the last turns and completes what is left
+                    with self._cv:
+                        self._cv.wait(_LEADER_RECHECK_S)
+                    continue
                 self._inline_turn(done)
             else:
                 # The dispatcher's thread runs every turn; it notifies once per batch it publishes. The
@@ -632,7 +642,7 @@ class Completer:
         """
         disp = self.dispatcher
         try:
-            with interrupts.deferred():
+            with interrupts.deferred(), disp.turn_lock:
                 moved = disp.run_once()
         except Exception as exc:  # noqa: BLE001 - a broken component: fail everything pending
             disp.fail(exc)
@@ -661,6 +671,8 @@ class Completer:
             self._table.left[g] = 0
             self._finish_bulk(g)
         for w in waiters:
+            if w.corr_id in self.dispatcher.still_in_kernel:
+                STILL_IN_KERNEL.append(w.keep)
             w.result, w.flags, w.done = result, -1, True
             if w.event is not None:
                 w.event.set()

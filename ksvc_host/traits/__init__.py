@@ -12,7 +12,7 @@ from ksvc_host.traits.io_backend import IoBackend, IoCompletion, SqeSpec
 from ksvc_host.traits.notifier import Notifier
 from ksvc_host.traits.router import Route, SyscallRouter, Tier
 from ksvc_host.traits.shared_page import SharedPage
-from ksvc_host.traits.worker_pool import WorkerPool
+from ksvc_host.traits.worker_pool import CancellableWorkerPool, WorkerPool
 
 TRAITS: tuple[str, ...] = (
     "router",
@@ -29,6 +29,7 @@ __all__ = [
     "TRAITS",
     "BufferHandle",
     "BufferProvider",
+    "CancellableWorkerPool",
     "CompletionSink",
     "IoBackend",
     "IoCompletion",

@@ -55,3 +55,24 @@ class WorkerPool(Protocol):
     def shutdown(self, wait: bool = True) -> None:
         """Finish queued jobs, then stop the threads (joined when *wait*)."""
         ...
+
+
+@runtime_checkable
+class CancellableWorkerPool(Protocol):
+    """Optional capability: a pool that can stop a job before it ends (resolved once, when the instance is built).
+
+    Contract: ``cancel(token)`` makes a queued job complete with
+    ``-ECANCELED`` without running, and interrupts a running one so that
+    its syscall returns (it then completes with ``-ECANCELED`` unless it
+    finished first); ``True`` when the job was queued or running.
+    ``running(token)`` tells whether a thread is inside the job's syscall
+    now: the memory it was given may still be written.
+    """
+
+    def cancel(self, token: int) -> bool:
+        """Drop a queued job or interrupt a running one."""
+        ...
+
+    def running(self, token: int) -> bool:
+        """True while a thread is inside the job's syscall."""
+        ...
