@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ksvc_host import native
+from ksvc_host import forksafety, native
 from ksvc_host.abi import layout as L
 from ksvc_host.abi.io_uring import IORING_ACCEPT_MULTISHOT, CqeFlag, IoringOp
 from ksvc_host.abi.syscalls import SYSCALLS
@@ -126,6 +126,8 @@ class Dispatcher:
         self.batch_size = max(1, min(batch_size, L.MAX_BATCH))
         self._on_batch = on_batch
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._wake_guard = forksafety.close_in_child(self._wake_fd)  # a forked child must not ring it
+        forksafety.register(self)
         io_backend.set_wakeup_fd(self._wake_fd)
         worker_pool.set_wakeup(self.wake)
         self._cancellable_pool: CancellableWorkerPool | None = (
@@ -898,8 +900,14 @@ class Dispatcher:
         finally:
             self._abandon(-errno.EIO)
 
+    def drop_after_fork(self) -> None:
+        """In a forked child: the wake-up eventfd was closed there; this copy never rings it."""
+        self._wake_fd = -1
+
     def close(self) -> None:
         """Release the wake-up eventfd (after :meth:`stop`)."""
+        self._wake_guard.release()
+        forksafety.unregister(self)
         try:
             os.close(self._wake_fd)
         except OSError:

@@ -1,6 +1,7 @@
 """Raw system calls and buffer addresses through cffi (ABI mode).
 
-This is the one place where the host touches C: ``syscall(2)`` from libc and
+This is the one place where the host touches C: ``syscall(2)`` from libc,
+``mmap``/``madvise``/``munmap`` for the memory it shares with the kernel, and
 the address of a Python buffer. Everything that needs to make a raw system
 call (worker threads, io_uring set-up, the shared page) goes through here, so
 there is a single definition of how an argument becomes a register.
@@ -8,7 +9,8 @@ there is a single definition of how an argument becomes a register.
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Final
 
 import cffi
 
@@ -19,6 +21,9 @@ ffi = cffi.FFI()
 ffi.cdef(
     """
     long syscall(long number, long a0, long a1, long a2, long a3, long a4, long a5);
+    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
+    int munmap(void *addr, size_t length);
+    int madvise(void *addr, size_t length, int advice);
     """
 )
 _libc = ffi.dlopen(None)
@@ -26,6 +31,15 @@ _raw_syscall = _libc.syscall
 
 _U64 = 1 << 64
 _I64_MAX = (1 << 63) - 1
+
+PROT_READ: Final = 0x1
+PROT_WRITE: Final = 0x2
+MAP_SHARED: Final = 0x01
+MAP_ANONYMOUS: Final = 0x20
+MAP_POPULATE: Final = 0x8000
+MADV_DONTFORK: Final = 10
+"""madvise(2): the range is not inherited by a child of ``fork()`` (it is absent there, not shared)."""
+_MAP_FAILED = ffi.cast("void *", -1)
 
 
 def to_signed(value: int) -> int:
@@ -100,3 +114,29 @@ def read_user(address: int, length: int) -> bytes | int:
     dst = ffi.new("char[]", max(length, 1))
     ret = _copy_user(_NR_PROCESS_VM_READV, int(ffi.cast("uintptr_t", dst)), address, length)
     return ret if ret < 0 else bytes(ffi.buffer(dst, length))
+
+
+def map_shared(length: int, fd: int = -1, offset: int = 0, *, populate: bool = False) -> int:
+    """``mmap`` *length* bytes read-write and ``MAP_SHARED`` that a forked child does not inherit.
+
+    *fd* ``-1`` maps anonymous memory. The range gets ``MADV_DONTFORK`` before
+    this returns: shared memory the host hands to a peer (rings, pinned
+    buffers) must never reach a child, which may have dropped privileges
+    and would otherwise write into the parent's rings. Returns the address;
+    raises ``OSError`` (nothing stays mapped) when either step fails.
+    """
+    flags = MAP_SHARED | (MAP_ANONYMOUS if fd < 0 else 0) | (MAP_POPULATE if populate else 0)
+    ptr = _libc.mmap(ffi.NULL, length, PROT_READ | PROT_WRITE, flags, fd, offset)
+    if ptr == _MAP_FAILED:
+        err = ffi.errno
+        raise OSError(err, f"mmap of {length} bytes (fd {fd}, offset {offset:#x}): {os.strerror(err)}")
+    if _libc.madvise(ptr, length, MADV_DONTFORK) != 0:
+        err = ffi.errno
+        _libc.munmap(ptr, length)
+        raise OSError(err, f"madvise(MADV_DONTFORK) refused for a shared mapping: {os.strerror(err)}")
+    return int(ffi.cast("uintptr_t", ptr))
+
+
+def unmap(address: int, length: int) -> None:
+    """``munmap``; only for ranges this process mapped with :func:`map_shared` and still owns."""
+    _libc.munmap(ffi.cast("void *", address), length)

@@ -206,8 +206,7 @@ def test_bulk_reap_routes_entries(impl: str) -> None:
     table = ffi.new("struct ksvc_bulk *")
     table.bit, table.index_bits = bit, bits
     results = ffi.new("int64_t[2]")
-    table.results[3] = results
-    table.left[3] = 2
+    keep = [fastpath.arm_group(table, 3, results, 2)]
     other = ffi.new("uint64_t[]", 6)
     done = ffi.new("uint32_t[]", 4)
     counts = ffi.new("uint32_t[3]")
@@ -216,7 +215,7 @@ def test_bulk_reap_routes_entries(impl: str) -> None:
     assert list(results) == [7, -5] and done[0] == 3 and table.left[3] == 0
     assert [other[i] for i in range(6)] == [42, (-2) & (2**64 - 1), 1, 43, 9, 0]
     # room for one other entry only: it stops before the second
-    table.left[3] = 2
+    keep.append(fastpath.arm_group(table, 3, results, 2))  # a fresh group: the same entries again
     assert fastpath.lib.ksvc_bulk_reap(ring, 0, 4, 15, table, other, 1, done, 4, counts) == 3
     assert list(counts) == [3, 1, 1]
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 
+from ksvc_host import forksafety
 from ksvc_host.abi import layout as L
 from ksvc_host.channel.ring import Ring
 
@@ -18,28 +18,33 @@ class Channel:
     Subclasses provide the memory: an emulated channel maps a memfd, the
     device channel maps ``/dev/ksvc``. ``page`` is writable only where the
     host itself maintains the page (emulation).
+
+    The mapping is not inherited by a forked child (see
+    :mod:`ksvc_host.forksafety`): there the channel is closed, and its rings'
+    and page's views are released, so any use raises instead of faulting.
     """
 
     kind: str = "abstract"
 
-    def __init__(self, region: mmap.mmap, submit_entries: int, complete_entries: int, *, initialize: bool) -> None:
+    def __init__(
+        self, region: forksafety.SharedMapping, submit_entries: int, complete_entries: int, *, initialize: bool
+    ) -> None:
         self._region = region
-        view = memoryview(region)
-        self._view = view
+        self.closed = False
         self.submit_ring = Ring(
-            view[L.MMAP_SUBMIT_RING : L.MMAP_COMPLETION_RING],
+            region.view(L.MMAP_SUBMIT_RING, L.MMAP_COMPLETION_RING),
             submit_entries,
             L.SUBMIT_ENTRY_SIZE,
             initialize=initialize,
         )
         self.completion_ring = Ring(
-            view[L.MMAP_COMPLETION_RING : L.MMAP_SHARED_PAGE],
+            region.view(L.MMAP_COMPLETION_RING, L.MMAP_SHARED_PAGE),
             complete_entries,
             L.COMPLETION_ENTRY_SIZE,
             initialize=initialize,
         )
-        self.page = view[L.MMAP_SHARED_PAGE : L.MMAP_SHARED_PAGE + L.PAGE_SIZE]
-        self.closed = False
+        self.page = region.view(L.MMAP_SHARED_PAGE, L.MMAP_SHARED_PAGE + L.PAGE_SIZE)
+        forksafety.register(self)
 
     @property
     def writable_page(self) -> bool:
@@ -68,9 +73,12 @@ class Channel:
         if self.closed:
             return
         self.closed = True
-        for v in (self.submit_ring.buf, self.completion_ring.buf, self.page, self._view):
-            v.release()
-        self._region.close()
+        forksafety.unregister(self)
+        self._region.close()  # releases the rings' and the page's views first
+
+    def drop_after_fork(self) -> None:
+        """In a forked child: the memory is not mapped here (the mapping releases the views); stay closed."""
+        self.closed = True
 
 
 def open_channel(submit_entries: int = 256, complete_entries: int = 512, *, device: str | None = None) -> Channel:

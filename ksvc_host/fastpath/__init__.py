@@ -7,6 +7,11 @@ are identical either way, only the speed differs. ``lib.new_bytes`` (from
 ``bytes_alloc.c``) gives streams bytes objects to read into; it is ``None`` on
 the pure path, where reads are copied out of a staging buffer. :data:`IMPLEMENTATION`
 says which one is in use, and ``ksvc plugins`` shows it.
+
+The bulk table (``struct ksvc_bulk``) is filled through :func:`arm_group` and
+:func:`disarm_group`: ``ksvc_bulk_reap`` checks every completion entry
+against its group's length and completion bitmap, so those must be set
+together with the results array.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import os
 import sys
 from typing import Any, Final
 
+from ksvc_host.channel.ring import RingCorrupted
+from ksvc_host.fastpath import reference as _reference
 from ksvc_host.fastpath.cdef import BULK_GROUPS
 
 ENV_PURE: Final = "KSVC_PURE_PYTHON"
@@ -34,7 +41,7 @@ def _load(pure: bool) -> tuple[str, Any, Any, str]:
             why = f"the compiled fast path is not available ({exc}); using the pure-Python loops"
     else:
         why = f"{ENV_PURE} is set; using the pure-Python loops"
-    from ksvc_host.fastpath import reference
+    reference = _reference
 
     class _Lib:
         ksvc_submit_strided = staticmethod(reference.submit_strided)
@@ -77,6 +84,44 @@ def select(pure: bool | None = None) -> str:
     return IMPLEMENTATION
 
 
+def arm_group(table: Any, g: int, results: Any, n: int) -> Any:
+    """Make group *g* of *table* live: *n* entries, results into *results* (at least *n* ``int64_t``).
+
+    Returns the group's completion bitmap: keep it alive until
+    :func:`disarm_group` (``ksvc_bulk_reap`` writes to it).
+    """
+    if not 0 < n <= 1 << int(table.index_bits):
+        raise ValueError(f"a bulk group holds 1 to {1 << int(table.index_bits)} entries, got {n}")
+    seen = ffi.new("uint64_t[]", (n + 63) // 64)
+    table.results[g] = results
+    table.seen[g] = seen
+    table.n[g] = n
+    table.left[g] = n
+    return seen
+
+
+def disarm_group(table: Any, g: int) -> None:
+    """Group *g* is finished or abandoned: any completion for it from now on is invalid."""
+    table.left[g] = 0
+    table.n[g] = 0
+    table.results[g] = ffi.NULL
+    table.seen[g] = ffi.NULL
+
+
+def complete_entry(table: Any, corr: int, result: int) -> int:
+    """One bulk entry's completion outside ``ksvc_bulk_reap`` (direct delivery), checked the same way.
+
+    Returns the group when this finished it, else -1; raises
+    :class:`~ksvc_host.channel.ring.RingCorrupted` (nothing written) for an
+    entry no correct peer sends.
+    """
+    at = _reference.bulk_slot(table, corr)
+    if at is None:
+        raise RingCorrupted(f"completion for bulk entry {corr:#x}: no such live group, index or pending entry")
+    g, i = at
+    return g if _reference.bulk_store(table, g, i, result) else -1
+
+
 def note_once() -> None:
     """Say once per process, on stderr, that the pure path is in use because the build failed."""
     global _warned
@@ -88,4 +133,16 @@ def note_once() -> None:
 
 select()
 
-__all__ = ["BULK_GROUPS", "ENV_PURE", "IMPLEMENTATION", "REASON", "ffi", "lib", "note_once", "select"]
+__all__ = [
+    "BULK_GROUPS",
+    "ENV_PURE",
+    "IMPLEMENTATION",
+    "REASON",
+    "arm_group",
+    "complete_entry",
+    "disarm_group",
+    "ffi",
+    "lib",
+    "note_once",
+    "select",
+]

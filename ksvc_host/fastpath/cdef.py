@@ -39,6 +39,8 @@ struct ksvc_bulk {
     uint32_t index_bits;
     int64_t *results[4096];
     uint32_t left[4096];
+    uint32_t n[4096];
+    uint64_t *seen[4096];
 };
 """
 """Structures shared by both implementations (the layout of ``fastpath.c``)."""

@@ -8,7 +8,8 @@
  *   ksvc_express_submit  dispatcher: drain simple read/write entries into SQEs
  *   ksvc_express_reap    dispatcher: CQEs of those entries into completion entries
  *   ksvc_express_turn    dispatcher: the two above in one call (reap, then submit)
- *   ksvc_bulk_reap       front end: completion entries into per-group result arrays
+ *   ksvc_bulk_reap       front end: completion entries into per-group result arrays, each
+ *                        entry checked against its group (an invalid one: -EUCLEAN)
  *
  * Layouts are the channel ABI (ksvc_host/abi/layout.py) and the io_uring ABI
  * (ksvc_host/abi/io_uring.py); the offsets below are pinned by tests.
@@ -269,32 +270,49 @@ int ksvc_express_turn(struct ksvc_express *x, uint32_t max_take)
     return n;
 }
 
-/* Keep in step with CDEF in ksvc_host/fastpath/__init__.py. */
+/* Keep in step with STRUCTS in ksvc_host/fastpath/cdef.py. A group is live while results, seen
+ * and left are set (ksvc_host.fastpath.arm_group); n is its length, seen a bit per entry. */
 #define BULK_GROUPS 4096
 struct ksvc_bulk {
     uint64_t bit;                  /* correlation ids with this bit belong to a bulk */
     uint32_t index_bits;           /* low bits: index in the group; above them: group */
     int64_t *results[BULK_GROUPS];
     uint32_t left[BULK_GROUPS];
+    uint32_t n[BULK_GROUPS];       /* entries in the group: results[g] holds n[g] */
+    uint64_t *seen[BULK_GROUPS];   /* bit i set once entry i completed */
 };
 
+/* Route completion entries: bulk ones into their group's results, the others out to the caller.
+ *
+ * The completion ring is shared memory: whatever an entry says is checked before it is used. A
+ * bulk entry must name a live group, an index below the group's length, and an entry that has
+ * not completed yet; one that does not is consumed (counted in counts[0]) with nothing written,
+ * and the loop stops there and returns -EUCLEAN for the caller to report. Entries after it stay
+ * in the ring for the next call. Otherwise the return value is counts[0]. */
 int ksvc_bulk_reap(uint8_t *cring, uint64_t head, uint64_t tail, uint32_t mask, struct ksvc_bulk *b,
                    uint64_t *other, uint32_t max_other, uint32_t *done, uint32_t max_done, uint32_t *counts)
 {
     uint32_t n_other = 0, n_done = 0;
     uint64_t h = head;
     uint64_t index_mask = (1ull << b->index_bits) - 1;
+    int corrupt = 0;
     while (h != tail) {
         const uint8_t *e = cring + RING_ENTRIES + (size_t)(h & mask) * COMPLETE_SIZE;
         uint64_t w[3];
         memcpy(w, e, sizeof w);
         if (w[0] & b->bit) {
-            uint64_t g = ((w[0] & ~b->bit) >> b->index_bits) & (BULK_GROUPS - 1);
-            if (b->left[g] == 1 && n_done == max_done) break;
-            if (b->results[g] && b->left[g]) {
-                b->results[g][w[0] & index_mask] = (int64_t)w[1];
-                if (--b->left[g] == 0) done[n_done++] = (uint32_t)g;
+            uint64_t g = (w[0] & ~b->bit) >> b->index_bits;   /* not masked: high garbage must not alias a group */
+            uint64_t i = w[0] & index_mask;
+            if (g >= BULK_GROUPS || !b->results[g] || !b->seen[g] || !b->left[g] || i >= b->n[g]
+                || (b->seen[g][i >> 6] >> (i & 63)) & 1) {
+                h++;
+                corrupt = 1;
+                break;
             }
+            if (b->left[g] == 1 && n_done == max_done) break;
+            b->seen[g][i >> 6] |= 1ull << (i & 63);
+            b->results[g][i] = (int64_t)w[1];
+            if (--b->left[g] == 0) done[n_done++] = (uint32_t)g;
         } else {
             if (n_other == max_other) break;
             other[3 * n_other] = w[0]; other[3 * n_other + 1] = w[1]; other[3 * n_other + 2] = w[2] & 0xffffffffu;
@@ -303,5 +321,5 @@ int ksvc_bulk_reap(uint8_t *cring, uint64_t head, uint64_t tail, uint32_t mask, 
         h++;
     }
     counts[0] = (uint32_t)(h - head); counts[1] = n_other; counts[2] = n_done;
-    return (int)(h - head);
+    return corrupt ? -EUCLEAN : (int)(h - head);
 }

@@ -228,29 +228,59 @@ def express_turn(x: Any, max_take: int) -> int:
     return n
 
 
+def bulk_slot(b: Any, corr: int) -> tuple[int, int] | None:
+    """``(group, index)`` of a bulk entry's correlation id, or ``None`` when no correct peer writes it.
+
+    Valid means: a live group, an index below the group's length, and an
+    entry that has not completed yet (see ``ksvc_bulk_reap`` in ``fastpath.c``).
+    """
+    rest = corr & ~int(b.bit)
+    g = rest >> b.index_bits  # not masked: high garbage must not alias a group
+    i = rest & ((1 << b.index_bits) - 1)
+    if g >= BULK_GROUPS or b.results[g] == ffi.NULL or b.seen[g] == ffi.NULL or not b.left[g] or i >= b.n[g]:
+        return None
+    if (b.seen[g][i >> 6] >> (i & 63)) & 1:
+        return None
+    return g, i
+
+
+def bulk_store(b: Any, g: int, i: int, res: int) -> bool:
+    """Record entry *i* of group *g* (checked by :func:`bulk_slot`); True when that finished the group."""
+    b.seen[g][i >> 6] |= 1 << (i & 63)
+    b.results[g][i] = res
+    b.left[g] -= 1
+    return not b.left[g]
+
+
 def bulk_reap(
     cring: Any, head: int, tail: int, mask: int, b: Any, other: Any, max_other: int, done: Any, max_done: int,
     counts: Any,
 ) -> int:
-    """Route completion entries: bulk ones into their group's results, others out; see ``fastpath.c``."""
+    """Route completion entries: bulk ones into their group's results, others out; see ``fastpath.c``.
+
+    An invalid bulk entry is consumed with nothing written, and ends the
+    call with ``-EUCLEAN`` (``counts`` still say what was done).
+    """
     buf = _ring_view(cring, mask + 1, L.COMPLETION_ENTRY_SIZE)
     n_other = n_done = 0
     h = head
-    index_mask = (1 << b.index_bits) - 1
     bit = int(b.bit)
+    corrupt = False
     while h != tail:
         slot = L.RING_ENTRIES_OFFSET + (h & mask) * L.COMPLETION_ENTRY_SIZE
         corr, res, flags, _ = _COMPLETE_WORDS.unpack_from(buf, slot)
         if corr & bit:
-            g = ((corr & ~bit) >> b.index_bits) & (BULK_GROUPS - 1)
+            at = bulk_slot(b, corr)
+            if at is None:
+                h += 1
+                corrupt = True
+                break
+            g, i = at
             if b.left[g] == 1 and n_done == max_done:
                 break
-            if b.results[g] != ffi.NULL and b.left[g]:
-                b.results[g][corr & index_mask] = res
-                b.left[g] -= 1
-                if b.left[g] == 0:
-                    done[n_done] = g
-                    n_done += 1
+            if bulk_store(b, g, i, res):
+                done[n_done] = g
+                n_done += 1
         else:
             if n_other == max_other:
                 break
@@ -259,4 +289,4 @@ def bulk_reap(
             n_other += 1
         h += 1
     counts[0], counts[1], counts[2] = h - head, n_other, n_done
-    return h - head
+    return -errno.EUCLEAN if corrupt else h - head

@@ -27,7 +27,7 @@ from typing import Any
 
 from ksvc_host import fastpath, interrupts
 from ksvc_host.abi import layout as L
-from ksvc_host.errors import ChannelFull, DispatcherFailed
+from ksvc_host.errors import ChannelFull, DispatcherFailed, RingCorrupted
 from ksvc_host.instance import Instance
 
 Entry = tuple[int, tuple[int, ...], int]
@@ -170,6 +170,8 @@ class Completer:
         self._table.bit = BULK_BIT
         self._table.index_bits = BULK_INDEX_BITS
         self._bulks: dict[int, BulkWaiter] = {}
+        self._seen: dict[int, Any] = {}
+        """Completion bitmaps of the armed groups (``ksvc_bulk_reap`` writes them)."""
         self._free_groups = list(range(fastpath.BULK_GROUPS - 1, -1, -1))
         self._sring_ptr = ffi.cast("uint8_t *", self._sring.address)
         self._cring_ptr = ffi.cast("uint8_t *", self._cring.address)
@@ -204,19 +206,20 @@ class Completer:
 
     def _resolve_bulk_entry(self, corr: int, res: int) -> BulkWaiter | None:
         """One bulk entry's completion, outside the fast path (direct delivery, abandoned ones)."""
-        g = (corr & ~BULK_BIT) >> BULK_INDEX_BITS
-        b = self._bulks.get(g)
-        if b is None or not self._table.left[g]:
-            return None
-        b.results[corr & (BULK_MAX - 1)] = res
-        self._table.left[g] -= 1
-        if not self._table.left[g]:
-            self._finish_bulk(g)
+        try:
+            g = fastpath.complete_entry(self._table, corr, res)
+        except RingCorrupted:
+            return None  # not from shared memory: a late completion of a bulk already failed as a whole
+        if g < 0:
+            return self._bulks.get((corr & ~BULK_BIT) >> BULK_INDEX_BITS)
+        b = self._bulks[g]
+        self._finish_bulk(g)
         return b
 
     def _finish_bulk(self, g: int) -> None:
         b = self._bulks.pop(g)
-        self._table.results[g] = fastpath.ffi.NULL
+        fastpath.disarm_group(self._table, g)
+        self._seen.pop(g, None)
         self._free_groups.append(g)
         b.done = True
         if b.event is not None:
@@ -344,8 +347,7 @@ class Completer:
                     if not self._free_groups:
                         return False  # every group in flight: wait for one to finish
                     g = b.group = self._free_groups.pop()
-                    self._table.results[g] = b.results
-                    self._table.left[g] = b.n
+                    self._seen[g] = fastpath.arm_group(self._table, g, b.results, b.n)
                     self._bulks[g] = b
             room = ring.size - ring.check(ring.head, self._tail)
             count = min(room, b.n - b.submitted)
@@ -486,14 +488,17 @@ class Completer:
                     self.dispatcher.wake()
                 return 0
             consumed = 0
+            bad = 0
             other, done, counts = self._other, self._done, self._counts
             resolve = self._resolve
             while consumed < n:
-                self._lib.ksvc_bulk_reap(
+                r = self._lib.ksvc_bulk_reap(
                     self._cring_ptr, head + consumed, tail, ring.mask, self._table,
                     other, _REAP_OTHER, done, _REAP_DONE, counts,
                 )
                 consumed += counts[0]
+                if r < 0:  # -EUCLEAN: the last entry counted was invalid; skipped, nothing written
+                    bad += 1
                 for i in range(counts[1]):
                     res = other[3 * i + 1]
                     resolve(other[3 * i], res - (1 << 64) if res >> 63 else res, other[3 * i + 2])
@@ -510,6 +515,11 @@ class Completer:
                 self._cv.notify_all()
         if self.on_reaped is not None:
             self.on_reaped()
+        if bad and self.failure is None:  # after a failure: late completions of bulks failed as a whole
+            raise RingCorrupted(
+                f"{bad} completion entr{'y' if bad == 1 else 'ies'} named no live bulk entry (an unknown group, "
+                "an index past its end, or a second completion): skipped; everything else was delivered"
+            )
         return n
 
     def take_abandoned(self) -> None:
@@ -617,7 +627,6 @@ class Completer:
             self._resign()
 
     def _lead_until(self, done: Callable[[], bool]) -> None:
-        disp = self.dispatcher
         while True:
             self.reap()
             if done():

@@ -6,6 +6,8 @@ import os
 import select
 import time
 
+from ksvc_host import forksafety
+
 
 class EventFdNotifier:
     """Writes an eventfd to wake the consumer; repeated notifies coalesce.
@@ -22,6 +24,8 @@ class EventFdNotifier:
 
     def __init__(self) -> None:
         self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._guard = forksafety.close_in_child(self._fd)  # a forked child must not wake our consumer
+        forksafety.register(self)
         self._pending = False
         self._poll = select.poll()
         self._poll.register(self._fd, select.POLLIN)
@@ -66,8 +70,14 @@ class EventFdNotifier:
         """The eventfd."""
         return self._fd
 
+    def drop_after_fork(self) -> None:
+        """In a forked child: the eventfd was closed there; this copy is unusable."""
+        self._fd = -1
+
     def close(self) -> None:
         """Close the eventfd. Idempotent."""
         if self._fd >= 0:
+            self._guard.release()
+            forksafety.unregister(self)
             os.close(self._fd)
             self._fd = -1

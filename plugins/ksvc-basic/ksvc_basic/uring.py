@@ -5,6 +5,13 @@ kernel structures are declared here for cffi (ABI mode). The SQ ring, CQ
 ring and SQE array are mapped with libc ``mmap`` so cffi pointers can
 address them directly.
 
+Across ``fork()`` a ring stays with its parent (:mod:`ksvc_host.forksafety`):
+the three mappings are ``MADV_DONTFORK``, the ring's descriptor (and the
+eventfd registered with it) are closed in the child, and the child's copy
+of this object raises ``ClosedError`` on use. Otherwise a child, even one
+that dropped its privileges, could write SQEs the parent's ring (or its
+SQ thread, with SQPOLL) executes with the parent's credentials.
+
 Memory ordering: x86-64 does not reorder stores with other stores nor
 loads with other loads, and cffi field accesses are plain loads and
 stores, so "fill the SQE, then write the array slot, then the tail" and
@@ -20,7 +27,7 @@ from typing import Any
 
 import cffi
 
-from ksvc_host import native
+from ksvc_host import forksafety, native
 from ksvc_host.abi import io_uring as U
 from ksvc_host.traits.io_backend import IoCompletion, SqeSpec
 
@@ -43,14 +50,8 @@ ffi.cdef(
     struct io_uring_probe { uint8_t last_op; uint8_t ops_len; uint16_t resv; uint32_t resv2[3];
                             struct io_uring_probe_op ops[256]; };
     struct iovec { void *iov_base; size_t iov_len; };
-    void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset);
-    int munmap(void *addr, size_t length);
     """
 )
-_libc = ffi.dlopen(None)
-_PROT_RW = 0x1 | 0x2
-_MAP_SHARED_POPULATE = 0x01 | 0x8000
-_MAP_FAILED = ffi.cast("void *", -1)
 _U64 = (1 << 64) - 1
 _NEED_WAKEUP = int(U.SqRingFlag.NEED_WAKEUP)  # plain ints on the per-flush path
 _SQ_WAKEUP = int(U.EnterFlag.SQ_WAKEUP)
@@ -90,10 +91,12 @@ class IoUring:
             p.sq_thread_cpu = sq_thread_cpu
         p.sq_thread_idle = sq_thread_idle_ms
         self.fd = _check(native.syscall(U.NR_IO_URING_SETUP, entries, int(ffi.cast("uintptr_t", p))), "io_uring_setup")
+        self._fd_guards = [forksafety.close_in_child(self.fd)]  # with the fd a child could map the rings again
+        self.closed = False
         self.params = p
         self.flags = int(p.flags)
         self.features = int(p.features)
-        self._maps: list[tuple[Any, int]] = []
+        self._maps: list[forksafety.SharedMapping] = []
         try:
             self._map_rings(p)
         except BaseException:
@@ -105,15 +108,15 @@ class IoUring:
         self._sq_tail = int(self._sq_tail_p[0])
         self._to_submit = 0
         self.enter_calls = 0
-        self.closed = False
+        forksafety.register(self)
 
     def _mmap(self, size: int, offset: int) -> Any:
-        ptr = _libc.mmap(ffi.NULL, size, _PROT_RW, _MAP_SHARED_POPULATE, self.fd, offset)
-        if ptr == _MAP_FAILED:
-            err = ffi.errno
-            raise OSError(err, f"mmap of the io_uring at offset {offset:#x}: {os.strerror(err)}")
-        self._maps.append((ptr, size))
-        return ptr
+        try:
+            m = forksafety.SharedMapping(size, self.fd, offset, populate=True)
+        except OSError as exc:
+            raise OSError(exc.errno, f"mmap of the io_uring at offset {offset:#x}: {exc.strerror}") from exc
+        self._maps.append(m)
+        return ffi.cast("char *", m.address)
 
     def _map_rings(self, p: Any) -> None:
         sq_size = p.sq_off.array + p.sq_entries * 4
@@ -273,9 +276,14 @@ class IoUring:
         return int(pr.last_op)
 
     def register_eventfd(self, fd: int) -> None:
-        """Signal eventfd *fd* on every CQE."""
+        """Signal eventfd *fd* on every CQE.
+
+        The eventfd wakes whoever drives this ring (the dispatcher): it is
+        closed in a forked child too, for as long as this ring is open.
+        """
         val = ffi.new("int *", fd)
         self.register(U.Register.REGISTER_EVENTFD, int(ffi.cast("uintptr_t", val)), 1)
+        self._fd_guards.append(forksafety.close_in_child(fd))
 
     def register_buffers(self, buffers: list[tuple[int, int]]) -> None:
         """Register ``(address, length)`` buffers for READ_FIXED/WRITE_FIXED."""
@@ -303,12 +311,32 @@ class IoUring:
 
     def close(self) -> None:
         """Unmap the rings and close the ring fd. Idempotent."""
-        if getattr(self, "closed", False):
+        if self.closed:
             return
         self.closed = True
-        for ptr, size in self._maps:
-            _libc.munmap(ptr, size)
+        forksafety.unregister(self)
+        for m in self._maps:
+            m.close()
         self._maps = []
+        for guard in self._fd_guards:
+            guard.release()
+        self._fd_guards = []
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+    def drop_after_fork(self) -> None:
+        """In a forked child: the rings are not mapped here and the guards close the descriptors.
+
+        Every pointer into the rings is swapped for one that raises
+        ``ClosedError``, so this copy can neither fault nor reach the parent's
+        ring; :meth:`close` then has nothing left to do.
+        """
+        self.closed = True
+        self.fd = -1
+        self._maps = []  # each mapping forgets itself, without unmapping
+        self._fd_guards = []
+        dead = forksafety.inherited("this io_uring")
+        self._sq_head_p = self._sq_tail_p = self._sq_flags_p = self._sq_array = dead
+        self._cq_head_p = self._cq_tail_p = self._cq_flags_p = dead
+        self._cqes = self._sqes = dead

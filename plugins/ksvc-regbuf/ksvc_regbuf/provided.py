@@ -19,13 +19,13 @@ copy fails with ``EFAULT``.
 
 from __future__ import annotations
 
-import mmap
 import struct
 import threading
 from typing import Any
 
-from ksvc_host import native
+from ksvc_host import forksafety, native
 from ksvc_host.abi.io_uring import CQE_BUFFER_SHIFT, CqeFlag, IoringOp, Register, SqeFlag
+from ksvc_host.errors import ClosedError
 from ksvc_host.traits.buffer_provider import BufferHandle
 from ksvc_host.traits.io_backend import IoCompletion, SqeSpec
 
@@ -44,11 +44,13 @@ class ProvidedBufferRing:
         if count < 1 or count > 32768 or count & (count - 1):
             raise ValueError(f"provided_buffers must be a power of two up to 32768, got {count}")
         self.count, self.size, self.group = count, size, group
-        self._ring_mem = mmap.mmap(-1, max(4096, count * _BUF.size))
-        self._bufs = mmap.mmap(-1, count * size)
-        self._ring_view = memoryview(self._ring_mem)
-        self._ring_addr = native.address_of(native.ffi.from_buffer(self._ring_mem))
-        self._base = native.address_of(native.ffi.from_buffer(self._bufs))
+        # The kernel takes buffer addresses from the ring and received bytes land in the buffers: neither
+        # may reach a forked child (it could point the parent's receives anywhere, or read them).
+        self._ring_mem = forksafety.SharedMapping(max(4096, count * _BUF.size))
+        self._bufs = forksafety.SharedMapping(count * size)
+        self._ring_view = self._ring_mem.view()
+        self._ring_addr = self._ring_mem.address
+        self._base = self._bufs.address
         reg = native.alloc(_REG.size)
         _REG.pack_into(native.ffi.buffer(reg), 0, self._ring_addr, count, group, 0)
         backend.ring.register(Register.REGISTER_PBUF_RING, native.address_of(reg), 1)
@@ -87,6 +89,8 @@ class ProvidedBufferRing:
             return c
         if not c.flags & CqeFlag.BUFFER:
             return c  # an error (or end of stream) before a buffer was taken
+        if self._bufs.closed:
+            raise ClosedError("the provided buffers belong to the parent process")
         bid = c.flags >> CQE_BUFFER_SHIFT
         result = c.result
         if result > 0:

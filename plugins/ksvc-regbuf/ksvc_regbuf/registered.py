@@ -10,12 +10,12 @@ the pages on every operation. Anything else passes through unchanged.
 from __future__ import annotations
 
 import errno
-import mmap
 import threading
 from typing import Any
 
-from ksvc_host import native
+from ksvc_host import forksafety
 from ksvc_host.abi.io_uring import IoringOp
+from ksvc_host.errors import ClosedError
 from ksvc_host.traits.buffer_provider import BufferHandle
 from ksvc_host.traits.io_backend import SqeSpec
 
@@ -32,8 +32,9 @@ class RegisteredBuffers:
         if count < 1 or size < 4096 or size % 4096:
             raise ValueError(f"need count >= 1 and size a multiple of 4096, got count={count} size={size}")
         self.size = size
-        self._map = mmap.mmap(-1, count * size)
-        self._base = native.address_of(native.ffi.from_buffer(self._map))
+        # Shared with the kernel, holding the data of every fixed read and write: not inherited across fork().
+        self._map = forksafety.SharedMapping(count * size)
+        self._base = self._map.address
         self._end = self._base + count * size
         self._free = list(range(count - 1, -1, -1))
         self._lock = threading.Lock()
@@ -69,6 +70,8 @@ class RegisteredBuffers:
 
     def acquire(self, min_size: int) -> BufferHandle | None:
         """A registered buffer, or ``None`` when the size does not fit or all are in use."""
+        if self._map.closed:
+            raise ClosedError("the registered buffer pool belongs to the parent process (or is closed)")
         if min_size > self.size:
             return None
         with self._lock:
