@@ -230,3 +230,117 @@ def test_raw_api_full_ring_is_eagain() -> None:
         got = k.raw.completions(wait_for=16)
         assert sorted(c.corr_id for c in got) == sorted(ids)
         assert all(c.result == os.getpid() for c in got)
+
+
+def test_tier0_limits_and_clocks_equal_resource_and_time(k: ksvc.Ksvc) -> None:
+    import resource
+    import time
+
+    for which in (resource.RLIMIT_NOFILE, resource.RLIMIT_NPROC):
+        assert k.getrlimit_soft(which) == resource.getrlimit(which)[0]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft - 1, hard))
+    try:
+        k.refresh()
+        assert k.getrlimit_soft(resource.RLIMIT_NOFILE) == soft - 1  # fresh after refresh()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with pytest.raises(ValueError, match="not on the shared page"):
+        k.getrlimit_soft(resource.RLIMIT_STACK)
+    before = time.monotonic_ns()
+    k.refresh()
+    assert before <= k.clock_monotonic_ns() <= time.monotonic_ns()
+    assert abs(k.clock_realtime_ns() - time.time_ns()) < 1_000_000_000
+
+
+def test_asyncio_helpers_are_coroutines_for_tasks_and_task_groups(data_file: Path) -> None:
+    async def main() -> None:
+        async with ksvc.open_async() as k:
+            fd = os.open(data_file, os.O_RDONLY)
+            want = os.pread(fd, 100, 7)
+            assert await asyncio.create_task(k.pread(fd, 100, 7)) == want
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(k.pread(fd, 100, 7)), tg.create_task(k.pread_many(fd, 100, [7, 7]))]
+            assert tasks[0].result() == want and tasks[1].result() == [want, want]
+            assert k.getrlimit_soft(__import__("resource").RLIMIT_NOFILE) > 0 and k.getppid() == os.getppid()
+            os.close(fd)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    ("call", "args"),
+    [("pread", (-1, 10, 0)), ("pread", (2**31, 10, 0)), ("pread", ("3", 10, 0)), ("pread", (0, 1.5, 0)),
+     ("pread", (0, 10, 2**64)), ("pread", (0, -1, 0)), ("close", (2**63,)), ("close", (-2**31 - 1,)),
+     ("read", (-1, 10)), ("fstat", (2**40,)), ("lseek", (0, 2**63, 0)), ("pwrite", (-1, b"x", 0))],
+)  # fmt: skip
+def test_bad_arguments_raise_what_os_raises_and_leave_nothing(k: ksvc.Ksvc, call: str, args: tuple[object, ...]) -> None:
+    with pytest.raises(Exception) as direct:
+        getattr(os, call)(*args)
+    with pytest.raises(Exception) as through:
+        getattr(k, call)(*args)
+    assert type(through.value) is type(direct.value), (through.value, direct.value)
+    if isinstance(direct.value, OSError):
+        assert through.value.errno == direct.value.errno  # type: ignore[attr-defined]
+    assert k.raw.pending() == 0  # nothing registered, nothing submitted
+    assert k.getcwd() == os.getcwd()  # still serving
+
+
+def test_close_of_an_out_of_range_number_never_closes_another_descriptor(k: ksvc.Ksvc) -> None:
+    r, w = os.pipe()
+    try:
+        for bogus in (2**32 + r, 2**63 + r, -(2**32) + r):
+            with pytest.raises(OverflowError):
+                k.close(bogus)
+        os.fstat(r)  # still open
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_raw_entries_out_of_range_are_refused_before_anything_runs(k: ksvc.Ksvc) -> None:
+    getpid = SYSCALLS["getpid"]
+    with pytest.raises(ValueError, match="syscall number"):
+        k.raw.submit([(2**32 + getpid, (), 0)])  # would run getpid if the high bits were dropped
+    with pytest.raises(ValueError, match="flags"):
+        k.raw.submit([(getpid, (), 1 << 40)])
+    with pytest.raises(TypeError):
+        k.raw.submit([(getpid, (1.5,), 0)])
+    with pytest.raises(OverflowError):
+        k.raw.submit([(getpid, (2**64,), 0)])
+    with pytest.raises(ValueError, match="syscall number"):
+        k.syscall(2**32 + getpid)
+    assert k.raw.pending() == 0 and k.raw.completions() == []
+
+
+def test_a_read_that_completes_after_its_cancellation_keeps_its_bytes() -> None:
+    # Cancellation is reported once the kernel is done; a read the kernel finished anyway hands its
+    # bytes to the next read of that descriptor.
+    async def main() -> None:
+        async with ksvc.open_async() as k:
+            r, w = os.pipe()
+            for _ in range(10):
+                t = asyncio.create_task(k.read(r, 10))
+                await asyncio.sleep(0.01)
+                t.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await t
+                assert k._completer.pending_count() == 0  # the kernel answered before we heard of it
+                os.write(w, b"hello")
+                assert await asyncio.wait_for(k.read(r, 10), 5) == b"hello"
+            # The race itself: the data is in the pipe when the cancel is asked for.
+            t = asyncio.create_task(k.read(r, 3))
+            await asyncio.sleep(0.01)
+            os.write(w, b"abcdef")
+            t.cancel()
+            try:
+                got = await t
+            except asyncio.CancelledError:
+                got = b""
+            while len(got) < 6:
+                got += await asyncio.wait_for(k.read(r, 10), 5)
+            assert got == b"abcdef"  # nothing lost, nothing twice, in order
+            os.close(r)
+            os.close(w)
+
+    asyncio.run(main())

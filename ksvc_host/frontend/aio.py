@@ -24,6 +24,7 @@ from ksvc_host.errors import DispatcherFailed
 from ksvc_host.frontend.blocking import SETTLE_S, _LateResult, check_route
 from ksvc_host.frontend.core import BULK_MAX, BulkWaiter, Completer, Waiter
 from ksvc_host.frontend.operations import BulkOp, Op, Operations, ReadStream, oserror
+from ksvc_host.frontend.tier0 import SharedPageReads
 from ksvc_host.instance import Instance
 
 _NR_PREAD64 = SYSCALLS["pread64"]
@@ -69,7 +70,7 @@ class _ThreadsafeOutcome(_Outcome):
         self.loop.call_soon_threadsafe(_Outcome.__call__, self, corr_id, result, flags)
 
 
-class AsyncKsvc(Operations):
+class AsyncKsvc(SharedPageReads, Operations):
     """Asyncio helpers over one instance; each returns an awaitable future."""
 
     def __init__(self, instance: Instance, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -212,19 +213,18 @@ class AsyncKsvc(Operations):
                 op.cleanup()
             raise
         c = self._completer
-        out = _Outcome(self.loop.create_future()) if not self._threadsafe else _ThreadsafeOutcome(
-            self.loop.create_future(), self.loop
-        )
+        fut: asyncio.Future[tuple[int, int]] = self.loop.create_future()
+        out = _ThreadsafeOutcome(fut, self.loop) if self._threadsafe else _Outcome(fut)
         w = Waiter(op.keep, out)
         if self._backlog or not c.try_submit(((op.nr, op.args, 0),), (w,), wake=not self._runs):
             self._backlog.append((op, w))  # ring full: sent when completions free room
             self._flush_backlog()
         self._kick()
         try:
-            result, flags = await out.fut
+            result, flags = await fut
         except asyncio.CancelledError:
             await self._settle(op, w, out)
-            del op, w, out  # the exception's traceback keeps this frame, not the operation's buffers
+            del op, w, out, fut  # the exception's traceback keeps this frame, not the operation's buffers
             raise
         if flags == -1 and c.failure is not None:
             raise DispatcherFailed(f"the dispatcher failed: {c.failure!r}")
@@ -469,18 +469,6 @@ class AsyncKsvc(Operations):
         if w.corr_id and not w.done:
             self.instance.dispatcher.request_cancel(w.corr_id)
             self._kick()
-
-    # Tier 0 ---------------------------------------------------------------------------------
-
-    def getpid(self) -> int:
-        """Process id, from the shared page (no await needed)."""
-        self.instance.check_usable()
-        return self._page.pid
-
-    def getuid(self) -> int:
-        """Real user id, from the shared page."""
-        self.instance.check_usable()
-        return self._page.uid
 
     # Lifetime ----------------------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -17,23 +16,10 @@ from ksvc_host.errors import DispatcherFailed, NotOffloaded, RefusedSyscall
 from ksvc_host.frontend.core import BULK_MAX, BulkWaiter, Completer, Waiter
 from ksvc_host.frontend.operations import BulkOp, Op, Operations, ReadStream, oserror
 from ksvc_host.frontend.raw import RawChannel
+from ksvc_host.frontend.tier0 import SharedPageReads
 from ksvc_host.instance import Instance
 from ksvc_host.routing import is_refused
 from ksvc_host.traits import Tier
-
-
-def _span(*names: str) -> slice:
-    """The bytes of the shared page that hold the consecutive fields *names*."""
-    fields = [L.SHARED_PAGE_FIELDS[n] for n in names]
-    start = fields[0].offset
-    end = fields[-1].offset + struct.calcsize(fields[-1].fmt)
-    assert end - start == sum(struct.calcsize(f.fmt) for f in fields), "uname fields must be consecutive"
-    return slice(start, end)
-
-
-_UTS_A = _span("release", "nodename", "machine")
-_UTS_B = _span("uts_sysname", "uts_version")
-
 
 SETTLE_S = 1.0
 """How long an interrupted or cancelled call waits for the kernel to confirm its cancellation."""
@@ -54,7 +40,7 @@ def check_route(instance: Instance, nr: int) -> None:
     raise NotOffloaded(errno.ENOSYS, f"syscall {label} is not offloaded by KSVC (Tier 3): call it directly")
 
 
-class Ksvc(Operations):
+class Ksvc(SharedPageReads, Operations):
     """Blocking helpers over one instance; results and errors as ``os.*`` gives them.
 
     Thread-safe: any number of threads may call helpers at once.
@@ -65,8 +51,6 @@ class Ksvc(Operations):
         self._completer = Completer(instance)
         self._buffers = instance.buffer_provider
         self._page = instance.shared_page
-        self._uname_raw = b""
-        self._uname: os.uname_result | None = None
         self._late: dict[int, bytearray] = {}
         self.raw = RawChannel(instance, self._completer)
         """The raw entry interface (unsafe: pointers are the caller's responsibility)."""
@@ -251,78 +235,6 @@ class Ksvc(Operations):
     def fixed_files(self) -> Any:
         """The ``fixed-files`` feature's registry (``register(fd)``, ``unregister(fd)``), or ``None``."""
         return getattr(self.instance.io_backend, "fixed_files", None)
-
-    # Tier 0: straight from the shared page ------------------------------------------
-
-    def getpid(self) -> int:
-        """Process id, from the shared page."""
-        self.instance.check_usable()
-        return self._page.pid
-
-    def getppid(self) -> int:
-        """Parent process id, from the shared page."""
-        self.instance.check_usable()
-        return self._page.ppid
-
-    def getuid(self) -> int:
-        """Real user id, from the shared page."""
-        self.instance.check_usable()
-        return self._page.uid
-
-    def geteuid(self) -> int:
-        """Effective user id, from the shared page."""
-        self.instance.check_usable()
-        return self._page.euid
-
-    def getgid(self) -> int:
-        """Real group id, from the shared page."""
-        self.instance.check_usable()
-        return self._page.gid
-
-    def getegid(self) -> int:
-        """Effective group id, from the shared page."""
-        self.instance.check_usable()
-        return self._page.egid
-
-    def getpgrp(self) -> int:
-        """Process group id, from the shared page."""
-        self.instance.check_usable()
-        return self._page.pgid
-
-    def getsid(self) -> int:
-        """Session id of this process, from the shared page."""
-        self.instance.check_usable()
-        return self._page.sid
-
-    def uname(self) -> os.uname_result:
-        """System name, host name, release, version and machine, from the shared page (like ``os.uname``).
-
-        The result is built again only when the page's bytes for it changed
-        (a new host name): profiled, decoding five fields cost 8x ``os.uname()``.
-        """
-        self.instance.check_usable()
-        page = self.instance.channel.page
-        raw = bytes(page[_UTS_A]) + bytes(page[_UTS_B])
-        if raw != self._uname_raw:
-            field = self.instance.channel.read_page_field
-            self._uname = os.uname_result(
-                tuple(bytes(field(n)).decode(errors="surrogateescape")
-                      for n in ("uts_sysname", "nodename", "release", "uts_version", "machine"))  # fmt: skip
-            )
-            self._uname_raw = raw
-        assert self._uname is not None
-        return self._uname
-
-    def refresh(self) -> None:
-        """Re-read ids, credentials and limits into the shared page now.
-
-        The emulated channel refreshes them with every dispatcher batch and
-        at most 50 ms apart; call this after changing credentials or limits
-        to see the change in Tier 0 answers at once. (The kernel module
-        keeps the page current by itself.)
-        """
-        self.instance.check_usable()
-        self.instance.channel.refresh_identity()
 
     # Lifetime ----------------------------------------------------------------------------
 

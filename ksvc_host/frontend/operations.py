@@ -62,7 +62,7 @@ class Op:
         self.on_error = on_error
         """Maps an errno to a value instead of raising (``access`` returns False)."""
         self.capture: tuple[int, Callable[[int], bytes]] | None = None
-        """``(fd, bytes of a result)`` for reads that consume a stream (read, recv): see :meth:`Operations._keep_late`."""
+        """``(fd, bytes of a result)`` for reads that consume a stream (read, recv): see ``Operations._keep_late``."""
 
     def abandon(self) -> None:
         """The caller gave up on the result (cancelled, interrupted): release what only the result needed."""
@@ -379,7 +379,8 @@ class Operations:
         except BaseException:  # a bad argument: nothing was submitted, give the buffer back
             release()
             raise
-        op = Op(nr, raw, keep=owner, cleanup=release, finish=lambda r: bytes(ffi.buffer(ffi.cast("char *", address), r)))
+        op = Op(nr, raw, keep=owner, cleanup=release,
+                finish=lambda r: bytes(ffi.buffer(ffi.cast("char *", address), r)))  # fmt: skip
         if stream_fd >= 0:
             op.capture = (stream_fd, op.finish)  # type: ignore[assignment]
         return self._run(op)

@@ -42,7 +42,8 @@ class RawChannel:
                 raise ValueError(f"an entry has at most 6 arguments, got {len(args)}")
             f = operator.index(flags)
             if f & ~L.SUBMIT_FLAGS_VALID or f < 0:
-                raise ValueError(f"entry flags {f:#x} carry bits KSVC does not define (valid: {L.SUBMIT_FLAGS_VALID:#x})")
+                valid = L.SUBMIT_FLAGS_VALID
+                raise ValueError(f"entry flags {f:#x} carry bits KSVC does not define (valid: {valid:#x})")
             norm.append((syscall_number(nr), tuple(word(a) for a in args) + (0,) * (6 - len(args)), f))
         waiters = [Waiter(callback=self._on_completion) for _ in norm]
         self._completer.submit_raw(norm, waiters)
