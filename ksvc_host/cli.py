@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ksvc_host.errors import KsvcError
-from ksvc_host.plugins import REGISTER_HOOKS, PluginManager, get_plugin_manager
+from ksvc_host.plugins import ENV_PLUGINS, REGISTER_HOOKS, PluginManager, get_plugin_manager
 from ksvc_host.selection import PRESETS
 from ksvc_host.traits import TRAITS
 
@@ -41,6 +41,11 @@ def _plugins_data(pm: PluginManager) -> dict[str, Any]:
 
     return {
         "fast_path": {"implementation": fastpath.IMPLEMENTATION, "reason": fastpath.REASON},
+        "filter": {
+            "KSVC_PLUGINS": pm.filter,
+            "excluded": [p.as_dict() for p in pm.excluded.values()],
+            "not_installed": list(pm.unmatched),
+        },
         "plugins": [p.as_dict() for p in pm.plugins.values()],
         "implementations": impls,
         "conflicts": [
@@ -48,6 +53,24 @@ def _plugins_data(pm: PluginManager) -> dict[str, Any]:
             for (t, n), claims in pm.conflicts.items()
         ],
     }
+
+
+def _nothing_loaded(pm: PluginManager) -> str:
+    """One sentence for ``ksvc plugins`` when no plugin loaded: what is installed, and what to do."""
+    excluded = pm.excluded_distributions()
+    if excluded:
+        one = len(excluded) == 1
+        return (
+            f"No KSVC plugins loaded: {', '.join(excluded)} {'is' if one else 'are'} installed but not loaded, "
+            f"as {pm.filter_note()} excludes {'it' if one else 'them'}{pm.unmatched_note()}; "
+            f"add the ones you want to {ENV_PLUGINS} (ksvc-basic for the defaults) or unset the variable."
+        )
+    if pm.filter:
+        return (
+            f"No KSVC plugins installed ({pm.filter_note()} names only plugins that are not installed). "
+            f"Install the defaults with: pip install ksvc-basic"
+        )
+    return "No KSVC plugins installed. Install the defaults with: pip install ksvc-basic"
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -58,7 +81,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0
     if not data["plugins"]:
-        print("No KSVC plugins installed. Install the defaults with: pip install ksvc-basic")
+        print(_nothing_loaded(pm))
         return 0
     print(f"{'TRAIT':<16} {'NAME':<16} {'DISTRIBUTION':<18} {'VERSION':<9} DEFAULT")
     for row in data["implementations"]:
@@ -72,9 +95,20 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             f"conflict: {c['trait']} {c['name']!r} is claimed by {' and '.join(c['distributions'])}",
             file=sys.stderr,
         )
+    excluded = pm.excluded_distributions()
+    if excluded:
+        print(f"installed but not loaded: {', '.join(excluded)} ({pm.filter_note()} excludes them)", file=sys.stderr)
+    if pm.unmatched:
+        names = ", ".join(pm.unmatched)
+        verb = "is not an installed KSVC plugin" if len(pm.unmatched) == 1 else "are not installed KSVC plugins"
+        print(f"{pm.filter_note()} names {names}, which {verb}; check the spelling or install it", file=sys.stderr)
     missing = [t for t in TRAITS if not pm.names(t)]
     if missing:
-        print(f"No implementation of {', '.join(missing)}: pip install ksvc-basic", file=sys.stderr)
+        if pm.is_excluded("ksvc-basic"):
+            how = f"ksvc-basic is installed but not loaded: {pm.exclusion_advice(['ksvc-basic'])}"
+        else:
+            how = "pip install ksvc-basic"
+        print(f"No implementation of {', '.join(missing)}: {how}", file=sys.stderr)
     fp = data["fast_path"]
     print(f"\nfast path: {fp['implementation']}" + (f" ({fp['reason']})" if fp["reason"] else " (compiled loops)"))
     return 0
@@ -132,6 +166,7 @@ def _probe_data(kernel: str | None) -> dict[str, Any]:
 def cmd_probe(args: argparse.Namespace) -> int:
     """Show the routing table: of the running kernel, or of a named one."""
     data = _probe_data(args.kernel)
+    pm = get_plugin_manager()
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -143,7 +178,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
         print("io_uring features:")
         for f in data["features"]:
             kernel_says = "yes" if f["supported"] else "NO "
-            plugin = "installed" if f["installed"] else f"pip install {f['distribution']}"
+            if f["installed"]:
+                plugin = "installed"
+            elif pm.is_excluded(f["distribution"]):
+                plugin = f"installed, not loaded ({pm.filter_note()})"
+            else:
+                plugin = f"pip install {f['distribution']}"
             print(f"  {f['feature']:<17} kernel: {kernel_says} ({f['detail']}); plugin {f['distribution']}: {plugin}")
     width = max(len(n) for n in data["routes"])
     for name, r in data["routes"].items():
@@ -170,6 +210,9 @@ def cmd_soak(args: argparse.Namespace) -> int:
     report = run_soak(ops=args.ops, threads=args.threads, presets=args.preset or None, quiet=args.json)
     if args.json:
         print(json.dumps(report, indent=2))
+    if report.get("error"):
+        print(f"ksvc: {report['error']}", file=sys.stderr)
+        return 2
     return 0 if report["ok"] else 1
 
 

@@ -4,13 +4,18 @@ Plugins are modules registered under the entry-point group ``ksvc``. Each
 is loaded on its own: one that fails to import, or raises while
 registering, is reported by name and the others keep working. The
 environment variable ``KSVC_PLUGINS`` limits loading to a comma-separated
-list of entry-point or distribution names (empty: load none).
+list of entry-point or distribution names (empty: load none); the plugins
+it leaves out are remembered (:attr:`PluginManager.excluded`), as are the
+names in it that match nothing installed (:attr:`PluginManager.unmatched`),
+so that a name they would have provided is reported as "installed but not
+loaded" rather than "not installed" (docs/design.md §9).
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -89,6 +94,12 @@ class PluginManager:
         self.plugins: dict[str, PluginInfo] = {}
         self.implementations: dict[str, dict[str, Implementation]] = {t: {} for t in REGISTER_HOOKS}
         self.conflicts: dict[tuple[str, str], list[Implementation]] = {}
+        self.filter: str | None = None
+        """The value of ``KSVC_PLUGINS`` when entry points were loaded (``None``: unset, load all)."""
+        self.excluded: dict[str, PluginInfo] = {}
+        """Installed plugins that ``KSVC_PLUGINS`` left out, by entry-point name (not imported)."""
+        self.unmatched: tuple[str, ...] = ()
+        """Names in ``KSVC_PLUGINS`` that match no installed plugin's entry point or distribution."""
         if load_entry_points:
             self._load_entry_points()
         for name, plugin in extra_plugins:
@@ -99,17 +110,23 @@ class PluginManager:
     # Loading ----------------------------------------------------------------
 
     def _load_entry_points(self) -> None:
+        self.filter = os.environ.get(ENV_PLUGINS)
         wanted = _wanted_plugins()
+        matched: set[str] = set()
         seen: set[str] = set()
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = ep.dist.name if ep.dist is not None else "(unknown)"
             version = ep.dist.version if ep.dist is not None else ""
-            if wanted is not None and ep.name not in wanted and dist not in wanted:
-                continue
             if ep.name in seen:  # the same entry point seen through two paths
                 continue
             seen.add(ep.name)
             info = PluginInfo(ep.name, dist, version, ep.value)
+            if wanted is not None:
+                hits = {w for w in wanted if w == ep.name or _normalize(w) == _normalize(dist)}
+                if not hits:
+                    self.excluded[ep.name] = info
+                    continue
+                matched |= hits
             try:
                 plugin = ep.load()
             except Exception as exc:  # a broken plugin must not take the others down
@@ -117,6 +134,8 @@ class PluginManager:
                 self.plugins[ep.name] = info
                 continue
             self._register(plugin, info)
+        if wanted is not None:
+            self.unmatched = tuple(sorted(wanted - matched))
 
     def _register(self, plugin: Any, info: PluginInfo) -> None:
         try:
@@ -172,9 +191,43 @@ class PluginManager:
         """Plugins that failed to import, register or contribute."""
         return [p for p in self.plugins.values() if p.error]
 
+    def excluded_distributions(self) -> list[str]:
+        """Sorted distributions whose plugins are installed but left out by ``KSVC_PLUGINS``."""
+        loaded = {p.distribution for p in self.plugins.values()}
+        return sorted({p.distribution for p in self.excluded.values()} - loaded)
+
+    def is_excluded(self, distribution: str) -> bool:
+        """True when *distribution* is installed but ``KSVC_PLUGINS`` kept it from loading."""
+        return _normalize(distribution) in {_normalize(d) for d in self.excluded_distributions()}
+
+    def filter_note(self) -> str:
+        """``KSVC_PLUGINS=...`` as set (quoted when empty)."""
+        return f"{ENV_PLUGINS}={self.filter or chr(39) * 2}"
+
+    def unmatched_note(self) -> str:
+        """`` (bogus is not an installed KSVC plugin)`` when ``KSVC_PLUGINS`` names such; else ``""``."""
+        if not self.unmatched:
+            return ""
+        if len(self.unmatched) == 1:
+            return f" ({self.unmatched[0]} is not an installed KSVC plugin)"
+        return f" ({', '.join(self.unmatched)} are not installed KSVC plugins)"
+
+    def exclusion_advice(self, distributions: list[str]) -> str:
+        """Why *distributions* (installed) are not loaded and what to do, as the end of a sentence."""
+        them = "it" if len(distributions) == 1 else "them"
+        return (
+            f"{self.filter_note()} excludes {them}{self.unmatched_note()}; add {','.join(distributions)} "
+            f"to {ENV_PLUGINS} or unset the variable"
+        )
+
     def observers_for(self, hook_name: str) -> bool:
         """True when any plugin implements observer hook *hook_name*."""
         return bool(getattr(self.pm.hook, hook_name).get_hookimpls())
+
+
+def _normalize(name: str) -> str:
+    """A distribution name as PEP 503 compares them (``KSVC_Basic`` and ``ksvc-basic`` are one)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _wanted_plugins() -> set[str] | None:

@@ -101,19 +101,45 @@ def _provider(trait: str, name: str) -> str | None:
     return PROVIDERS.get((trait, name)) or (PROVIDERS.get(("io_feature", name)) if trait == "io_backend" else None)
 
 
-def _hint(trait: str, name: str) -> str:
+def _hint(pm: PluginManager, trait: str, name: str) -> str:
+    """How to get *name*: install its distribution, or let ``KSVC_PLUGINS`` load it where it is installed."""
     dist = _provider(trait, name)
+    if dist and pm.is_excluded(dist):
+        return f"it is provided by {dist}, which is installed but not loaded: {pm.exclusion_advice([dist])}"
     if dist:
         return f"install it with: pip install {dist}"
+    excluded = pm.excluded_distributions()
+    if excluded:
+        return (
+            f"check the spelling, or install the plugin that provides it; {pm.filter_note()} also leaves out "
+            f"the installed {', '.join(excluded)}"
+        )
     return "check the spelling, or install the plugin that provides it"
 
 
 def _unknown(pm: PluginManager, trait: str, name: str, source: str) -> SelectionError:
+    dist = _provider(trait, name)
+    if dist and pm.is_excluded(dist):  # what else is available does not matter: the right plugin is right there
+        return SelectionError(f"no {trait} named {name!r} (from {source}): {_hint(pm, trait, name)}")
     available = pm.names(trait)
     if trait == "io_backend":
         available += [f"+{f}" for f in pm.names("io_feature")]
-    listed = ", ".join(available) if available else "none installed"
-    return SelectionError(f"no {trait} named {name!r} (from {source}); available: {listed}; {_hint(trait, name)}")
+    listed = ", ".join(available) if available else "none loaded"
+    return SelectionError(f"no {trait} named {name!r} (from {source}); available: {listed}; {_hint(pm, trait, name)}")
+
+
+def _missing_for_preset(pm: PluginManager, preset: str, need: list[str]) -> SelectionError:
+    """The distributions preset *preset* needs: which to install, which ``KSVC_PLUGINS`` keeps out."""
+    excluded = [d for d in need if pm.is_excluded(d)]
+    absent = [d for d in need if d not in excluded]
+    parts = []
+    if absent:
+        verb = "is" if len(absent) == 1 else "are"
+        parts.append(f"{', '.join(absent)}, which {verb} not installed (install with: pip install {' '.join(absent)})")
+    if excluded:
+        verb = "is" if len(excluded) == 1 else "are"
+        parts.append(f"{', '.join(excluded)}, which {verb} installed but not loaded: {pm.exclusion_advice(excluded)}")
+    return SelectionError(f"preset {preset!r} needs {', and '.join(parts)}")
 
 
 def resolve(pm: PluginManager, preset: str | None = None, **names: str | None) -> Selection:
@@ -155,11 +181,7 @@ def resolve(pm: PluginManager, preset: str | None = None, **names: str | None) -
                 else:
                     errors.append(_unknown(pm, trait, part, sources[trait]))
     if missing:
-        need = sorted(set(missing))
-        raise SelectionError(
-            f"preset {preset_name!r} needs {', '.join(need)}, which "
-            f"{'is' if len(need) == 1 else 'are'} not installed; install with: pip install {' '.join(need)}"
-        )
+        raise _missing_for_preset(pm, preset_name, sorted(set(missing)))
     if errors:
         raise errors[0]
     return Selection(MappingProxyType(chosen), backend, features, preset_name)

@@ -4,7 +4,10 @@ Several threads (blocking front end) and one asyncio loop run a mix of
 Tier 0, 1 and 2 calls against files and pipes, checking every result
 against ``os.*``. Before and after, it counts open descriptors, threads
 and resident memory; the report says how many operations ran, how many
-were wrong or lost, and what leaked. Exit status 0 only when all are zero.
+were wrong or lost, and what leaked. Exit status 0 only when all are zero
+and at least one preset ran: a run with no usable preset (no plugins
+installed, or ``KSVC_PLUGINS`` leaving them out) reports ``"ok": false``
+and an ``"error"`` naming what to install.
 """
 
 from __future__ import annotations
@@ -77,10 +80,29 @@ async def _async_part(path: str, data: bytes, ops: int, selection: dict[str, Any
 def run_soak(
     ops: int = 1_000_000, threads: int = 4, presets: list[str] | None = None, quiet: bool = False
 ) -> dict[str, Any]:
-    """Run the soak; return the report (see the module docstring)."""
-    names = presets or [p for p in PRESETS if _available(p)]
-    data = os.urandom(1 << 20)
+    """Run the soak; return the report (see the module docstring).
+
+    Without *presets*, every preset whose plugins are installed runs; when
+    none is, nothing runs and the report carries ``"ok": False`` and an
+    ``"error"`` sentence saying what to install.
+    """
+    if threads < 0:
+        raise ValueError(f"--threads must be 0 or more, got {threads}")
+    if ops < threads + 1:
+        raise ValueError(
+            f"--ops must be at least {threads + 1} (one per thread and one for the asyncio loop), got {ops}"
+        )
     report: dict[str, Any] = {"presets": {}, "ok": True}
+    if presets:
+        names = list(presets)
+    else:
+        unusable = {p: _unavailable(p) for p in PRESETS}
+        names = [p for p, why in unusable.items() if why is None]
+        if not names:
+            report["ok"] = False
+            report["error"] = f"the soak ran nothing, as no preset is usable here: {unusable['default']}"
+            return report
+    data = os.urandom(1 << 20)
     with tempfile.NamedTemporaryFile() as f:
         f.write(data)
         f.flush()
@@ -127,13 +149,14 @@ def run_soak(
     return report
 
 
-def _available(preset: str) -> bool:
+def _unavailable(preset: str) -> str | None:
+    """Why *preset* cannot run here (the selection error: what to install), or ``None`` when it can."""
     from ksvc_host.errors import SelectionError
     from ksvc_host.plugins import get_plugin_manager
     from ksvc_host.selection import resolve
 
     try:
         resolve(get_plugin_manager(), preset)
-        return True
-    except SelectionError:
-        return False
+        return None
+    except SelectionError as exc:
+        return str(exc)

@@ -96,17 +96,64 @@ def test_selection_order_code_env_preset(monkeypatch: pytest.MonkeyPatch) -> Non
     assert resolve(pm, worker_pool="fixed").names["worker_pool"] == "fixed"
 
 
+def _installed(distribution: str) -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution(distribution)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
 def test_unknown_name_says_what_is_available_and_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KSVC_PLUGINS", "ksvc-basic")
     pm = PluginManager()
     with pytest.raises(ksvc.SelectionError) as info:
         resolve(pm, worker_pool="lazy")
     text = str(info.value)
-    assert "'lazy'" in text and "fixed" in text and "pip install ksvc-lazypool" in text
+    if _installed("ksvc-lazypool"):  # this environment has it: KSVC_PLUGINS is what keeps it out
+        assert "'lazy'" in text and "ksvc-lazypool, which is installed but not loaded" in text
+        assert "KSVC_PLUGINS=ksvc-basic excludes it" in text and "add ksvc-lazypool to KSVC_PLUGINS" in text
+        assert "pip install" not in text
+    else:
+        assert "'lazy'" in text and "fixed" in text and "pip install ksvc-lazypool" in text
+        assert "not loaded" not in text
     with pytest.raises(ksvc.SelectionError, match="unknown selection keyword"):
         resolve(pm, workerpool="fixed")  # type: ignore[arg-type]
-    with pytest.raises(ksvc.SelectionError, match="check the spelling"):
+    with pytest.raises(ksvc.SelectionError, match="check the spelling") as info:
         resolve(pm, notifier="no-such-notifier")
+    assert "KSVC_PLUGINS=ksvc-basic also leaves out the installed" in str(info.value)
+    assert "ksvc-test-plugin" in str(info.value)  # installed (the fixtures), not loaded: perhaps it has the name
+
+
+def test_filter_remembers_what_it_excluded_and_what_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KSVC_PLUGINS", "KSVC_Basic, bogus,test-plugin")  # distribution names compare as PEP 503
+    pm = PluginManager()
+    assert set(pm.plugins) == {"basic", "test-plugin"}
+    assert pm.filter == "KSVC_Basic, bogus,test-plugin" and pm.unmatched == ("bogus",)
+    assert {"test-broken", "test-conflict"} <= set(pm.excluded)
+    assert pm.excluded["test-broken"].distribution == "ksvc-test-broken" and not pm.excluded["test-broken"].error
+    assert pm.is_excluded("ksvc-test-broken") and pm.is_excluded("KSVC_TEST_BROKEN")
+    assert not pm.is_excluded("ksvc-basic") and not pm.is_excluded("ksvc-no-such-thing")
+    monkeypatch.delenv("KSVC_PLUGINS")
+    pm = PluginManager()
+    assert pm.filter is None and pm.excluded == {} and pm.unmatched == ()
+
+
+def test_preset_names_plugins_installed_but_excluded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KSVC_PLUGINS", "bogus")
+    pm = PluginManager()
+    assert pm.plugins == {} and pm.unmatched == ("bogus",)
+    with pytest.raises(ksvc.SelectionError) as info:
+        resolve(pm)
+    assert str(info.value) == (
+        "preset 'default' needs ksvc-basic, which is installed but not loaded: KSVC_PLUGINS=bogus excludes it "
+        "(bogus is not an installed KSVC plugin); add ksvc-basic to KSVC_PLUGINS or unset the variable"
+    )
+    monkeypatch.setenv("KSVC_PLUGINS", "")
+    with pytest.raises(ksvc.SelectionError, match="ksvc-basic, which is installed but not loaded: KSVC_PLUGINS=''"):
+        resolve(PluginManager())
 
 
 def test_missing_preset_plugins_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -136,14 +183,17 @@ def test_cli_plugins_json() -> None:
     assert any(p["name"] == "test-broken" and p["error"] for p in data["plugins"])
 
 
-def test_host_alone_says_which_plugin_to_install() -> None:
+def test_empty_filter_says_ksvc_basic_is_installed_but_not_loaded() -> None:
+    """KSVC_PLUGINS="" loads nothing: every message says so, instead of asking to install what is there."""
     env = {"KSVC_PLUGINS": ""}
     out = _cli("plugins", env=env)
-    assert out.returncode == 0 and "pip install ksvc-basic" in out.stdout
+    assert out.returncode == 0 and out.stdout.startswith("No KSVC plugins loaded: ")
+    assert "ksvc-basic" in out.stdout and "installed but not loaded" in out.stdout and "KSVC_PLUGINS=''" in out.stdout
+    assert "pip install" not in out.stdout
     out = _cli("demo", env=env)
     assert out.returncode == 2
-    assert "Traceback" not in out.stderr and "pip install ksvc-basic" in out.stderr
+    assert "Traceback" not in out.stderr and "ksvc-basic, which is installed but not loaded" in out.stderr
     code = "import ksvc_host as k\ntry:\n    k.open()\nexcept k.SelectionError as e:\n    print(e)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**__import__("os").environ, **env})  # fmt: skip
-    assert "pip install ksvc-basic" in run.stdout
+    assert "KSVC_PLUGINS='' excludes it" in run.stdout and "unset the variable" in run.stdout
