@@ -1,4 +1,4 @@
-"""The dispatcher: one generic loop over the traits (DESIGN section 5).
+"""The dispatcher: one generic loop over the traits (docs/design.md §5).
 
 Each turn of :meth:`Dispatcher.run_once`:
 

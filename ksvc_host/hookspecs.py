@@ -1,6 +1,6 @@
 """The hooks plugins implement.
 
-Every trait of DESIGN section 3 is one ``ksvc_register_*`` hook. A plugin
+Every trait of docs/design.md §3 is one ``ksvc_register_*`` hook. A plugin
 implements it by calling ``register(name, factory, description=...)`` once
 per implementation it contributes::
 

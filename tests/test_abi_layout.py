@@ -1,4 +1,4 @@
-"""Pin every size and offset of the channel ABI (DESIGN section 4)."""
+"""Pin every size and offset of the channel ABI (docs/design.md §4)."""
 
 from __future__ import annotations
 

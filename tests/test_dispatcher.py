@@ -18,8 +18,8 @@ import pytest
 import ksvc_host as ksvc
 from ksvc_host import native
 from ksvc_host.abi import layout as L
-from ksvc_host.frontend.core import Waiter
 from ksvc_host.abi.syscalls import SYSCALLS
+from ksvc_host.frontend.core import Waiter
 
 NR = SYSCALLS
 LINK = L.SUBMIT_FLAG_LINKED

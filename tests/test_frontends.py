@@ -8,6 +8,7 @@ import fcntl
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -274,7 +275,7 @@ def test_asyncio_helpers_are_coroutines_for_tasks_and_task_groups(data_file: Pat
      ("pread", (0, 10, 2**64)), ("pread", (0, -1, 0)), ("close", (2**63,)), ("close", (-2**31 - 1,)),
      ("read", (-1, 10)), ("fstat", (2**40,)), ("lseek", (0, 2**63, 0)), ("pwrite", (-1, b"x", 0))],
 )  # fmt: skip
-def test_bad_arguments_raise_what_os_raises_and_leave_nothing(k: ksvc.Ksvc, call: str, args: tuple[object, ...]) -> None:
+def test_bad_arguments_raise_what_os_raises_and_leave_nothing(k: ksvc.Ksvc, call: str, args: tuple[Any, ...]) -> None:
     with pytest.raises(Exception) as direct:
         getattr(os, call)(*args)
     with pytest.raises(Exception) as through:

@@ -1,4 +1,4 @@
-"""Routing: the seed's runtime-detection table, the running kernel, refused and unknown numbers."""
+"""Routing (docs/design.md §1): the runtime-detection table, the running kernel, refused and unknown numbers."""
 
 from __future__ import annotations
 

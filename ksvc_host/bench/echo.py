@@ -1,4 +1,4 @@
-"""``ksvc bench echo``: the seed's five echo workloads against KSVC, asyncio and uvloop servers.
+"""``ksvc bench echo``: the five echo workloads of docs/design.md §7 against KSVC, asyncio and uvloop servers.
 
 Each server runs in a child process of its own; the load generator runs in
 this process, with one message in flight per connection (send, wait for

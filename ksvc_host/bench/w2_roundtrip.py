@@ -25,7 +25,7 @@ PAIRS: tuple[tuple[str, dict[str, Any], str, dict[str, Any]], ...] = (
     ("ring sink", {}, "direct-wake sink", {"completion_sink": "direct-wake"}),
     ("basic backend", {}, "sqpoll backend", {"io_backend": "sqpoll"}),
 )
-"""(name, selection) of each side; the second is the seed's faster option."""
+"""(name, selection) of each side; the second is the design's faster option."""
 
 _NR_GETPPID = SYSCALLS["getppid"]
 
@@ -97,7 +97,7 @@ def run(report: Report, ops: int = 20_000, directory: str | None = None) -> None
 
 
 def verdicts(measurements: Sequence[Measurement]) -> list[dict[str, Any]]:
-    """For each pair and case: is the seed's faster option faster at p50?"""
+    """For each pair and case: is the design's faster option faster at p50?"""
     by = {(m.case, m.contender): m for m in measurements if m.workload == "W2" and m.status == "ok"}
     out = []
     for case in ("no-op", "pread 1 B"):

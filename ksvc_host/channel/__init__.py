@@ -1,4 +1,4 @@
-"""The channel: submit ring, completion ring and shared page (ABI section 4).
+"""The channel: submit ring, completion ring and shared page (docs/design.md §4).
 
 :func:`open_channel` picks the device when ``/dev/ksvc`` exists and the
 emulated channel otherwise; both expose the same :class:`Channel` surface.

@@ -1,4 +1,4 @@
-"""A single-producer, single-consumer ring over shared memory (ABI section 4).
+"""A single-producer, single-consumer ring over shared memory (docs/design.md §4).
 
 The header holds ``head`` (advanced by the consumer) and ``tail`` (advanced
 by the producer) as free-running u64 counters; an entry's slot is

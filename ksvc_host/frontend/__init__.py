@@ -1,1 +1,1 @@
-"""Front ends over an instance: blocking, asyncio, batch and raw (DESIGN section 6)."""
+"""Front ends over an instance: blocking, asyncio, batch and raw (docs/design.md §6)."""

@@ -843,6 +843,8 @@ def _length(n: Any) -> int:
     v = operator.index(n)
     if v < 0:
         raise OSError(errno.EINVAL, f"{os.strerror(errno.EINVAL)}: negative length {v}")
+    if v > _C_LONG_MAX:
+        raise OverflowError("Python int too large to convert to C ssize_t")
     return min(v, MAX_RW_COUNT)
 
 

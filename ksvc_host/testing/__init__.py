@@ -1,7 +1,7 @@
 """The conformance kit: contract checks any implementation of a trait can run against itself.
 
 Each ``check_*`` function builds fresh objects with the factory it is
-given, exercises the trait's contract (DESIGN section 3) on real kernel
+given, exercises the trait's contract (docs/design.md §3) on real kernel
 objects, and raises ``AssertionError`` naming the broken rule. Use them
 from any test runner::
 
@@ -12,6 +12,12 @@ from any test runner::
 
 :func:`check_instance` runs a whole stack, selected by name, through
 differential reads and writes against ``os.*``.
+
+Every check ends in bounded time: its steps run on a daemon thread, and
+a step that takes longer than ``kit.DEADLINE`` seconds (a call that never
+returns, a completion that never arrives) fails the check with an
+``AssertionError`` naming the contract; :func:`check_instance` names the
+component the stuck stack points at.
 """
 
 from ksvc_host.testing.faults import FaultInjector, InjectedFault, faulty_plugin

@@ -15,7 +15,7 @@ from ksvc_host.instance import BuildContext
 
 
 class CompositeIoUring(BasicIoUring):
-    """``basic`` with features applied: the seed's CompositeIoUring."""
+    """``basic`` with features applied: CompositeIoUring (docs/design.md §3)."""
 
     def __init__(self, features: list[Any], entries: int, setup_flags: int, **ring_kwargs: Any) -> None:
         super().__init__(entries, setup_flags=setup_flags, **ring_kwargs)

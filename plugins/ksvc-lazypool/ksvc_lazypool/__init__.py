@@ -1,3 +1,3 @@
-"""ksvc-lazypool: the ``lazy`` worker pool (the seed's LazyPool)."""
+"""ksvc-lazypool: the ``lazy`` worker pool (LazyPool, docs/design.md §3)."""
 
 __version__ = "0.1.0"
