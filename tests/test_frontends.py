@@ -314,9 +314,9 @@ def test_raw_entries_out_of_range_are_refused_before_anything_runs(k: ksvc.Ksvc)
     assert k.raw.pending() == 0 and k.raw.completions() == []
 
 
-def test_a_read_that_completes_after_its_cancellation_keeps_its_bytes() -> None:
-    # Cancellation is reported once the kernel is done; a read the kernel finished anyway hands its
-    # bytes to the next read of that descriptor.
+def test_a_read_that_wins_the_race_with_its_cancellation_loses_nothing() -> None:
+    # Cancellation is reported once the kernel is done; a read the kernel finished anyway delivers
+    # its bytes instead of the cancellation.
     async def main() -> None:
         async with ksvc.open_async() as k:
             r, w = os.pipe()

@@ -223,26 +223,36 @@ class AsyncKsvc(SharedPageReads, Operations):
         try:
             result, flags = await fut
         except asyncio.CancelledError:
-            await self._settle(op, w, out)
-            del op, w, out, fut  # the exception's traceback keeps this frame, not the operation's buffers
-            raise
+            won = await self._settle(op, w, out)
+            if won is None:
+                del op, w, out, fut  # the exception's traceback keeps this frame, not the operation's buffers
+                raise
+            # The operation completed before the kernel could cancel it: its result is delivered
+            # instead (as asyncio.wait_for does), so no bytes read, written or accepted go unseen.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            result, flags = won, 0
         if flags == -1 and c.failure is not None:
             raise DispatcherFailed(f"the dispatcher failed: {c.failure!r}")
         return op.outcome(result)
 
-    async def _settle(self, op: Op, w: Waiter, out: _Outcome) -> None:
+    async def _settle(self, op: Op, w: Waiter, out: _Outcome) -> int | None:
         """The awaiting task was cancelled: cancel the operation and wait for the kernel's answer.
 
-        Cancellation is reported only once the kernel is done with the
-        operation (or, for a call stuck on a worker, after ``SETTLE_S``:
-        its buffers stay referenced until it ends). A read that completed
-        after all keeps its bytes for the next read of that descriptor.
+        Returns the result when the operation succeeded before the kernel
+        could cancel it (the caller delivers it instead of the cancellation),
+        else None: the cancellation is reported, and only once the kernel
+        is done with the operation. A call stuck on a worker is waited for
+        ``SETTLE_S`` at most; its buffers stay referenced until it ends, and
+        a read among them keeps its bytes for the next read of that
+        descriptor.
         """
         if not w.corr_id:  # still in the backlog: never submitted
             with contextlib.suppress(ValueError):
                 self._backlog.remove((op, w))
             op.abandon()
-            return
+            return None
         if not w.done:
             out.fut = self.loop.create_future()
             self.instance.dispatcher.request_cancel(w.corr_id)
@@ -253,14 +263,18 @@ class AsyncKsvc(SharedPageReads, Operations):
                 if left <= 0:
                     out.fut = None
                     out.late = _LateResult(self, op)  # handled when the kernel finally answers
-                    return
+                    return None
                 with contextlib.suppress(asyncio.CancelledError):  # cancelled again: still waiting for the kernel
                     await asyncio.wait((out.fut,), timeout=left)
-            result = out.fut.result()[0]
+            result, flags = out.fut.result()
+            if flags == -1:  # failed or closed meanwhile: nothing ran to completion
+                result = -errno.ECANCELED
         else:
             result = w.result
-        self._keep_late(op, result)
+        if result >= 0:
+            return result
         op.abandon()
+        return None
 
     def _run_bulk(self, op: BulkOp) -> Coroutine[Any, Any, Any]:
         return self._await_bulk(op)
