@@ -76,13 +76,11 @@ _POSITIONED: dict[int, tuple[int, int]] = {
     SYSCALLS[name]: (0, 3) for name in ("pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2")
 }
 _IDENTITY_REFRESH_NS = 50_000_000
-_HELP_TURNS = 3
 _STATS_FIELDS = ("entries_processed", "batches_processed", "io_uring_inflight", "worker_pool_active",
                  "submit_head", "submit_tail", "completion_head", "completion_tail")  # fmt: skip
 _STATS_OFFSET = L.SHARED_PAGE_FIELDS[_STATS_FIELDS[0]].offset
 _STATS_BLOCK = struct.Struct("<8Q")
 assert [L.SHARED_PAGE_FIELDS[f].offset for f in _STATS_FIELDS] == [_STATS_OFFSET + 8 * i for i in range(8)]
-_SPIN_NS = 50_000
 
 
 def _no_backlog() -> int:
@@ -165,30 +163,14 @@ class Dispatcher:
         self._quiet: Callable[[bool], None] | None = getattr(io_backend, "set_completion_wakeups", None)
         self._completions_ready: Callable[[], int] | None = getattr(io_backend, "completions_ready", None)
         self._muted = False
-        self._spins = bool(getattr(io_backend, "completes_asynchronously", False))
-        self._publish_quietly: Callable[[], None] | None = getattr(sink, "publish_quietly", None)
-        self._helper = False
-        """A caller runs this turn (``help``) and reaps next: its own completions need no wake-up."""
         self._inline_ring = self._express is not None and self._express.has_inline_ring
         self.poller_backlog: Callable[[], int] = (
             self._express.poller_backlog if self._express is not None else _no_backlog
         )
         """SQEs the kernel's SQ thread has not consumed yet (0 without an express lane)."""
         self._thread_ident: int | None = None
-        self._watch_threads = self._inline_ring
-        """Set (also) once our thread runs, when a turn must know which thread it runs on (:meth:`_mark_thread`)."""
-        self._ephemeral = False
-        self._foreign_held = False
-        self.own_end: Callable[[int], int] | None = None
-        """Set by the front end: the end of the run of entries from a head that the calling thread submitted."""
         self._marked: int | None = None
         self._main_ident = threading.main_thread().ident
-        self._deferred = False
-        """SQEs prepared by a passing thread wait for our thread to submit them."""
-        self._quiet_published = False
-        """Completions were published without a wake-up; the next ordinary turn notifies."""
-        self._stats_stale = False
-        """Statistics on the shared page lag (quiet turns of a stream); published when it stops."""
 
     @property
     def turn_lock(self) -> threading.Lock:
@@ -267,29 +249,25 @@ class Dispatcher:
         """One turn of the loop; True when anything moved."""
         self._wake_pending = False
         lane = self._express
-        limit = None
-        if self._watch_threads:
+        if self._inline_ring:
             self._mark_thread(lane)
-            if self._ephemeral:
-                limit = self._own_limit()
         if lane is not None and not (
             self._cancels or self._overflow or self._held or self._barrier or self._inflight or self._pushed
-            or self._deferred
         ):
-            return self._express_turn(lane, limit)
+            return self._express_turn(lane)
         if self._cancels:
             self._process_cancels()
         progress = self._reap()
         if self._pushed:
             self._publish_completions()
-        taken = self._take(limit)
+        taken = self._take()
         progress = self._issue() or progress or taken > 0
         if self._issued_io:
             self._flush_io()
         self._end_turn(taken)
         return progress
 
-    def _express_turn(self, lane: Any, limit: int | None) -> bool:
+    def _express_turn(self, lane: Any) -> bool:
         """:meth:`run_once` while only express entries are in flight: the lane's reap and submit in one call.
 
         Profiled: a streaming read's turn cost ~6 us in the generic steps,
@@ -297,7 +275,7 @@ class Dispatcher:
         CQE of another kind, an entry it does not take) goes through the
         generic steps in the same turn.
         """
-        completed, taken = lane.turn(self._ring_head, self.channel.submit_ring.size if limit is None else limit)
+        completed, taken = lane.turn(self._ring_head, self.channel.submit_ring.size)
         self._ring_head += taken
         progress = bool(completed or taken)
         if completed:
@@ -306,7 +284,7 @@ class Dispatcher:
         if not lane.cq_clear:
             progress = self._reap() or progress
         if not lane.drained:
-            generic = self._take_generic(None if limit is None else limit - taken)
+            generic = self._take_generic()
             taken += generic
             progress = self._issue() or progress or generic > 0
             if self._issued_io:
@@ -315,80 +293,39 @@ class Dispatcher:
         return progress
 
     def _end_turn(self, taken: int) -> None:
-        """Publish what the turn completed (waking whoever waits, unless a caller runs it) and count the batch."""
+        """Publish what the turn completed (waking whoever waits) and count the batch."""
         if self._pushed:
             self._publish_completions()
-        if self._quiet_published and not self._helper:
-            self._notify_quiet()
         if taken:
             self.batches_processed += 1
             if self._on_batch is not None:
                 self._on_batch(taken)
 
     def _mark_thread(self, lane: Any) -> None:
-        """Note whether the thread running this turn may exit before the work it submits ends.
+        """Keep threads that may exit off the plain ring beside an SQ thread (inline dispatcher).
 
         The kernel ties an io_uring request to the thread whose io_uring_enter
-        submitted it and ends what is pending when that thread exits; a turn
-        submits the entries it takes. The main thread and ours outlast the
-        work. Another thread, helping, takes only entries it submitted itself
-        (:meth:`_own_limit`), leaves SQEs of chains taken before to our
-        thread (:meth:`_flush_io`), and keeps off the plain ring beside an SQ
-        thread. Without a thread of ours (inline dispatcher) nobody else can
-        take them; with an SQ thread, the kernel thread submits.
+        submitted it and ends what is pending when that thread exits. The SQ
+        thread's ring is submitted by the kernel's thread; the plain ring
+        beside it by whoever runs the turn: with the inline dispatcher, only
+        the main thread takes reads there.
         """
         ident = threading.get_ident()
         if ident == self._marked:
             return  # the same thread as the last turn (the common case): nothing changes
         self._marked = ident
-        passing = ident != self._main_ident and ident != self._thread_ident
-        self._ephemeral = passing and self._thread_ident is not None and not self._spins
         if lane is not None:
-            lane.set_ephemeral(passing)
-
-    def _own_limit(self) -> int:
-        """How many entries from the ring's head this (passing) thread submitted itself: all it may take.
-
-        Its own calls it waits for, so it does not exit while they are
-        pending; anything else is left to our thread, which is woken for it.
-        """
-        self._foreign_held = bool(self._held)  # chains taken by an earlier turn: not necessarily its own
-        head = self._ring_head
-        tail = self.channel.submit_ring.tail
-        if tail == head:
-            return 0  # nothing to take (most turns: reaping what an earlier one submitted)
-        end = self.own_end(head) if self.own_end is not None else head
-        if end != tail:
-            self.wake()
-        return end - head
+            lane.set_ephemeral(ident != self._main_ident and ident != self._thread_ident)
 
     def _flush_io(self) -> None:
-        """Hand the SQEs this turn prepared to the kernel, or to our thread when this one may exit first."""
-        if self._ephemeral and self._foreign_held:
-            self._deferred = True
-            self.wake()  # our thread submits them when this turn ends
-            return
+        """Hand the SQEs this turn prepared to the kernel."""
         self.io_backend.flush()
         self._issued_io = 0
-        self._deferred = False
-
-    def _notify_quiet(self) -> None:
-        self._quiet_published = False
-        self._publish_stats()
-        self.sink.flush_and_notify()  # notifies even with nothing new: the sink remembers the quiet publish
 
     def _publish_completions(self) -> None:
         self._pushed = False
-        if self._helper and self._publish_quietly is not None:
-            # The caller running this turn reaps right after it (profiled: with the futex notifier
-            # under asyncio, a FUTEX_WAKE and a thread wake-up per turn for nobody). The sink
-            # notifies at its next ordinary flush, so no other waiter misses these; the statistics
-            # are published then too (1.3 us per streaming turn, profiled).
-            self._publish_quietly()
-            self._quiet_published = self._stats_stale = True
-        else:
-            self._publish_stats()  # before the wake-up, so a woken caller reads current statistics
-            self.sink.flush_and_notify()
+        self._publish_stats()  # before the wake-up, so a woken caller reads current statistics
+        self.sink.flush_and_notify()
 
     def start(self) -> None:
         """Run the loop on a thread of its own."""
@@ -397,99 +334,11 @@ class Dispatcher:
         self._thread.start()
         self._thread_ident = self._thread.ident
         self._marked = None
-        self._watch_threads = self._inline_ring or not self._spins
 
     @property
     def threaded(self) -> bool:
         """True when the loop runs on its own thread."""
         return self._thread is not None
-
-    def help(self, *, wait: bool = True, quiet: bool = True, inline: int = 0) -> bool:
-        """Run turns on the calling thread if no other thread is in one; True when anything moved.
-
-        A blocking caller about to sleep until its results arrive calls this
-        instead: when the dispatcher's thread is idle, the caller's own
-        thread does the work, and no thread wake-up is paid either way.
-        ``wait=False`` runs one turn and returns at once: for a caller with
-        other work to do while the kernel carries on (a streaming read). It
-        leaves completions muted, as the caller comes back for them: it calls
-        ``help()`` next, or :meth:`resume_wakeups` when it stops. ``quiet``:
-        the completions these turns publish wake nobody, as the caller reaps
-        them itself next and every other waiter sleeps where that reap wakes
-        it (``quiet=False`` when another thread may sleep on the notifier).
-        ``inline``: with ``wait=False``, how many of the positioned reads and
-        writes this turn takes run on this thread (when the backend has a
-        plain ring beside its SQPOLL ring: :attr:`inline_capable`).
-        """
-        if self._stop or self.failure is not None or not self._turn.acquire(blocking=False):
-            return False
-        self._helper = quiet
-        try:
-            if not self._muted:
-                self._mute_completions(True)
-            if not wait:
-                if inline and self._express is not None:
-                    self._express.set_inline_quota(inline)  # for this turn's submit only
-                return self.run_once()
-            moved = False
-            for _ in range(_HELP_TURNS):  # a turn submits; the next reaps what completed during the first
-                if not self.run_once():
-                    if not (self._spin_for_completions() and self.run_once()):
-                        break
-                moved = True
-            return moved
-        except BaseException as exc:  # noqa: BLE001 - the same as a failure on the dispatcher's thread
-            self._fail(exc)
-            return True
-        finally:
-            self._helper = False
-            if wait and self._stats_stale:
-                self._publish_stats()  # a caller's call is done: its statistics are visible when it returns
-            if wait and self.sleeping and self._thread is not None:
-                self._mute_completions(False)  # the dispatcher's thread sleeps: later completions wake it
-                if self._completions_ready is not None and self._completions_ready():
-                    self.wake()
-            self._turn.release()
-
-    @property
-    def inline_capable(self) -> bool:
-        """True when a helping caller can run reads itself (``help(inline=n)``): an SQPOLL ring's plain partner."""
-        return self._inline_ring
-
-    def resume_wakeups(self) -> None:
-        """Undo what ``help(wait=False)`` left: completions wake a sleeping dispatcher's thread again.
-
-        For a caller that stops running turns (its stream ended), or whose
-        turn also moved work others wait for. A thread in a turn right now
-        restores this itself when its turn ends.
-        """
-        if not self._turn.acquire(blocking=False):
-            return
-        try:
-            if self._quiet_published:
-                self._notify_quiet()
-            if self.sleeping and self._thread is not None:
-                self._mute_completions(False)
-                if self._completions_ready is not None and self._completions_ready():
-                    self.wake()
-        finally:
-            self._turn.release()
-
-    def _spin_for_completions(self) -> bool:
-        """With a kernel SQ thread (SQPOLL), wait briefly for io_uring work it is doing right now.
-
-        Its completions arrive microseconds after submission; sleeping and being
-        woken costs more. Only when io_uring work is in flight, at most
-        :data:`_SPIN_NS`.
-        """
-        ready = self._completions_ready
-        if not self._spins or ready is None or not (self.io_backend.inflight() or self._express_inflight()):
-            return False
-        deadline = time.perf_counter_ns() + _SPIN_NS
-        while time.perf_counter_ns() < deadline:
-            if ready():
-                return True
-        return False
 
     def _mute_completions(self, mute: bool) -> None:
         """Whether io_uring's completions write the wake-up eventfd (call with ``_turn`` held).
@@ -627,28 +476,24 @@ class Dispatcher:
 
     # Taking entries ------------------------------------------------------------------
 
-    def _take(self, limit: int | None = None) -> int:
-        """Take entries from the submit ring (at most *limit*: a passing thread's own)."""
+    def _take(self) -> int:
+        """Take entries from the submit ring: the express lane's run first, then the generic loop's."""
         express = 0
         lane = self._express
-        # (Not while SQEs wait for our thread: the lane writes after the kernel's tail, and would
-        # have to hand them over from this thread first.)
-        if lane is not None and not (self._held or self._barrier or self._overflow or self._deferred):
-            express = lane.submit(self._ring_head, self.channel.submit_ring.size if limit is None else limit)
+        if lane is not None and not (self._held or self._barrier or self._overflow):
+            express = lane.submit(self._ring_head, self.channel.submit_ring.size)
             self._ring_head += express
             if lane.drained:
                 return express  # the lane took every entry there was
-        return express + self._take_generic(None if limit is None else limit - express)
+        return express + self._take_generic()
 
-    def _take_generic(self, limit: int | None = None) -> int:
+    def _take_generic(self) -> int:
         if len(self._held) >= self.batch_size:
             return 0  # back-pressure: leave entries in the ring until we issue what we hold
         ring = self.channel.submit_ring
         head = self._ring_head
         tail = ring.tail
         used = ring.check(head, tail)
-        if limit is not None:
-            used = min(used, limit)  # a passing thread's own entries (whole submissions: chains stay whole)
         if not used:
             return 0
         want = min(used, self.batch_size)
@@ -771,7 +616,6 @@ class Dispatcher:
     # Statistics ------------------------------------------------------------------------
 
     def _publish_stats(self) -> None:
-        self._stats_stale = False
         ch = self.channel
         if not ch.writable_page:
             return

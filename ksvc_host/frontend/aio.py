@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import Any
 
+from ksvc_host import interrupts
 from ksvc_host.abi import layout as L
 from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.errors import DispatcherFailed
@@ -29,7 +30,7 @@ from ksvc_host.instance import Instance
 
 _NR_PREAD64 = SYSCALLS["pread64"]
 
-_HELP_TURNS = 4
+_DRIVE_TURNS = 64
 _BACKLOG_RETRY = 0.001
 
 
@@ -83,11 +84,9 @@ class AsyncKsvc(SharedPageReads, Operations):
         self._backlog: deque[tuple[Op, Waiter]] = deque()
         self._bulk_backlog: deque[BulkWaiter] = deque()
         self._drive_scheduled = False
-        self._help_scheduled = False
         self._backlog_timer: asyncio.TimerHandle | None = None
-        self._helps = self._completer._helps
-        self._runs = self._completer.inline or self._helps
-        """Submissions leave the dispatcher's thread asleep and this loop runs the turns (not with direct-wake)."""
+        self._runs = self._completer.inline
+        """This loop runs the (inline) dispatcher's turns: submissions need no wake-up."""
         self._waiter_thread: threading.Thread | None = None
         self._late: dict[int, bytearray] = {}
         self._threadsafe = self._completer.direct and not self._completer.inline
@@ -126,8 +125,13 @@ class AsyncKsvc(SharedPageReads, Operations):
         self._drive_scheduled = False
         disp = self.instance.dispatcher
         disp.clear_wakeup()
-        for _ in range(64):  # bounded: let other callbacks run
-            progressed = disp.run_once()
+        for _ in range(_DRIVE_TURNS):  # bounded: let other callbacks run
+            try:
+                with interrupts.deferred(), disp.turn_lock:
+                    progressed = disp.run_once()
+            except Exception as exc:  # noqa: BLE001 - a broken component fails every pending operation
+                disp.fail(exc)
+                return
             self._completer.reap()
             if not progressed:
                 retry = disp.wait_timeout()
@@ -136,28 +140,10 @@ class AsyncKsvc(SharedPageReads, Operations):
                 return
         self._schedule_drive()
 
-    def _help(self) -> None:
-        """Threaded dispatcher: run its loop on the event loop's thread while that pays (see Dispatcher.help)."""
-        self._help_scheduled = False
-        if self._closed:
-            return
-        disp = self.instance.dispatcher
-        for _ in range(_HELP_TURNS):  # a turn submits; the next reaps what completed meanwhile
-            if not disp.help():
-                break
-        self._completer.reap()
-        if self._backlog or self._bulk_backlog:
-            self._flush_backlog()
-        if not disp.idle():
-            disp.wake()  # work in flight or still queued: the dispatcher's thread carries on and notifies us
-
     def _kick(self) -> None:
-        """After submitting: drive an inline dispatcher, or help the threaded one once per loop iteration."""
+        """After submitting: an inline dispatcher runs its turns on this loop (the threaded one was woken)."""
         if self._completer.inline:
             self._schedule_drive()
-        elif self._helps and not self._help_scheduled:
-            self._help_scheduled = True
-            self.loop.call_soon(self._help)
 
     def _schedule_drive(self) -> None:
         if not self._drive_scheduled:
@@ -336,17 +322,7 @@ class AsyncKsvc(SharedPageReads, Operations):
             if self._bulk_backlog or not self._completer.bulk_continue(b, wake=not self._runs):
                 self._bulk_backlog.append(b)  # ring full: the rest goes as completions free room
                 self._flush_backlog()
-        if self._helps:
-            if op.n > 1 and not self._bulk_backlog and self._completer.inline_here():
-                # Beside the kernel's SQ thread, this thread does half of the file reads and writes
-                # itself (in the turn's io_uring_enter), as it would only wait for them otherwise.
-                self._completer.kick(len(parts), op.n // 2)
-            # Run the turns now: work that completes at once (cached reads) is done before we return,
-            # and awaiting a finished future costs no trip through the event loop. Bounded: a turn
-            # never waits for completions (SQPOLL: at most its short spin).
-            self._help()
-        else:
-            self._kick()
+        self._kick()
         return fut
 
     def pread_iter(self, fd: int, size: int, offsets: Iterable[int], *, depth: int = 64) -> AsyncIterator[bytes]:
@@ -357,61 +333,10 @@ class AsyncKsvc(SharedPageReads, Operations):
         failed read raises its ``OSError`` when reached.
         """
         check_route(self.instance, _NR_PREAD64)
-        parts = ReadStream.PIPELINED_PARTS if self._completer.pipelined and self._helps else 1
+        parts = ReadStream.PIPELINED_PARTS if self._completer.pipelined else 1
         return self._stream(ReadStream(fd, size, offsets, depth, parts))
 
     async def _stream(self, stream: ReadStream) -> AsyncIterator[bytes]:
-        if not self._helps:  # inline dispatcher or direct delivery: the bulk futures carry the results
-            async for v in self._stream_by_futures(stream):
-                yield v
-            return
-        # This thread runs the dispatcher's turns: a part that is done by the time we look costs no
-        # trip through the event loop, as in the blocking stream.
-        c = self._completer
-        adapt = self._steers(stream)
-        out: deque[tuple[BulkWaiter, BulkOp]] = deque()
-        try:
-            while True:
-                started = False
-                while len(out) < stream.parts_in_flight and (part := self._next_part(stream)) is not None:
-                    out.append(part)
-                    while not c.bulk_continue(part[0], wake=False):  # ring full, or every bulk group in flight
-                        self._help()
-                        await asyncio.sleep(_BACKLOG_RETRY)
-                    started = True
-                if started:
-                    self._kick_stream(stream, len(out), adapt)  # the kernel reads while we hand back below
-                if not out:
-                    return
-                b, op = out[0]
-                if not b.done and self.instance.dispatcher.help():  # turns here (SQPOLL: its short spin)
-                    c.reap()
-                if not b.done:
-                    await self._bulk_done(b)
-                out.popleft()
-                values, err = op.finish(c.bulk_results(b))
-                for v in values:
-                    yield v
-                if err is not None:
-                    raise err
-        finally:
-            # Left early, parts still in flight keep their buffers until the dispatcher's thread reaps them.
-            c.end_kicks(bool(out))
-
-    def _bulk_done(self, b: BulkWaiter) -> asyncio.Future[None]:
-        """A future done when *b* is (reaped on this loop's thread: the ring sink's notifications)."""
-        fut: asyncio.Future[None] = self.loop.create_future()
-
-        def done(_: BulkWaiter) -> None:
-            if not fut.done():
-                fut.set_result(None)
-
-        b.callback = done
-        if not self.instance.dispatcher.idle():
-            self.instance.dispatcher.wake()  # the dispatcher's thread carries on and notifies us
-        return fut
-
-    async def _stream_by_futures(self, stream: ReadStream) -> AsyncIterator[bytes]:
         out: deque[asyncio.Future[Any]] = deque()
         try:
             while True:

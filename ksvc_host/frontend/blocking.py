@@ -115,17 +115,7 @@ class Ksvc(SharedPageReads, Operations):
             b = c.new_bulk(op.nr, op.fd, op.addr0 + start * op.stride, op.stride, op.length, offs, n, op.keep,
                            addrs=addrs)  # fmt: skip
             c.submit_bulk(b)
-            if n > 1 and c.inline_here():
-                # Beside the kernel's SQ thread, this thread (which would only wait) does half of the
-                # file reads and writes itself: both cores work on the bulk.
-                c.kick(1, n // 2)
-                try:
-                    c.kick(1)  # the SQ thread's half is usually done by now: one more turn collects it
-                    out.extend(self._collect_bulk(b))
-                finally:
-                    c.end_kicks(not b.done)
-            else:
-                out.extend(self._collect_bulk(b))
+            out.extend(self._collect_bulk(b))
         return op.finish(out)
 
     def _collect_bulk(self, b: BulkWaiter) -> list[int]:
@@ -152,28 +142,20 @@ class Ksvc(SharedPageReads, Operations):
         return self._stream(ReadStream(fd, size, offsets, depth, parts))
 
     def _stream(self, stream: ReadStream) -> Iterator[bytes]:
+        # Left early, parts still in flight keep their buffers until their completions are reaped.
         c = self._completer
-        adapt = self._steers(stream)
         out: deque[tuple[BulkWaiter, BulkOp]] = deque()
-        try:
-            while True:
-                started = False
-                while len(out) < stream.parts_in_flight and (part := self._next_part(stream)) is not None:
-                    c.submit_bulk(part[0])
-                    out.append(part)
-                    started = True
-                if started:
-                    self._kick_stream(stream, len(out), adapt)  # the kernel reads while we convert below
-                if not out:
-                    return
-                b, op = out.popleft()
-                values, err = op.finish(self._collect_bulk(b))
-                yield from values
-                if err is not None:
-                    raise err
-        finally:
-            # Left early, parts still in flight keep their buffers until the dispatcher's thread reaps them.
-            c.end_kicks(bool(out))
+        while True:
+            while len(out) < stream.parts_in_flight and (part := self._next_part(stream)) is not None:
+                c.submit_bulk(part[0])  # the kernel reads these while we convert the oldest below
+                out.append(part)
+            if not out:
+                return
+            b, op = out.popleft()
+            values, err = op.finish(self._collect_bulk(b))
+            yield from values
+            if err is not None:
+                raise err
 
     def batch(self, *, linked: bool = False) -> Batch:
         """Collect operations and submit them in one go (see :class:`Batch`)."""

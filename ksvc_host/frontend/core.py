@@ -21,7 +21,6 @@ import itertools
 import os
 import struct
 import threading
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -136,8 +135,6 @@ class Completer:
         self._blocked = 0
         self.failure: BaseException | None = None
         self.inline = not self.dispatcher.threaded
-        self._helps = False
-        """Callers never run the threaded dispatcher's turns: its thread is the only submitter to io_uring."""
         self._caller_runs = self.inline
         """The submitting caller runs the dispatcher's loop next (inline): no wake-up needed."""
         self.pipelined = bool(getattr(instance.io_backend, "completes_asynchronously", False))
@@ -150,19 +147,8 @@ class Completer:
         self.direct = callable(attach)
         """True when the sink hands each result to its caller (``direct-wake``): no completion ring."""
         if self.direct:
-            self._helps = False  # waiters sleep on their own events and never run the loop: always wake it
-            self._caller_runs = self.inline
             self._make_event: Callable[[], Any] = getattr(sink, "make_event", threading.Event)
             attach(self.deliver)  # type: ignore[misc]  # callable() checked above
-        self._spans: deque[list[int]] = deque()
-        """``[start, end, thread]`` of recent submissions, for :meth:`own_end` (without an SQ thread)."""
-        self._track_spans = self._helps and not self.pipelined
-        if self._track_spans:
-            self.dispatcher.own_end = self.own_end
-        self.inline_capable = self._helps and self.dispatcher.inline_capable
-        """True when :meth:`kick` can have a thread run some reads itself, beside the kernel's SQ thread."""
-        self.poller_backlog: Callable[[], int] = self.dispatcher.poller_backlog
-        """SQEs the kernel's SQ thread has not consumed yet (0 without one)."""
         # Bulk operations: results land in per-group arrays, written by the fast path's reap.
         ffi = fastpath.ffi
         self._lib = fastpath.lib
@@ -281,8 +267,6 @@ class Completer:
                     pending.pop(waiters[j].corr_id, None)
                     waiters[j].corr_id = 0
                 raise _field_error(entries[i], exc) from None
-            if self._track_spans:
-                self._note_span(self._tail, tail)
             self._tail = tail
             ring.publish_tail(tail)
         if wake or not self._caller_runs:
@@ -362,45 +346,11 @@ class Completer:
                 self._sring_ptr, self._tail, ring.mask, BULK_BIT | (b.group << BULK_INDEX_BITS) | first,
                 b.nr, b.fd, b.addr0 + first * b.stride, b.stride, b.length, offs, addrs, count,
             )
-            if self._track_spans:
-                self._note_span(self._tail, self._tail + count)
             self._tail += count
             b.submitted += count
         if wake or not self._caller_runs:
             self.dispatcher.wake()
         return b.submitted >= b.n
-
-    def _note_span(self, start: int, end: int) -> None:
-        """Record that the calling thread wrote entries [start, end) (with the submit lock held)."""
-        ident = threading.get_ident()
-        spans = self._spans
-        if spans and spans[-1][1] == start and spans[-1][2] == ident:
-            spans[-1][1] = end
-            return
-        spans.append([start, end, ident])
-        if len(spans) > _SPANS_KEPT:  # prune what the dispatcher has taken
-            head = self._sring.head
-            while spans and spans[0][1] <= head:
-                spans.popleft()
-
-    def own_end(self, head: int) -> int:
-        """The end of the run of entries from ring counter *head* that the calling thread submitted.
-
-        *head* itself when the entry there is another thread's. The dispatcher
-        lets a helping thread that may exit take only these (it waits for its
-        own calls; the kernel ends a request when its submitter exits).
-        """
-        ident = threading.get_ident()
-        with self._submit_lock:
-            spans = self._spans
-            while spans and spans[0][1] <= head:
-                spans.popleft()
-            end = head
-            for start, stop, who in spans:
-                if start > end or who != ident:
-                    break
-                end = stop
-            return end
 
     def bulk_results(self, b: BulkWaiter) -> list[int]:
         """The results of a finished bulk; raise when it failed as a whole (dispatcher failure, close)."""
@@ -409,48 +359,6 @@ class Completer:
                 raise DispatcherFailed(f"the dispatcher failed: {self.failure!r}; open a new instance")
             raise OSError(-b.failed, os.strerror(-b.failed))
         return b.values()
-
-    def kick(self, own: int = 0, inline: int = 0) -> None:
-        """Start what was submitted without waiting for it: one dispatcher turn here, or a wake-up.
-
-        For a caller that goes on with other work (results of earlier entries)
-        while the kernel works on these, then waits for them; *own* is how
-        many of the bulks in flight are its own. The turn leaves io_uring's
-        wake-ups muted only while nothing else is in flight and nobody else
-        waits (this caller comes back for its completions); a caller that
-        stops calls :meth:`end_kicks`. An inline dispatcher runs when its
-        caller next waits. *inline*: how many of the reads just submitted
-        this thread runs itself in the turn (:attr:`inline_capable`).
-        """
-        if self._helps:
-            alone = not (self._leader or self._blocked or len(self._pending) + len(self._bulks) > own)
-            if not self.dispatcher.help(wait=False, quiet=alone, inline=inline):
-                self.dispatcher.wake()  # another thread is in a turn, or nothing could be taken
-            elif not alone:
-                self.dispatcher.resume_wakeups()  # others' completions must still wake whoever waits for them
-        elif not self.inline:
-            self.dispatcher.wake()
-
-    def inline_here(self) -> bool:
-        """May the calling thread run reads itself (:meth:`kick` with *inline*)?
-
-        Only the main thread: the kernel ends a request when the thread whose
-        io_uring_enter submitted it exits, so the dispatcher keeps other
-        threads off the plain ring anyway (``Dispatcher._mark_thread``); this
-        spares them the steering and the extra turn that would come to nothing.
-        """
-        return self.inline_capable and threading.current_thread() is threading.main_thread()
-
-    def end_kicks(self, left_in_flight: bool) -> None:
-        """A caller that used :meth:`kick` stops: completions wake the dispatcher's thread again.
-
-        *left_in_flight*: it leaves entries behind, which the dispatcher's
-        thread reaps.
-        """
-        if self._helps:
-            self.dispatcher.resume_wakeups()
-        if left_in_flight:
-            self.dispatcher.wake()
 
     def submit_bulk(self, b: BulkWaiter) -> None:
         """Submit all of *b*, waiting for ring space (and a free group) as needed."""

@@ -218,27 +218,6 @@ class ReadStream:
         self._offsets = iter(offsets)
         self._free: list[bytearray] = []
         self._tables: list[Any] = []
-        self.inline = 0
-        """Reads of each part the caller runs itself, beside an SQ thread (tuned by :meth:`steer`)."""
-
-    def steer(self, backlog: int) -> None:
-        """Retune :attr:`inline` from the SQ thread's *backlog* when the next part goes out.
-
-        With a kernel SQ thread both it and the caller read: the caller runs
-        :attr:`inline` reads of each part in its own io_uring_enter. The
-        backlog (SQEs the SQ thread has not consumed) says which of the two
-        is behind: more than the SQ thread's share of one part, the SQ
-        thread, so the caller takes one read more; none at all, the caller
-        (the SQ thread is out of work), so it gives one back. Profiled at
-        queue depth 64 (parts of 21-22): with no reads on the caller the
-        backlog was two parts at 17% of the submissions and empty at 10%,
-        and the stream 20% slower than with the 2 this settles on.
-        """
-        if backlog > self.step - self.inline:
-            if self.inline < self.step:
-                self.inline += 1
-        elif not backlog and self.inline:
-            self.inline -= 1
 
     def next_op(self) -> BulkOp | None:
         """The next part's bulk operation, or ``None`` when every offset has been submitted."""
@@ -348,17 +327,6 @@ class Operations:
         b = self._completer.new_bulk(op.nr, op.fd, op.addr0, op.stride, op.length, op.offsets, op.n, op.keep,
                                      addrs=op.addrs, tables=op.tables)  # fmt: skip
         return b, op
-
-    def _steers(self, stream: ReadStream) -> bool:
-        """Does this thread read a share of *stream*'s parts itself, beside an SQ thread (:meth:`ReadStream.steer`)?"""
-        return stream.parts_in_flight > 1 and bool(self._completer.inline_here())
-
-    def _kick_stream(self, stream: ReadStream, parts: int, steers: bool) -> None:
-        """Start the parts just submitted (*parts* in flight); with *steers*, read ``stream.inline`` of them here."""
-        c = self._completer
-        if steers:
-            stream.steer(c.poller_backlog())
-        c.kick(parts, stream.inline)
 
     # -- memory -------------------------------------------------------------------
 

@@ -15,7 +15,6 @@ from ksvc_sqpoll.feature import SqpollFeature
 import ksvc_host as ksvc
 from ksvc_host import fastpath, testing
 from ksvc_host.abi.io_uring import SetupFlag
-from ksvc_host.frontend.operations import ReadStream
 
 
 def test_conformance_backend() -> None:
@@ -147,7 +146,6 @@ def test_inline_ring_reads_and_writes_equal_os(data_fd: tuple[int, bytes], backl
 def test_sq_inline_false_builds_no_second_ring_and_bad_options_are_refused() -> None:
     with ksvc.open(io_backend="sqpoll", options={"sq_inline": False}) as k:
         assert k.instance.io_backend.inline is None  # type: ignore[attr-defined]
-        assert not k._completer.inline_capable
     with ksvc.open(io_backend="sqpoll") as k:
         assert k.instance.io_backend.inline is not None  # type: ignore[attr-defined]
     with pytest.raises(ksvc.KsvcError, match="sq_inline_backlog"):
@@ -168,18 +166,6 @@ def test_streams_and_bulks_beside_the_sq_thread_equal_os_pread(data_fd: tuple[in
         assert list(k.pread_iter(fd, 4096, offs, depth=64)) == [os.pread(fd, 4096, o) for o in offs]
         assert k.pread_many(fd, 4096, offs[:64]) == [os.pread(fd, 4096, o) for o in offs[:64]]
         assert k.instance.io_backend.inflight() == 0  # type: ignore[attr-defined]
-
-
-@pytest.mark.parametrize(
-    "backlog,inline,step,expect",
-    [(0, 2, 22, 1), (0, 0, 22, 0), (21, 2, 22, 3), (20, 2, 22, 2), (5, 2, 22, 2), (44, 22, 22, 22)],
-)
-def test_the_callers_share_follows_the_backlog(backlog: int, inline: int, step: int, expect: int) -> None:
-    s = ReadStream(3, 4096, [], depth=3 * step, parts=3)
-    assert s.step == step
-    s.inline = inline
-    s.steer(backlog)
-    assert s.inline == expect
 
 
 @pytest.mark.parametrize("pure", [False, True])
@@ -239,7 +225,6 @@ def test_only_the_main_thread_reads_through_the_plain_ring(data_fd: tuple[int, b
         got: list[object] = []
 
         def worker() -> None:
-            assert not k._completer.inline_here()
             got.append(list(k.pread_iter(fd, 4096, offs)))
             got.append(k.pread_many(fd, 4096, offs[:64]))
 
