@@ -343,8 +343,8 @@ class Dispatcher:
     def _mute_completions(self, mute: bool) -> None:
         """Whether io_uring's completions write the wake-up eventfd (call with ``_turn`` held).
 
-        Only a sleeping dispatcher needs them: whoever runs a turn reaps what
-        its own submissions completed on the next turn, and an eventfd write
+        Only a sleeping dispatcher needs them: awake, its thread reaps what
+        completed on its next turn, and an eventfd write
         per batch would wake the dispatcher's thread for nothing (a context
         switch and a GIL hand-over each time, profiled).
         """

@@ -22,9 +22,9 @@ from ksvc_host import interrupts
 from ksvc_host.abi import layout as L
 from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.errors import DispatcherFailed
-from ksvc_host.frontend.blocking import SETTLE_S, _LateResult, check_route
+from ksvc_host.frontend.blocking import check_route
 from ksvc_host.frontend.core import BULK_MAX, BulkWaiter, Completer, Waiter
-from ksvc_host.frontend.operations import BulkOp, Op, Operations, ReadStream, oserror
+from ksvc_host.frontend.operations import SETTLE_S, BulkOp, LateResult, Op, Operations, ReadStream, oserror
 from ksvc_host.frontend.tier0 import SharedPageReads
 from ksvc_host.instance import Instance
 
@@ -45,7 +45,7 @@ class _Outcome:
 
     def __init__(self, fut: asyncio.Future[tuple[int, int]]) -> None:
         self.fut: asyncio.Future[tuple[int, int]] | None = fut
-        self.late: _LateResult | None = None
+        self.late: LateResult | None = None
         """Set when the caller gave up waiting: the result, once it comes, goes here."""
 
     def __call__(self, corr_id: int, result: int, flags: int) -> None:
@@ -248,7 +248,7 @@ class AsyncKsvc(SharedPageReads, Operations):
                 left = deadline - self.loop.time()
                 if left <= 0:
                     out.fut = None
-                    out.late = _LateResult(self, op)  # handled when the kernel finally answers
+                    out.late = LateResult(self, op)  # handled when the kernel finally answers
                     return None
                 with contextlib.suppress(asyncio.CancelledError):  # cancelled again: still waiting for the kernel
                     await asyncio.wait((out.fut,), timeout=left)

@@ -14,15 +14,12 @@ from ksvc_host.abi.syscalls import SYSCALL_NAMES
 from ksvc_host.abi.syscalls import SYSCALLS as NR
 from ksvc_host.errors import DispatcherFailed, NotOffloaded, RefusedSyscall
 from ksvc_host.frontend.core import BULK_MAX, BulkWaiter, Completer, Waiter
-from ksvc_host.frontend.operations import BulkOp, Op, Operations, ReadStream, oserror
+from ksvc_host.frontend.operations import SETTLE_S, BulkOp, LateResult, Op, Operations, ReadStream, oserror
 from ksvc_host.frontend.raw import RawChannel
 from ksvc_host.frontend.tier0 import SharedPageReads
 from ksvc_host.instance import Instance
 from ksvc_host.routing import is_refused
 from ksvc_host.traits import Tier
-
-SETTLE_S = 1.0
-"""How long an interrupted or cancelled call waits for the kernel to confirm its cancellation."""
 
 
 def check_route(instance: Instance, nr: int) -> None:
@@ -94,7 +91,7 @@ class Ksvc(SharedPageReads, Operations):
             return
         if not w.corr_id:
             return  # never submitted
-        w.callback = _LateResult(self, op)
+        w.callback = LateResult(self, op)
         self.instance.dispatcher.request_cancel(w.corr_id)
         deadline = time.monotonic() + SETTLE_S
         try:
@@ -235,22 +232,6 @@ class Ksvc(SharedPageReads, Operations):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class _LateResult:
-    """A waiter's callback after its caller gave up: keep what a stream read received, release its memory."""
-
-    __slots__ = ("front", "op")
-
-    def __init__(self, front: Operations, op: Op) -> None:
-        self.front = front
-        self.op = op
-
-    def __call__(self, corr_id: int, result: int, flags: int) -> None:
-        if flags > 0 and flags & L.COMPLETION_FLAG_MORE:
-            return
-        self.front._keep_late(self.op, result)
-        self.op.abandon()
 
 
 class Batch(Operations):

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ksvc_host import fastpath, native
+from ksvc_host.abi import layout as L
 from ksvc_host.abi import linux as lx
 from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.frontend import sockaddr
@@ -302,6 +303,26 @@ def _checked_counts(results: list[int]) -> list[int]:
     return results
 
 
+SETTLE_S = 1.0
+"""How long an interrupted or cancelled call waits for the kernel to confirm its cancellation."""
+
+
+class LateResult:
+    """A waiter's callback after its caller gave up: keep what a stream read received, release its memory."""
+
+    __slots__ = ("front", "op")
+
+    def __init__(self, front: Operations, op: Op) -> None:
+        self.front = front
+        self.op = op
+
+    def __call__(self, corr_id: int, result: int, flags: int) -> None:
+        if flags > 0 and flags & L.COMPLETION_FLAG_MORE:
+            return
+        self.front._keep_late(self.op, result)
+        self.op.abandon()
+
+
 class Operations:
     """The typed helpers, shared by the blocking and asyncio front ends.
 
@@ -372,19 +393,15 @@ class Operations:
         fd, data_of = op.capture
         self._late.setdefault(fd, bytearray()).extend(data_of(result))
 
-    def _take_late(self, fd: int, n: int) -> bytes | None:
-        """Up to *n* kept bytes of *fd*, or None when there are none."""
-        late = self._late
-        if not late:
-            return None
-        key = fd & lx.U32_MASK if isinstance(fd, int) else fd
-        buf = late.get(key)
+    def _take_late(self, key: int, n: int) -> bytes | None:
+        """Up to *n* kept bytes of descriptor *key* (its 32-bit number), or None when there are none."""
+        buf = self._late.get(key)
         if buf is None:
             return None
         out = bytes(buf[:n])
         del buf[:n]
         if not buf:
-            del late[key]
+            del self._late[key]
         return out
 
     def _ready(self, value: Any) -> Any:
@@ -393,23 +410,25 @@ class Operations:
 
     def _stream_read(self, fd: int, n: int, nr: int, flags: int = 0) -> Any:
         raw_fd = _fd(fd)
-        kept = self._take_late(raw_fd & lx.U32_MASK, _length(n)) if self._late else None
+        key = raw_fd & lx.U32_MASK
+        kept = self._take_late(key, _length(n)) if self._late else None
         if kept is not None:
             return self._ready(kept)
         args = (lambda a, n: (raw_fd, a, n)) if nr == _NR_READ else (lambda a, n: (raw_fd, a, n, _int(flags)))
-        return self._bytes_result(n, nr, args, raw_fd & lx.U32_MASK)
+        return self._bytes_result(n, nr, args, key)
 
     def _stream_readinto(self, fd: int, buffer: Any, nr: int, flags: int = 0) -> Any:
         raw_fd = _fd(fd)
+        key = raw_fd & lx.U32_MASK
         view = ffi.from_buffer(buffer, require_writable=True)
         if self._late:
-            kept = self._take_late(raw_fd & lx.U32_MASK, len(view))
+            kept = self._take_late(key, len(view))
             if kept is not None:
                 ffi.memmove(view, kept, len(kept))
                 return self._ready(len(kept))
         args = (raw_fd, _addr(view), len(view)) if nr == _NR_READ else (raw_fd, _addr(view), len(view), _int(flags))
         op = Op(nr, args, keep=(view, buffer))
-        op.capture = (raw_fd & lx.U32_MASK, lambda r: ffi.buffer(view, r)[:])
+        op.capture = (key, lambda r: ffi.buffer(view, r)[:])
         return self._run(op)
 
     # -- raw -----------------------------------------------------------------------------

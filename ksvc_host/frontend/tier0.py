@@ -16,6 +16,7 @@ import struct
 from typing import TYPE_CHECKING
 
 from ksvc_host.abi import layout as L
+from ksvc_host.abi import linux as lx
 
 if TYPE_CHECKING:
     from ksvc_host.instance import Instance
@@ -34,7 +35,6 @@ def _span(*names: str) -> slice:
 _UTS_A = _span("release", "nodename", "machine")
 _UTS_B = _span("uts_sysname", "uts_version")
 _PAGE_LIMITS = {resource.RLIMIT_NOFILE: "rlimit_nofile", resource.RLIMIT_NPROC: "rlimit_nproc"}
-_RLIM_INFINITY_WORD = (1 << 64) - 1
 
 
 class SharedPageReads:
@@ -127,7 +127,7 @@ class SharedPageReads:
         if field is None:
             raise ValueError(f"limit {which} is not on the shared page (only RLIMIT_NOFILE and RLIMIT_NPROC are)")
         value = int(self.instance.channel.read_page_field(field))
-        return resource.RLIM_INFINITY if value == _RLIM_INFINITY_WORD else value
+        return resource.RLIM_INFINITY if value == lx.U64_MASK else value
 
     def clock_monotonic_ns(self) -> int:
         """CLOCK_MONOTONIC in ns as of the dispatcher's last batch (coarse: see the module doc)."""
