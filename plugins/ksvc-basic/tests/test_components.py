@@ -6,6 +6,7 @@ import asyncio
 import errno
 import os
 import select
+import signal
 import threading
 import time
 
@@ -14,12 +15,13 @@ from ksvc_basic.eventfd_notifier import EventFdNotifier
 from ksvc_basic.heap_buffers import HeapBuffers
 from ksvc_basic.mmap_shared_page import MmapSharedPage
 from ksvc_basic.ring_sink import RingCompletionSink
-from ksvc_basic.worker_pools import FixedPool, InlinePool, default_workers
+from ksvc_basic.worker_pools import INTERRUPT_SIGNAL, FixedPool, InlinePool, default_workers
 
 from ksvc_host import native
 from ksvc_host.abi import layout as L
 from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.channel import open_channel
+from ksvc_host.traits import CancellableWorkerPool
 
 NR = SYSCALLS
 
@@ -249,3 +251,42 @@ def test_credentials_follow_a_change_after_refresh() -> None:
                 os.setegid(before)
         k.refresh()
         assert k.getegid() == os.getegid()
+
+
+def _wait_for(pool: FixedPool, count: int, timeout: float) -> dict[int, int]:
+    done: dict[int, int] = {}
+    deadline = time.monotonic() + timeout
+    while len(done) < count and time.monotonic() < deadline:
+        done.update(pool.poll_completions())
+        time.sleep(0.005)
+    return done
+
+
+def test_cancel_interrupts_a_running_syscall_and_drops_a_queued_one() -> None:
+    # One worker inside poll(NULL, 0, 60 s), one job queued behind it: cancel ends both at once.
+    pool = FixedPool(workers=1)
+    try:
+        assert isinstance(pool, CancellableWorkerPool)
+        r, w = os.pipe()
+        assert pool.enqueue(1, SYSCALLS["poll"], (0, 0, 60_000, 0, 0, 0))
+        deadline = time.monotonic() + 2.0
+        while not pool.running(1) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert pool.running(1)
+        assert pool.enqueue(2, SYSCALLS["write"], (w, 0, 0, 0, 0, 0))  # would run after the poll
+        assert pool.cancel(2) and pool.cancel(1)
+        t0 = time.monotonic()
+        done = _wait_for(pool, 2, 5.0)
+        assert done == {1: -errno.ECANCELED, 2: -errno.ECANCELED}
+        assert time.monotonic() - t0 < 2.0
+        assert not pool.running(1) and not pool.cancel(1)  # finished: nothing left to cancel
+        # A signal it was not sent for (another job's) leaves a job running: EINTR is retried.
+        assert pool.enqueue(3, SYSCALLS["poll"], (0, 0, 300, 0, 0, 0))
+        while not pool.running(3):
+            time.sleep(0.001)
+        signal.pthread_kill(pool._running[3], INTERRUPT_SIGNAL)
+        assert _wait_for(pool, 1, 5.0) == {3: 0}  # poll's timeout, not -EINTR
+        os.close(r)
+        os.close(w)
+    finally:
+        pool.shutdown()
