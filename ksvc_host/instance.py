@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ksvc_host.abi import layout as L
 from ksvc_host.channel import Channel, open_channel
@@ -69,6 +70,18 @@ class BuildContext:
         return self.router.route(nr).tier in (Tier.IO_URING, Tier.WORKER)
 
 
+class Attached(Protocol):
+    """Something a front end runs beside the dispatcher (thread lanes), closed with the instance."""
+
+    def begin_close(self, deadline: float) -> None:
+        """Take no new work; cancel what still waits at monotonic time *deadline*."""
+        ...
+
+    def finish_close(self) -> None:
+        """Release everything (bounded: what the kernel still holds is kept, never freed)."""
+        ...
+
+
 class Instance:
     """A running composition of the seven traits around one channel and dispatcher."""
 
@@ -89,6 +102,11 @@ class Instance:
         self._generation = _fork_generation
         self.closed = False
         self._close_lock = threading.Lock()
+        self._attached: list[Attached] = []
+
+    def attach(self, part: Attached) -> None:
+        """Have *part* (a front end's thread lanes) closed with the instance, drained in the same time."""
+        self._attached.append(part)
 
     def check_usable(self) -> None:
         """Raise :class:`ClosedError` if closed or inherited through ``fork()``."""
@@ -122,8 +140,13 @@ class Instance:
         if self._generation != _fork_generation:
             return  # a forked child must not tear down its parent's rings
         self.plugins.pm.hook.ksvc_instance_closing(instance=self)
+        deadline = time.monotonic() + timeout
+        for part in self._attached:
+            part.begin_close(deadline)
         try:
             self.dispatcher.stop(timeout)
+            for part in self._attached:
+                part.finish_close()
         finally:
             _close_quietly(self.worker_pool.shutdown)
             _close_quietly(self.io_backend.shutdown)

@@ -579,30 +579,44 @@ def scenario_sigint_storm(scene: Scene) -> None:
     assert main is not None
     go = threading.Event()
 
+    counts = {"interrupted": 0}
+
     def storm() -> None:
         go.wait()
-        for _ in range(50):
+        for i in range(50):
             signal.pthread_kill(main, signal.SIGINT)
-            time.sleep(0.001)
+            # The next one only once this one was caught: one landing on the loop's own back edge, outside
+            # the try below, would end the test rather than test the instance.
+            deadline = time.monotonic() + 1.0
+            while counts["interrupted"] <= i and time.monotonic() < deadline:
+                time.sleep(0.0002)
+            time.sleep(rnd_storm.uniform(0.0002, 0.001))
+        storm_over.set()
 
+    rnd_storm = random.Random(8)
+    storm_over = threading.Event()  # not Thread.is_alive(): a KeyboardInterrupt inside it can mark the thread stopped
     stormer = threading.Thread(target=storm, daemon=True)
     stormer.start()
     rnd = random.Random(7)
-    calls = wrong = interrupted = 0
+    calls = wrong = 0
     scene.watch.step("a loop of k.pread under a storm of 50 SIGINTs", 10.0)
-    while True:
+    finished = False
+    while not finished:
         try:  # a SIGINT may land anywhere in the loop, not only inside k.pread
             go.set()
-            if not stormer.is_alive() and calls >= 200:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # SIGINTs still pending are dropped from here
-                break
-            off = rnd.randrange(len(data) - 512)
-            got = k.pread(fd, 512, off)
-            calls += 1
-            if got != data[off : off + 512]:
-                wrong += 1
+            while True:
+                if storm_over.is_set() and calls >= 200:
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)  # SIGINTs still pending are dropped from here
+                    finished = True
+                    break
+                off = rnd.randrange(len(data) - 512)
+                got = k.pread(fd, 512, off)
+                calls += 1
+                if got != data[off : off + 512]:
+                    wrong += 1
         except KeyboardInterrupt:
-            interrupted += 1
+            counts["interrupted"] += 1
+    interrupted = counts["interrupted"]
     signal.signal(signal.SIGINT, signal.default_int_handler)
     assert wrong == 0, f"{wrong} of {calls} preads returned wrong bytes during the storm"
     assert interrupted, "no SIGINT reached the loop"

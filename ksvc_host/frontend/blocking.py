@@ -10,16 +10,25 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ksvc_host.abi import layout as L
+from ksvc_host.abi import linux as lx
 from ksvc_host.abi.syscalls import SYSCALL_NAMES
 from ksvc_host.abi.syscalls import SYSCALLS as NR
 from ksvc_host.errors import DispatcherFailed, NotOffloaded, RefusedSyscall
-from ksvc_host.frontend.core import BULK_MAX, BulkWaiter, Completer, Waiter
+from ksvc_host.frontend.core import BULK_MAX, STILL_IN_KERNEL, BulkWaiter, Completer, Waiter
 from ksvc_host.frontend.operations import SETTLE_S, BulkOp, LateResult, Op, Operations, ReadStream, oserror
 from ksvc_host.frontend.raw import RawChannel
 from ksvc_host.frontend.tier0 import SharedPageReads
 from ksvc_host.instance import Instance
+from ksvc_host.lanes import ThreadLanes
 from ksvc_host.routing import is_refused
 from ksvc_host.traits import Tier
+
+_NR_READ = NR["read"]
+_NR_WRITE = NR["write"]
+_NR_PREAD = NR["pread64"]
+_NR_PWRITE = NR["pwrite64"]
+_NR_RECVFROM = NR["recvfrom"]
+_NR_SENDTO = NR["sendto"]
 
 
 def check_route(instance: Instance, nr: int) -> None:
@@ -40,19 +49,113 @@ def check_route(instance: Instance, nr: int) -> None:
 class Ksvc(SharedPageReads, Operations):
     """Blocking helpers over one instance; results and errors as ``os.*`` gives them.
 
-    Thread-safe: any number of threads may call helpers at once.
+    Thread-safe: any number of threads may call helpers at once. Each
+    calling thread makes the calls its lane takes (:mod:`ksvc_host.lanes`)
+    itself, in one C call; everything else goes through the shared channel
+    to the dispatcher.
     """
 
     def __init__(self, instance: Instance) -> None:
         self.instance = instance
+        self._lanes = ThreadLanes(instance, settle_s=SETTLE_S)
         self._completer = Completer(instance)
+        self._completer.on_failed = self._lanes.fail
         self._buffers = instance.buffer_provider
         self._page = instance.shared_page
         self._late: dict[int, bytearray] = {}
-        self.raw = RawChannel(instance, self._completer)
+        self.raw = RawChannel(instance, self._completer, self._lanes)
         """The raw entry interface (unsafe: pointers are the caller's responsibility)."""
 
     def _run(self, op: Op) -> Any:
+        lane = self._lanes.mine()
+        if lane is not None:
+            try:
+                result = lane.call(op.nr, *op.args)
+            except BaseException:
+                self._lane_gave_up(lane, op)
+                raise
+            if result is not None:
+                return op.outcome(result)
+        return self._run_shared(op)
+
+    def _lane_gave_up(self, lane: Any, op: Op | None) -> None:
+        """A lane call ended by an exception: keep what the kernel did after all; name a failed instance.
+
+        When a signal handler's exception ended the call, the lane cancelled
+        it and waited for the kernel's answer (as :meth:`_settle` does for
+        the shared channel): bytes a stream read got are kept for the next
+        read of that descriptor, and memory of a call the kernel still holds
+        is never freed. A call cancelled because the dispatcher failed raises
+        :class:`DispatcherFailed`, as on the shared channel.
+        """
+        late, dead = self._lanes.interrupted(lane)
+        if late is not None:
+            fd, result, data = late
+            if data is not None:
+                self._late.setdefault(fd & lx.U32_MASK, bytearray()).extend(data)
+            elif op is not None:
+                self._keep_late(op, result)
+            if op is not None:
+                op.abandon()
+        elif dead and op is not None:
+            STILL_IN_KERNEL.append(op.keep)
+        failure = self._completer.failure
+        if failure is not None:
+            raise DispatcherFailed(f"the dispatcher failed: {failure!r}; open a new instance")
+
+    # The calls programs make in loops: straight to the calling thread's lane when it takes them.
+
+    def pread(self, fd: int, n: int, offset: int) -> Any:
+        lane = self._lanes.mine()
+        if lane is not None:
+            try:
+                data = lane.read(_NR_PREAD, fd, n, offset)
+            except BaseException:
+                self._lane_gave_up(lane, None)
+                raise
+            if data is not None:
+                return data
+        return super().pread(fd, n, offset)
+
+    def read(self, fd: int, n: int) -> Any:
+        if not self._late:  # bytes kept from an interrupted read come first (the general path)
+            data = self._lane_io("read", _NR_READ, fd, n, 0)
+            if data is not None:
+                return data
+        return super().read(fd, n)
+
+    def recv(self, fd: int, n: int, flags: int = 0) -> Any:
+        if not self._late:
+            data = self._lane_io("read", _NR_RECVFROM, fd, n, flags)
+            if data is not None:
+                return data
+        return super().recv(fd, n, flags)
+
+    def pwrite(self, fd: int, data: Any, offset: int) -> Any:
+        count = self._lane_io("write", _NR_PWRITE, fd, data, offset)
+        return count if count is not None else super().pwrite(fd, data, offset)
+
+    def write(self, fd: int, data: Any) -> Any:
+        count = self._lane_io("write", _NR_WRITE, fd, data, 0)
+        return count if count is not None else super().write(fd, data)
+
+    def send(self, fd: int, data: Any, flags: int = 0) -> Any:
+        count = self._lane_io("write", _NR_SENDTO, fd, data, flags)
+        return count if count is not None else super().send(fd, data, flags)
+
+    def _lane_io(self, how: str, nr: int, fd: int, x: Any, y: Any) -> Any:
+        """``lane.read`` or ``lane.write`` on this thread's lane; ``None`` when it does not take the call."""
+        lane = self._lanes.mine()
+        if lane is None:
+            return None
+        try:
+            return lane.read(nr, fd, x, y) if how == "read" else lane.write(nr, fd, x, y)
+        except BaseException:
+            self._lane_gave_up(lane, None)
+            raise
+
+    def _run_shared(self, op: Op) -> Any:
+        """Run *op* through the shared channel and the dispatcher."""
         try:
             check_route(self.instance, op.nr)
         except OSError:
@@ -221,7 +324,7 @@ class Ksvc(SharedPageReads, Operations):
         """``close(fd)`` closes a descriptor; ``close()`` closes the instance (drains first)."""
         if fd is not None:
             return super().close(fd)
-        self.instance.close(timeout)
+        self.instance.close(timeout)  # closes the lanes too
         self._completer.take_abandoned()
         self._completer.fail_pending(-errno.ECANCELED)
         self.instance.channel.close()  # last: the completions above were read from it

@@ -142,6 +142,8 @@ class Completer:
         self.dispatcher.on_failure = self._on_dispatcher_failure
         self._pack = L.SUBMIT_ENTRY.pack_into
         self.on_reaped: Callable[[], None] | None = None
+        self.on_failed: Callable[[], None] | None = None
+        """Called once the dispatcher failed (the front end stops its thread lanes)."""
         sink = instance.completion_sink
         attach = getattr(sink, "attach", None)
         self.direct = callable(attach)
@@ -575,6 +577,8 @@ class Completer:
 
     def _on_dispatcher_failure(self, exc: BaseException) -> None:
         self.failure = exc
+        if self.on_failed is not None:
+            self.on_failed()
         self.fail_pending(-errno.EIO)
 
     def fail_pending(self, result: int) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import operator
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ksvc_host.abi import layout as L
 from ksvc_host.frontend.core import Waiter
@@ -25,9 +25,10 @@ if TYPE_CHECKING:
 class RawChannel:
     """Submit raw entries; read their completions in arrival order."""
 
-    def __init__(self, instance: Instance, completer: Completer) -> None:
+    def __init__(self, instance: Instance, completer: Completer, lanes: Any = None) -> None:
         self._instance = instance
         self._completer = completer
+        self._lanes = lanes
         self._done: deque[L.CompletionEntry] = deque()
 
     def submit(self, entries: Sequence[tuple[int, Sequence[int], int]]) -> list[int]:
@@ -63,5 +64,5 @@ class RawChannel:
         return out
 
     def pending(self) -> int:
-        """Entries submitted whose final completion has not been read from the ring."""
-        return self._completer.pending_count()
+        """Entries submitted whose final completion has not been read: on the shared ring and in threads' lanes."""
+        return self._completer.pending_count() + (self._lanes.inflight() if self._lanes is not None else 0)

@@ -10,6 +10,7 @@ from ksvc_host.traits.buffer_provider import BufferHandle, BufferProvider
 from ksvc_host.traits.completion_sink import CompletionSink
 from ksvc_host.traits.io_backend import IoBackend, IoCompletion, SqeSpec
 from ksvc_host.traits.notifier import Notifier
+from ksvc_host.traits.own_rings import OwnRings, OwnRingSpec
 from ksvc_host.traits.router import Route, SyscallRouter, Tier
 from ksvc_host.traits.shared_page import SharedPage
 from ksvc_host.traits.worker_pool import CancellableWorkerPool, WorkerPool
@@ -34,6 +35,8 @@ __all__ = [
     "IoBackend",
     "IoCompletion",
     "Notifier",
+    "OwnRingSpec",
+    "OwnRings",
     "Route",
     "SharedPage",
     "SqeSpec",

@@ -1,0 +1,1064 @@
+/* KSVC thread lane: a channel owned by one thread, with an io_uring of its own.
+ *
+ * A lane is the whole data flow of docs/design.md §5 for the calls programs
+ * make in loops, in C, for the one thread that owns it:
+ *
+ *   entry       the caller's syscall as a 64-byte submit entry on the lane's submit ring
+ *   turn        route it (the table the host filled from the router), translate it to
+ *               an SQE, io_uring_enter once for the batch, reap CQEs into 32-byte
+ *               completion entries on the lane's completion ring
+ *   result      the caller's value built once, in place: bytes the kernel read into
+ *               (never zeroed first), or the count; or an OSError
+ *
+ * One thread submits to a lane's io_uring, by construction: the lane belongs
+ * to the thread that created it and refuses (returns None, and the caller
+ * takes the shared channel) on any other. So no request can be ended by the
+ * exit of a thread that did not wait for it, and the kernel's single-issuer
+ * and deferred task-run modes apply (IORING_SETUP_SINGLE_ISSUER and
+ * DEFER_TASKRUN, when the kernel has them; the host asks for the flags the
+ * io backend plugin chose).
+ *
+ * Two ways of driving a lane:
+ *   blocking   call()/read(): write the entry, run the turn, wait in the
+ *              kernel (GIL released) for this entry's completion
+ *   loop       start()/start_read() write entries with a future each; turn()
+ *              (an event loop callback: once per loop iteration, and when the
+ *              lane's eventfd says the kernel completed something) submits them
+ *              and resolves every future a reap produced, in one C call
+ *
+ * A lane accepts an entry only where its io_uring operation gives exactly the
+ * direct syscall's result: the same checks as the dispatcher (a positioned
+ * call on a seekable descriptor, a stream call on a blocking one, arguments
+ * that fit the SQE). Anything else returns None: the caller's generic path
+ * (the shared channel and the dispatcher) runs it.
+ *
+ * Interrupts (blocking): a signal ends the kernel wait with EINTR; the
+ * signal's Python handler runs here (PyErr_CheckSignals) and when it raises,
+ * the entry is cancelled in the kernel and its answer awaited (at most
+ * settle_ns) before the exception propagates. Bytes a stream read received
+ * before its cancellation took effect are kept (take_late()). An entry the
+ * kernel still holds after that keeps its memory and the lane (dead()):
+ * the host never reuses or frees it.
+ *
+ * Constants and layouts below are the kernel's io_uring ABI and the channel
+ * ABI (ksvc_host/abi); tests pin them against the Python tables (CONSTANTS).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <stddef.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+/* io_uring ABI ------------------------------------------------------------- */
+#define NR_IO_URING_SETUP 425
+#define NR_IO_URING_ENTER 426
+#define NR_IO_URING_REGISTER 427
+#define OFF_SQ_RING 0ULL
+#define OFF_CQ_RING 0x8000000ULL
+#define OFF_SQES 0x10000000ULL
+#define FEAT_SINGLE_MMAP (1u << 0)
+#define FEAT_EXT_ARG (1u << 8)
+#define SETUP_CLAMP (1u << 4)
+#define SETUP_SUBMIT_ALL (1u << 7)
+#define SETUP_COOP_TASKRUN (1u << 8)
+#define SETUP_SINGLE_ISSUER (1u << 12)
+#define SETUP_DEFER_TASKRUN (1u << 13)
+#define ENTER_GETEVENTS (1u << 0)
+#define ENTER_EXT_ARG (1u << 3)
+#define REGISTER_EVENTFD 4
+#define OP_FSYNC 3
+#define OP_ACCEPT 13
+#define OP_ASYNC_CANCEL 14
+#define OP_CONNECT 16
+#define OP_OPENAT 18
+#define OP_CLOSE 19
+#define OP_READ 22
+#define OP_WRITE 23
+#define OP_SEND 26
+#define OP_RECV 27
+#define FSYNC_DATASYNC (1u << 0)
+#define SQE_SIZE 64
+#define CQE_SIZE 16
+
+struct sqring_offsets { uint32_t head, tail, ring_mask, ring_entries, flags, dropped, array, resv1; uint64_t user_addr; };
+struct cqring_offsets { uint32_t head, tail, ring_mask, ring_entries, overflow, cqes, flags, resv1; uint64_t user_addr; };
+struct uring_params {
+    uint32_t sq_entries, cq_entries, flags, sq_thread_cpu, sq_thread_idle, features, wq_fd, resv[3];
+    struct sqring_offsets sq_off;
+    struct cqring_offsets cq_off;
+};
+struct getevents_arg { uint64_t sigmask; uint32_t sigmask_sz; uint32_t min_wait_usec; uint64_t ts; };
+struct kernel_ts { int64_t tv_sec; int64_t tv_nsec; };
+
+/* Channel ABI: a submit entry is corr u64, nr u32, flags u32, args u64[6]; a completion
+ * entry is corr u64, result i64, flags u32, pad u32, reserved u64. */
+#define SUBMIT_SIZE 64
+#define COMPLETE_SIZE 32
+
+/* Syscall numbers (x86-64) the lane can translate, and what kind of call each is. */
+enum kind {
+    K_NONE = 0,
+    K_STREAM,      /* read, write: fd, buf, len at the file position; a blocking descriptor */
+    K_POSITIONED,  /* pread64, pwrite64: fd, buf, len, off >= 0; a seekable descriptor */
+    K_SOCKET,      /* recvfrom, sendto without an address: fd, buf, len, flags; a blocking socket */
+    K_CLOSE,       /* close: fd */
+    K_FSYNC,       /* fsync: fd */
+    K_FDATASYNC,   /* fdatasync: fd */
+    K_OPENAT,      /* openat: dirfd, path, flags, mode */
+    K_ACCEPT,      /* accept4: fd, addr, addrlen*, flags; a blocking socket */
+    K_ACCEPT_PLAIN,/* accept: fd, addr, addrlen* */
+    K_CONNECT,     /* connect: fd, addr, addrlen; a blocking socket */
+    K_LIMIT
+};
+#define NR_TABLE 512
+
+/* Lane limits. */
+#define LANE_SLOTS 256          /* entries in flight at once (loop lanes) */
+#define WAIT_SLICE_NS 50000000  /* a blocked caller looks at the lane's closing deadline this often */
+#define CANCEL_TAG (1ULL << 62) /* user_data of the lane's own cancel requests */
+#define GEN_SHIFT 16            /* a token: generation << GEN_SHIFT | slot */
+
+struct slot {
+    PyObject *fut;     /* the loop lane's future (NULL: free, or a blocking call) */
+    PyObject *obj;     /* bytes being read into, or what the buffer belongs to */
+    PyObject *orphan;  /* the value of a completion whose future was already cancelled */
+    int64_t orphan_res;
+    uint32_t gen;
+    uint32_t len;      /* bytes requested (reads into obj) */
+    uint8_t reads;     /* nonzero: obj is a bytes object the kernel reads into */
+    uint8_t raw;       /* deliver (result, value) to fut: the settle of a cancelled entry */
+    uint8_t busy;
+    uint8_t stream;    /* a stream read: bytes a cancelled one got are kept */
+    uint8_t has_view;  /* view holds the buffer a write sends from */
+    int32_t fd;
+    Py_buffer view;
+};
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *weakrefs;
+    int ring_fd;
+    int dead;              /* 1: closed, forked away, or memory still lent to the kernel */
+    int refusing;          /* 1: closing; calls already waiting go on, new ones are refused */
+    unsigned long owner;   /* PyThread ident of the one submitting thread */
+    uint32_t setup_flags;
+    uint32_t features;
+    /* io_uring */
+    void *sq_map; size_t sq_map_len;
+    void *cq_map; size_t cq_map_len;
+    void *sqes_map; size_t sqes_map_len;
+    uint32_t *sq_head, *sq_tail, *sq_array, sq_mask, sq_entries;
+    uint32_t *cq_head, *cq_tail, cq_mask;
+    uint8_t *sqes, *cqes;
+    uint32_t unsubmitted;  /* SQEs written, not yet accepted by the kernel */
+    /* the lane's channel: submit and completion entries */
+    uint8_t sring[LANE_SLOTS * SUBMIT_SIZE];
+    uint64_t s_head, s_tail;
+    uint8_t cring[LANE_SLOTS * COMPLETE_SIZE];
+    uint64_t c_head, c_tail;
+    /* routing */
+    uint8_t kind[NR_TABLE];
+    uint8_t opcode[NR_TABLE];
+    /* in flight */
+    struct slot slots[LANE_SLOTS];
+    uint32_t free_list[LANE_SLOTS];
+    uint32_t n_free;
+    uint32_t inflight;
+    /* lifetime */
+    int64_t settle_ns;
+    int64_t deadline_ns;   /* > 0: closing; a blocked caller cancels its entry once it passes */
+    int busy_blocking;     /* a blocking call is inside the kernel wait */
+    PyObject *late;        /* (fd, result, bytes or None) of an interrupted call, once settled; or NULL */
+    uint64_t entries;      /* entries the lane ran */
+    uint64_t enters;       /* io_uring_enter calls */
+} Lane;
+
+static PyObject *str_set_result, *str_set_exception;
+
+static inline uint32_t load_acquire32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void store_release32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+
+static int64_t now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+static long uring_enter(Lane *l, uint32_t submit, uint32_t min_complete, uint32_t flags, int64_t wait_ns)
+{
+    struct kernel_ts ts = {wait_ns / 1000000000, wait_ns % 1000000000};
+    struct getevents_arg arg = {0, 0, 0, (uint64_t)(uintptr_t)&ts};
+    l->enters++;
+    long r;
+    if (wait_ns >= 0 && (l->features & FEAT_EXT_ARG))
+        r = syscall(NR_IO_URING_ENTER, l->ring_fd, submit, min_complete, flags | ENTER_EXT_ARG, &arg, sizeof arg);
+    else
+        r = syscall(NR_IO_URING_ENTER, l->ring_fd, submit, min_complete, flags, NULL, 0);
+    return r < 0 ? -errno : r;
+}
+
+/* Routing and translation ------------------------------------------------------ */
+
+/* Would io_uring give exactly the syscall's answer for this descriptor? */
+static int fd_suits(int kind, int32_t fd)
+{
+    if (kind == K_POSITIONED)
+        return syscall(SYS_lseek, fd, 0L, SEEK_CUR) >= 0;   /* a pipe or socket: the syscall says ESPIPE */
+    if (kind == K_STREAM || kind == K_SOCKET || kind == K_ACCEPT || kind == K_ACCEPT_PLAIN || kind == K_CONNECT) {
+        long fl = syscall(SYS_fcntl, fd, F_GETFL);
+        return !(fl >= 0 && (fl & O_NONBLOCK));            /* nonblocking: the syscall says EAGAIN at once */
+    }
+    return 1;
+}
+
+/* May the lane take syscall nr with these arguments? Same rules as ksvc_host/translate.py. */
+static int lane_accepts(const Lane *l, uint32_t nr, const uint64_t *a)
+{
+    if (nr >= NR_TABLE || !l->kind[nr]) return 0;
+    int kind = l->kind[nr];
+    int64_t fd = (int64_t)a[0];
+    if (kind != K_OPENAT && (fd < INT32_MIN || fd > INT32_MAX)) return 0;
+    switch (kind) {
+    case K_STREAM: case K_POSITIONED: case K_SOCKET:
+        if (a[2] > 0xffffffffu) return 0;
+        if (kind == K_POSITIONED && (int64_t)a[3] < 0) return 0;   /* EINVAL from the kernel; io_uring: the position */
+        if (kind == K_SOCKET && (a[4] || a[5] || a[3] > 0xffffffffu)) return 0;  /* an address: not RECV/SEND */
+        break;
+    case K_OPENAT:
+        if ((int64_t)a[0] < INT32_MIN || (int64_t)a[0] > INT32_MAX) return 0;
+        break;
+    case K_ACCEPT:
+        if (a[3] > 0xffffffffu) return 0;
+        break;
+    case K_ACCEPT_PLAIN:
+        break;
+    case K_CONNECT:
+        if (a[2] > 0xffffffffu) return 0;
+        break;
+    default:
+        break;
+    }
+    return fd_suits(kind, (int32_t)fd);
+}
+
+static void translate(const Lane *l, const uint64_t *w, uint8_t *s)
+{
+    uint32_t nr = (uint32_t)w[1] % NR_TABLE;   /* checked when the entry was written */
+    const uint64_t *a = w + 2;
+    int kind = l->kind[nr];
+    uint8_t op = l->opcode[nr];
+    uint64_t off = 0, addr = 0;
+    uint32_t len = 0, op_flags = 0;
+    int32_t fd = (int32_t)a[0];
+    switch (kind) {
+    case K_STREAM: addr = a[1]; len = (uint32_t)a[2]; off = UINT64_MAX; break;
+    case K_POSITIONED: addr = a[1]; len = (uint32_t)a[2]; off = a[3]; break;
+    case K_SOCKET: addr = a[1]; len = (uint32_t)a[2]; op_flags = (uint32_t)a[3]; break;
+    case K_CLOSE: break;
+    case K_FSYNC: break;
+    case K_FDATASYNC: op_flags = FSYNC_DATASYNC; break;
+    case K_OPENAT: addr = a[1]; op_flags = (uint32_t)a[2]; len = (uint32_t)a[3]; break;
+    case K_ACCEPT: addr = a[1]; off = a[2]; op_flags = (uint32_t)a[3]; break;
+    case K_ACCEPT_PLAIN: addr = a[1]; off = a[2]; break;
+    case K_CONNECT: addr = a[1]; off = a[2] & 0xffffffffu; break;
+    }
+    memset(s, 0, SQE_SIZE);
+    s[0] = op;
+    memcpy(s + 4, &fd, 4);
+    memcpy(s + 8, &off, 8);
+    memcpy(s + 16, &addr, 8);
+    memcpy(s + 24, &len, 4);
+    memcpy(s + 28, &op_flags, 4);
+    memcpy(s + 32, &w[0], 8);   /* user_data: the entry's correlation id */
+}
+
+/* The turn ------------------------------------------------------------------------- */
+
+static int push_sqe(Lane *l, const uint8_t *src)
+{
+    uint32_t tail = *l->sq_tail;
+    if (tail - load_acquire32(l->sq_head) >= l->sq_entries) return 0;
+    uint32_t idx = tail & l->sq_mask;
+    memcpy(l->sqes + (size_t)idx * SQE_SIZE, src, SQE_SIZE);
+    if (l->sq_array) l->sq_array[idx] = idx;
+    store_release32(l->sq_tail, tail + 1);
+    l->unsubmitted++;
+    return 1;
+}
+
+/* What an io_uring_enter returned: SQEs the kernel took. */
+static void sent(Lane *l, long r)
+{
+    if (r > 0) l->unsubmitted -= (uint32_t)r < l->unsubmitted ? (uint32_t)r : l->unsubmitted;
+}
+
+/* Submit entries into SQEs, then enter once for the batch (never waiting). */
+static long lane_submit(Lane *l)
+{
+    uint8_t sqe[SQE_SIZE];
+    while (l->s_head != l->s_tail) {
+        const uint8_t *e = l->sring + (size_t)(l->s_head % LANE_SLOTS) * SUBMIT_SIZE;
+        uint64_t w[8];
+        memcpy(w, e, sizeof w);
+        translate(l, w, sqe);
+        if (!push_sqe(l, sqe)) break;   /* SQ full: the rest wait for the next turn */
+        l->s_head++;
+    }
+    long r = 0;
+    if (l->unsubmitted) {
+        r = uring_enter(l, l->unsubmitted, 0, ENTER_GETEVENTS, -1);
+        sent(l, r);
+    }
+    return r;
+}
+
+/* CQEs into completion entries (the lane's own cancel requests answer nobody). */
+static uint32_t lane_reap(Lane *l)
+{
+    uint32_t head = *l->cq_head, tail = load_acquire32(l->cq_tail);
+    uint32_t n = 0;
+    while (head != tail && l->c_tail - l->c_head < LANE_SLOTS) {
+        const uint8_t *c = l->cqes + (size_t)(head & l->cq_mask) * CQE_SIZE;
+        uint64_t ud; int32_t res;
+        memcpy(&ud, c, 8); memcpy(&res, c + 8, 4);
+        head++;
+        if (ud & CANCEL_TAG) continue;
+        uint64_t w[4] = {ud, (uint64_t)(int64_t)res, 0, 0};
+        memcpy(l->cring + (size_t)(l->c_tail % LANE_SLOTS) * COMPLETE_SIZE, w, sizeof w);
+        l->c_tail++;
+        n++;
+    }
+    store_release32(l->cq_head, head);
+    return n;
+}
+
+static int submit_cancel(Lane *l, uint64_t corr)
+{
+    uint8_t s[SQE_SIZE];
+    memset(s, 0, SQE_SIZE);
+    s[0] = OP_ASYNC_CANCEL;
+    int32_t fd = -1; memcpy(s + 4, &fd, 4);
+    memcpy(s + 16, &corr, 8);
+    uint64_t ud = CANCEL_TAG | corr; memcpy(s + 32, &ud, 8);
+    if (!push_sqe(l, s)) return 0;
+    sent(l, uring_enter(l, l->unsubmitted, 0, ENTER_GETEVENTS, -1));
+    return 1;
+}
+
+/* Slots -------------------------------------------------------------------------- */
+
+static int slot_take(Lane *l)
+{
+    if (!l->n_free) return -1;
+    uint32_t i = l->free_list[--l->n_free];
+    struct slot *s = &l->slots[i];
+    s->busy = 1; s->gen++; s->raw = 0; s->reads = 0; s->stream = 0;
+    l->inflight++;
+    return (int)i;
+}
+
+static void slot_free(Lane *l, uint32_t i)
+{
+    struct slot *s = &l->slots[i];
+    Py_CLEAR(s->fut); Py_CLEAR(s->obj); Py_CLEAR(s->orphan);
+    if (s->has_view) { PyBuffer_Release(&s->view); s->has_view = 0; }
+    s->busy = 0;
+    l->free_list[l->n_free++] = i;
+    l->inflight--;
+}
+
+static uint64_t token_of(const Lane *l, uint32_t i) { return ((uint64_t)l->slots[i].gen << GEN_SHIFT) | i; }
+
+static void write_entry(Lane *l, uint64_t corr, uint32_t nr, const uint64_t *a)
+{
+    uint64_t w[8] = {corr, (uint64_t)nr, a[0], a[1], a[2], a[3], a[4], a[5]};
+    memcpy(l->sring + (size_t)(l->s_tail % LANE_SLOTS) * SUBMIT_SIZE, w, sizeof w);
+    l->s_tail++;
+    l->entries++;
+}
+
+/* The value of a finished read or call (a new reference), or NULL with an error set. */
+static PyObject *value_of(struct slot *s, int64_t res)
+{
+    if (res < 0) {
+        int err = (int)-res;
+        PyObject *exc = PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
+        if (exc) { PyErr_SetObject((PyObject *)Py_TYPE(exc), exc); Py_DECREF(exc); }
+        return NULL;
+    }
+    if (!s->reads) return PyLong_FromLongLong(res);
+    PyObject *b = s->obj;
+    s->obj = NULL;
+    if ((uint64_t)res != s->len && _PyBytes_Resize(&b, (Py_ssize_t)res) < 0) return NULL;
+    return b;
+}
+
+/* Python-facing ----------------------------------------------------------------------- */
+
+static void lane_unmap(Lane *l)
+{
+    if (l->sqes_map) munmap(l->sqes_map, l->sqes_map_len);
+    if (l->cq_map && l->cq_map != l->sq_map) munmap(l->cq_map, l->cq_map_len);
+    if (l->sq_map) munmap(l->sq_map, l->sq_map_len);
+    l->sq_map = l->cq_map = l->sqes_map = NULL;
+}
+
+static void *map_ring(int fd, size_t len, uint64_t off)
+{
+    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, (off_t)off);
+    if (p == MAP_FAILED) return NULL;
+    madvise(p, len, MADV_DONTFORK);   /* a forked child must never see or write the parent's ring */
+    return p;
+}
+
+static int lane_setup(Lane *l, uint32_t entries, uint32_t flags)
+{
+    /* The kernel may lack some of the flags asked for: drop the newest first. */
+    const uint32_t fallbacks[] = {0, SETUP_DEFER_TASKRUN, SETUP_DEFER_TASKRUN | SETUP_SINGLE_ISSUER,
+                                  SETUP_DEFER_TASKRUN | SETUP_SINGLE_ISSUER | SETUP_COOP_TASKRUN | SETUP_SUBMIT_ALL};
+    struct uring_params p;
+    int fd = -1;
+    for (size_t i = 0; i < sizeof fallbacks / sizeof fallbacks[0]; i++) {
+        memset(&p, 0, sizeof p);
+        p.flags = (flags & ~fallbacks[i]) | SETUP_CLAMP;
+        p.cq_entries = 0;
+        fd = (int)syscall(NR_IO_URING_SETUP, entries, &p);
+        if (fd >= 0) break;
+        if (errno != EINVAL) break;
+    }
+    if (fd < 0) { PyErr_SetFromErrno(PyExc_OSError); return -1; }
+    l->ring_fd = fd;
+    l->setup_flags = p.flags & ~SETUP_CLAMP;
+    l->features = p.features;
+    size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(uint32_t);
+    size_t cq_len = p.cq_off.cqes + p.cq_entries * CQE_SIZE;
+    if (p.features & FEAT_SINGLE_MMAP) {
+        if (cq_len > sq_len) sq_len = cq_len;
+        cq_len = sq_len;
+    }
+    l->sq_map = map_ring(fd, sq_len, OFF_SQ_RING);
+    l->sq_map_len = sq_len;
+    l->cq_map = (p.features & FEAT_SINGLE_MMAP) ? l->sq_map : map_ring(fd, cq_len, OFF_CQ_RING);
+    l->cq_map_len = cq_len;
+    l->sqes_map = map_ring(fd, p.sq_entries * SQE_SIZE, OFF_SQES);
+    l->sqes_map_len = p.sq_entries * SQE_SIZE;
+    if (!l->sq_map || !l->cq_map || !l->sqes_map) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        lane_unmap(l);
+        close(fd);
+        l->ring_fd = -1;
+        return -1;
+    }
+    uint8_t *sq = l->sq_map, *cq = l->cq_map;
+    l->sq_head = (uint32_t *)(sq + p.sq_off.head);
+    l->sq_tail = (uint32_t *)(sq + p.sq_off.tail);
+    l->sq_mask = *(uint32_t *)(sq + p.sq_off.ring_mask);
+    l->sq_entries = *(uint32_t *)(sq + p.sq_off.ring_entries);
+    l->sq_array = (uint32_t *)(sq + p.sq_off.array);
+    l->cq_head = (uint32_t *)(cq + p.cq_off.head);
+    l->cq_tail = (uint32_t *)(cq + p.cq_off.tail);
+    l->cq_mask = *(uint32_t *)(cq + p.cq_off.ring_mask);
+    l->cqes = cq + p.cq_off.cqes;
+    l->sqes = l->sqes_map;
+    return 0;
+}
+
+static PyObject *Lane_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    (void)args; (void)kw;
+    Lane *l = (Lane *)type->tp_alloc(type, 0);
+    if (l) { l->ring_fd = -1; l->dead = 1; }
+    return (PyObject *)l;
+}
+
+static int Lane_init(Lane *l, PyObject *args, PyObject *kw)
+{
+    static char *names[] = {"entries", "setup_flags", "settle_s", NULL};
+    unsigned int entries = 64, flags = 0;
+    double settle = 1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|IId", names, &entries, &flags, &settle)) return -1;
+    if (l->ring_fd >= 0 || l->sq_map) { PyErr_SetString(PyExc_RuntimeError, "Lane already set up"); return -1; }
+    l->owner = PyThread_get_thread_ident();
+    l->settle_ns = (int64_t)(settle * 1e9);
+    for (uint32_t i = 0; i < LANE_SLOTS; i++) l->free_list[i] = LANE_SLOTS - 1 - i;
+    l->n_free = LANE_SLOTS;
+    if (lane_setup(l, entries, flags) < 0) return -1;
+    l->dead = 0;
+    return 0;
+}
+
+static void lane_close_ring(Lane *l)
+{
+    if (l->ring_fd >= 0) {
+        lane_unmap(l);
+        close(l->ring_fd);
+        l->ring_fd = -1;
+    }
+}
+
+static void Lane_dealloc(Lane *l)
+{
+    /* Never freed while the kernel holds memory of ours (the host keeps such lanes for good). */
+    for (uint32_t i = 0; i < LANE_SLOTS; i++)
+        if (l->slots[i].busy) slot_free(l, i);
+    lane_close_ring(l);
+    Py_CLEAR(l->late);
+    if (l->weakrefs) PyObject_ClearWeakRefs((PyObject *)l);
+    Py_TYPE(l)->tp_free((PyObject *)l);
+}
+
+static int usable(Lane *l)
+{
+    return !l->dead && !l->refusing && l->ring_fd >= 0 && PyThread_get_thread_ident() == l->owner;
+}
+
+/* Arguments as words: ints only (anything else: the generic path, which raises os's error). */
+static int words(PyObject *const *args, Py_ssize_t n, uint64_t *out)
+{
+    for (Py_ssize_t i = 0; i < 6; i++) {
+        if (i >= n) { out[i] = 0; continue; }
+        PyObject *v = args[i];
+        if (!PyLong_CheckExact(v)) return 0;
+        int overflow = 0;
+        long long s = PyLong_AsLongLongAndOverflow(v, &overflow);
+        if (overflow) {
+            if (overflow < 0) return 0;
+            unsigned long long u = PyLong_AsUnsignedLongLong(v);
+            if (u == (unsigned long long)-1 && PyErr_Occurred()) { PyErr_Clear(); return 0; }
+            out[i] = u;
+        } else {
+            out[i] = (uint64_t)s;
+        }
+    }
+    return 1;
+}
+
+/* Wait in the kernel for entry corr's completion (blocking lanes). Returns 1 with *res set,
+ * 0 when an exception was raised (the entry is settled first), -1 on a lane failure. */
+static int wait_for(Lane *l, uint64_t corr, uint32_t slot, int64_t *res);
+
+static int find_completion(Lane *l, uint64_t corr, int64_t *res)
+{
+    /* A blocking lane has one entry in flight: its completion is the one at the head. */
+    while (l->c_head != l->c_tail) {
+        uint64_t w[2];
+        memcpy(w, l->cring + (size_t)(l->c_head % LANE_SLOTS) * COMPLETE_SIZE, sizeof w);
+        l->c_head++;
+        if (w[0] == corr) { *res = (int64_t)w[1]; return 1; }
+    }
+    return 0;
+}
+
+static int settle(Lane *l, uint64_t corr, uint32_t slot, int64_t *res)
+{
+    /* Cancel in the kernel, then wait (bounded, not interruptible) for the entry's answer. */
+    submit_cancel(l, corr);
+    int64_t end = now_ns() + l->settle_ns;
+    for (;;) {
+        lane_reap(l);
+        if (find_completion(l, corr, res)) return 1;
+        int64_t left = end - now_ns();
+        if (left <= 0) break;
+        long r;
+        Py_BEGIN_ALLOW_THREADS
+        r = uring_enter(l, l->unsubmitted, 1, ENTER_GETEVENTS, left < WAIT_SLICE_NS ? left : WAIT_SLICE_NS);
+        Py_END_ALLOW_THREADS
+        sent(l, r);
+    }
+    /* Still in the kernel: its memory stays referenced by the slot, and the lane is never used again. */
+    l->dead = 1;
+    (void)slot;
+    return 0;
+}
+
+static int wait_for(Lane *l, uint64_t corr, uint32_t slot, int64_t *res)
+{
+    for (;;) {
+        lane_reap(l);
+        if (find_completion(l, corr, res)) return 1;
+        long r;
+        Py_BEGIN_ALLOW_THREADS
+        r = uring_enter(l, l->unsubmitted, 1, ENTER_GETEVENTS, WAIT_SLICE_NS);
+        Py_END_ALLOW_THREADS
+        sent(l, r);
+        /* A signal may have gone to another thread: its handler is pending for this one (the main
+         * thread) all the same, so look after every wake-up, not only on EINTR. */
+        if ((r == -EINTR || r == -ETIME) && PyErr_CheckSignals() < 0) {
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);   /* the handler's exception, re-raised once settled */
+            int settled = settle(l, corr, slot, res);
+            if (settled) {
+                struct slot *s = &l->slots[slot];
+                PyObject *data = *res > 0 && s->reads ? value_of(s, *res) : NULL;
+                PyErr_Clear();
+                Py_XDECREF(l->late);
+                l->late = Py_BuildValue("(iLN)", s->fd, (long long)*res, data ? data : (Py_INCREF(Py_None), Py_None));
+                PyErr_Clear();
+                slot_free(l, slot);
+            }
+            PyErr_Restore(type, value, tb);
+            return 0;
+        }
+        if (r < 0 && r != -EINTR && r != -ETIME && r != -EAGAIN && r != -EBUSY) {
+            errno = (int)-r;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (l->deadline_ns > 0 && now_ns() > l->deadline_ns) {
+            /* The instance is closing and its drain time is over: cancel, as the dispatcher does. */
+            if (settle(l, corr, slot, res)) return 1;
+            *res = -ECANCELED;
+            return 1;
+        }
+    }
+}
+
+/* Blocking: run one entry on this thread; return its value, or None when the lane does not take it. */
+static PyObject *run_blocking(Lane *l, uint32_t nr, uint64_t *a, Py_ssize_t read_len, int stream, int raw)
+{
+    int i = slot_take(l);
+    if (i < 0) Py_RETURN_NONE;
+    struct slot *s = &l->slots[i];
+    s->fd = (int32_t)a[0];
+    if (read_len >= 0) {
+        s->obj = PyBytes_FromStringAndSize(NULL, read_len);
+        if (!s->obj) { slot_free(l, (uint32_t)i); return NULL; }
+        s->reads = 1;
+        s->len = (uint32_t)read_len;
+        s->stream = (uint8_t)stream;
+        s->fd = (int32_t)a[0];
+        a[1] = (uint64_t)(uintptr_t)PyBytes_AS_STRING(s->obj);
+        a[2] = (uint64_t)read_len;
+    }
+    uint64_t corr = token_of(l, (uint32_t)i);
+    write_entry(l, corr, nr, a);
+    long r = lane_submit(l);
+    if (r < 0 && r != -EAGAIN && r != -EBUSY) {
+        /* Nothing reached the kernel (the ring itself refused): the generic path runs it. */
+        l->s_head = l->s_tail;
+        l->dead = 1;   /* a ring that refuses io_uring_enter is not used again */
+        slot_free(l, (uint32_t)i);
+        Py_RETURN_NONE;
+    }
+    int64_t res = 0;
+    l->busy_blocking = 1;   /* close() leaves the ring alone while this thread may be inside the kernel */
+    int w = wait_for(l, corr, (uint32_t)i, &res);
+    l->busy_blocking = 0;
+    if (w <= 0) {
+        if (w < 0) l->dead = 1;
+        return NULL;
+    }
+    PyObject *v = raw ? PyLong_FromLongLong(res) : value_of(s, res);
+    slot_free(l, (uint32_t)i);
+    return v;
+}
+
+PyDoc_STRVAR(call_doc,
+    "call(nr, *args) -> the syscall's result (-errno on failure), or None when the lane does not take it (blocking).");
+static PyObject *Lane_call(Lane *l, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 7) { PyErr_SetString(PyExc_TypeError, "call(nr, *args): 1 to 7 arguments"); return NULL; }
+    if (!usable(l) || !PyLong_CheckExact(args[0])) Py_RETURN_NONE;
+    unsigned long nr = PyLong_AsUnsignedLong(args[0]);
+    if (PyErr_Occurred()) { PyErr_Clear(); Py_RETURN_NONE; }
+    uint64_t a[6];
+    if (!words(args + 1, nargs - 1, a) || nr >= NR_TABLE || !lane_accepts(l, (uint32_t)nr, a)) Py_RETURN_NONE;
+    return run_blocking(l, (uint32_t)nr, a, -1, 0, 1);
+}
+
+/* (fd, n, a3) of a read into new bytes; 0 when they are not plain ints in range. */
+static int read_args(Lane *l, PyObject *const *args, Py_ssize_t nargs, uint32_t *nr, uint64_t *a, Py_ssize_t *n)
+{
+    if (nargs != 4 || !PyLong_CheckExact(args[0]) || !PyLong_CheckExact(args[1]) || !PyLong_CheckExact(args[2])
+        || !PyLong_CheckExact(args[3]))
+        return 0;
+    long v = PyLong_AsLong(args[0]);
+    long fd = PyLong_AsLong(args[1]);
+    Py_ssize_t len = PyLong_AsSsize_t(args[2]);
+    long long a3 = PyLong_AsLongLong(args[3]);
+    if (PyErr_Occurred()) { PyErr_Clear(); return 0; }
+    if (v < 0 || v >= NR_TABLE || fd < INT32_MIN || fd > INT32_MAX || len < 0 || len > 0x7ffff000) return 0;
+    *nr = (uint32_t)v;
+    uint64_t w[6] = {(uint64_t)fd, 0, (uint64_t)len, (uint64_t)a3, 0, 0};
+    memcpy(a, w, sizeof w);
+    *n = len;
+    return lane_accepts(l, *nr, a);
+}
+
+PyDoc_STRVAR(read_doc,
+    "read(nr, fd, n, offset_or_flags) -> bytes, or None when the lane does not take it (blocking).\n"
+    "nr is read, pread64 or recvfrom; a failure raises OSError.");
+static PyObject *Lane_read(Lane *l, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t nr; uint64_t a[6]; Py_ssize_t n;
+    if (!usable(l) || !read_args(l, args, nargs, &nr, a, &n)) Py_RETURN_NONE;
+    int kind = l->kind[nr];
+    if (kind != K_STREAM && kind != K_POSITIONED && kind != K_SOCKET) Py_RETURN_NONE;
+    return run_blocking(l, nr, a, n, kind != K_POSITIONED, 0);
+}
+
+/* (fd, data, a3) of a write from a buffer: the view is taken into *view; 0 when not taken. */
+static int write_args(Lane *l, PyObject *const *args, Py_ssize_t nargs, uint32_t *nr, uint64_t *a, Py_buffer *view)
+{
+    if (nargs != 4 || !PyLong_CheckExact(args[0]) || !PyLong_CheckExact(args[1]) || !PyLong_CheckExact(args[3]))
+        return 0;
+    long v = PyLong_AsLong(args[0]);
+    long fd = PyLong_AsLong(args[1]);
+    long long a3 = PyLong_AsLongLong(args[3]);
+    if (PyErr_Occurred()) { PyErr_Clear(); return 0; }
+    if (v < 0 || v >= NR_TABLE || fd < INT32_MIN || fd > INT32_MAX) return 0;
+    int kind = l->kind[v];
+    if (kind != K_STREAM && kind != K_POSITIONED && kind != K_SOCKET) return 0;
+    if (PyObject_GetBuffer(args[2], view, PyBUF_SIMPLE) < 0) { PyErr_Clear(); return 0; }
+    *nr = (uint32_t)v;
+    uint64_t w[6] = {(uint64_t)fd, (uint64_t)(uintptr_t)view->buf, (uint64_t)view->len, (uint64_t)a3, 0, 0};
+    memcpy(a, w, sizeof w);
+    if (!lane_accepts(l, *nr, a)) { PyBuffer_Release(view); return 0; }
+    return 1;
+}
+
+PyDoc_STRVAR(write_doc,
+    "write(nr, fd, data, offset_or_flags) -> int, or None when the lane does not take it (blocking).\n"
+    "nr is write, pwrite64 or sendto; data is any object with the buffer protocol.");
+static PyObject *Lane_write(Lane *l, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t nr; uint64_t a[6]; Py_buffer view;
+    if (!usable(l) || !write_args(l, args, nargs, &nr, a, &view)) Py_RETURN_NONE;
+    PyObject *r = run_blocking(l, nr, a, -1, 0, 0);
+    if (!l->dead || r) PyBuffer_Release(&view);   /* a lane that died holding it keeps it: the kernel may read it */
+    return r;
+}
+
+/* Loop lanes ------------------------------------------------------------------------ */
+
+static PyObject *start_entry(Lane *l, uint32_t nr, uint64_t *a, PyObject *fut, PyObject *keep, Py_ssize_t read_len,
+                             int stream)
+{
+    int i = slot_take(l);
+    if (i < 0) Py_RETURN_NONE;
+    struct slot *s = &l->slots[i];
+    if (read_len >= 0) {
+        s->obj = PyBytes_FromStringAndSize(NULL, read_len);
+        if (!s->obj) { slot_free(l, (uint32_t)i); return NULL; }
+        s->reads = 1;
+        s->len = (uint32_t)read_len;
+        s->stream = (uint8_t)stream;
+        s->fd = (int32_t)a[0];
+        a[1] = (uint64_t)(uintptr_t)PyBytes_AS_STRING(s->obj);
+        a[2] = (uint64_t)read_len;
+    } else {
+        Py_XINCREF(keep);
+        s->obj = keep;
+    }
+    Py_INCREF(fut);
+    s->fut = fut;
+    uint64_t t = token_of(l, (uint32_t)i);
+    write_entry(l, t, nr, a);
+    return PyLong_FromUnsignedLongLong(t);
+}
+
+PyDoc_STRVAR(start_doc,
+    "start(fut, keep, nr, *args) -> token, or None: queue an entry; turn() submits it and resolves fut.");
+static PyObject *Lane_start(Lane *l, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 3 || nargs > 9) { PyErr_SetString(PyExc_TypeError, "start(fut, keep, nr, *args)"); return NULL; }
+    if (!usable(l) || !PyLong_CheckExact(args[2])) Py_RETURN_NONE;
+    unsigned long nr = PyLong_AsUnsignedLong(args[2]);
+    if (PyErr_Occurred()) { PyErr_Clear(); Py_RETURN_NONE; }
+    uint64_t a[6];
+    if (!words(args + 3, nargs - 3, a) || nr >= NR_TABLE || !lane_accepts(l, (uint32_t)nr, a)) Py_RETURN_NONE;
+    return start_entry(l, (uint32_t)nr, a, args[0], args[1], -1, 0);
+}
+
+PyDoc_STRVAR(start_write_doc,
+    "start_write(fut, nr, fd, data, offset_or_flags) -> token, or None: queue a write from data's buffer.");
+static PyObject *Lane_start_write(Lane *l, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t nr; uint64_t a[6]; Py_buffer view;
+    if (nargs != 5) { PyErr_SetString(PyExc_TypeError, "start_write(fut, nr, fd, data, offset_or_flags)"); return NULL; }
+    if (!usable(l) || !write_args(l, args + 1, 4, &nr, a, &view)) Py_RETURN_NONE;
+    PyObject *t = start_entry(l, nr, a, args[0], NULL, -1, 0);
+    if (!t || t == Py_None) { PyBuffer_Release(&view); return t; }
+    uint32_t i = (uint32_t)(PyLong_AsUnsignedLongLong(t) & ((1u << GEN_SHIFT) - 1));
+    l->slots[i].view = view;   /* held until the completion: the kernel reads from it */
+    l->slots[i].has_view = 1;
+    return t;
+}
+
+PyDoc_STRVAR(start_read_doc,
+    "start_read(fut, nr, fd, n, offset_or_flags) -> token, or None: queue a read into new bytes.");
+static PyObject *Lane_start_read(Lane *l, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t nr; uint64_t a[6]; Py_ssize_t n;
+    if (nargs != 5) { PyErr_SetString(PyExc_TypeError, "start_read(fut, nr, fd, n, offset_or_flags)"); return NULL; }
+    if (!usable(l) || !read_args(l, args + 1, 4, &nr, a, &n)) Py_RETURN_NONE;
+    int kind = l->kind[nr];
+    if (kind != K_STREAM && kind != K_POSITIONED && kind != K_SOCKET) Py_RETURN_NONE;
+    return start_entry(l, nr, a, args[0], NULL, n, kind != K_POSITIONED);
+}
+
+/* Hand one completion to its future: the value, the OSError, or (result, value) for a settle. */
+static void resolve(Lane *l, uint64_t token, int64_t res)
+{
+    uint32_t i = (uint32_t)(token & ((1u << GEN_SHIFT) - 1));
+    if (i >= LANE_SLOTS) return;
+    struct slot *s = &l->slots[i];
+    if (!s->busy || s->gen != (uint32_t)(token >> GEN_SHIFT) || !s->fut) return;
+    PyObject *v;
+    PyObject *meth = str_set_result;
+    if (s->raw) {
+        PyObject *data = res > 0 && s->reads ? value_of(s, res) : (Py_INCREF(Py_None), Py_None);
+        if (!data) { PyErr_Clear(); data = Py_None; Py_INCREF(data); }
+        v = Py_BuildValue("(LN)", (long long)res, data);
+    } else {
+        v = value_of(s, res);
+        if (!v) {
+            PyObject *type, *tb;
+            PyErr_Fetch(&type, &v, &tb);
+            PyErr_NormalizeException(&type, &v, &tb);
+            Py_XDECREF(type); Py_XDECREF(tb);
+            meth = str_set_exception;
+        }
+    }
+    if (v) {
+        PyObject *r = PyObject_CallMethodOneArg(s->fut, meth, v);
+        if (r) Py_DECREF(r);
+        else {
+            /* The future was cancelled first: keep the answer for the cancelling task (abandon()). */
+            PyErr_Clear();
+            if (!s->raw) {
+                s->orphan_res = res;
+                if (meth == str_set_result) { s->orphan = v; v = NULL; }
+                Py_CLEAR(s->fut);
+                Py_XDECREF(v);
+                return;
+            }
+        }
+        Py_DECREF(v);
+    } else {
+        PyErr_Clear();
+    }
+    slot_free(l, i);
+}
+
+PyDoc_STRVAR(turn_doc, "turn() -> completions delivered: submit queued entries, reap, resolve futures.");
+static PyObject *Lane_turn(Lane *l, PyObject *Py_UNUSED(ignored))
+{
+    if (l->ring_fd < 0 || PyThread_get_thread_ident() != l->owner) return PyLong_FromLong(0);
+    long r = lane_submit(l);
+    if (r < 0 && r != -EAGAIN && r != -EBUSY && r != -EINTR) {
+        errno = (int)-r;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (!l->unsubmitted && l->inflight && *l->cq_head == load_acquire32(l->cq_tail))
+        uring_enter(l, 0, 0, ENTER_GETEVENTS, -1);   /* deferred task work: run it here, now */
+    long done = 0;
+    for (;;) {
+        uint32_t n = lane_reap(l);
+        while (l->c_head != l->c_tail) {
+            uint64_t w[2];
+            memcpy(w, l->cring + (size_t)(l->c_head % LANE_SLOTS) * COMPLETE_SIZE, sizeof w);
+            l->c_head++;
+            resolve(l, w[0], (int64_t)w[1]);
+            done++;
+        }
+        if (!n) break;
+    }
+    return PyLong_FromLong(done);
+}
+
+PyDoc_STRVAR(abandon_doc,
+    "abandon(token, fut) -> bool: the entry's future was cancelled; cancel it in the kernel and deliver\n"
+    "(result, value) to fut once it is answered (at once if it already was). False: unknown token.");
+static PyObject *Lane_abandon(Lane *l, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "abandon(token, fut)"); return NULL; }
+    unsigned long long token = PyLong_AsUnsignedLongLong(args[0]);
+    if (PyErr_Occurred()) return NULL;
+    uint32_t i = (uint32_t)(token & ((1u << GEN_SHIFT) - 1));
+    if (i >= LANE_SLOTS) Py_RETURN_FALSE;
+    struct slot *s = &l->slots[i];
+    if (!s->busy || s->gen != (uint32_t)(token >> GEN_SHIFT)) Py_RETURN_FALSE;
+    if (!s->fut) {
+        /* Answered already, while the future was being cancelled. */
+        PyObject *data = s->orphan ? s->orphan : Py_None;
+        s->orphan = NULL;
+        if (data == Py_None) Py_INCREF(data);
+        PyObject *v = Py_BuildValue("(LN)", (long long)s->orphan_res, data);
+        PyObject *r = v ? PyObject_CallMethodOneArg(args[1], str_set_result, v) : NULL;
+        Py_XDECREF(v);
+        if (!r) PyErr_Clear(); else Py_DECREF(r);
+        slot_free(l, i);
+        Py_RETURN_TRUE;
+    }
+    Py_XDECREF(s->fut);
+    Py_INCREF(args[1]);
+    s->fut = args[1];
+    s->raw = 1;
+    if (l->ring_fd >= 0 && PyThread_get_thread_ident() == l->owner) {
+        lane_submit(l);   /* an entry still queued reaches the kernel first, so the cancel finds it */
+        submit_cancel(l, token);
+    }
+    Py_RETURN_TRUE;
+}
+
+PyDoc_STRVAR(register_eventfd_doc, "register_eventfd(fd): the kernel signals fd when a completion is posted.");
+static PyObject *Lane_register_eventfd(Lane *l, PyObject *arg)
+{
+    int efd = PyLong_AsLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    if (l->ring_fd < 0) { PyErr_SetString(PyExc_ValueError, "the lane is closed"); return NULL; }
+    if (syscall(NR_IO_URING_REGISTER, l->ring_fd, REGISTER_EVENTFD, &efd, 1) < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(take_late_doc,
+    "take_late() -> (fd, result, bytes or None) of the call an exception interrupted, once the kernel answered.");
+static PyObject *Lane_take_late(Lane *l, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *v = l->late;
+    l->late = NULL;
+    if (!v) Py_RETURN_NONE;
+    return v;
+}
+
+PyDoc_STRVAR(closing_doc,
+    "closing(deadline_s): take no new calls; one still waiting after monotonic time deadline_s is cancelled.");
+static PyObject *Lane_closing(Lane *l, PyObject *arg)
+{
+    double d = PyFloat_AsDouble(arg);
+    if (PyErr_Occurred()) return NULL;
+    int64_t ns = (int64_t)(d * 1e9);
+    l->deadline_ns = ns > 0 ? ns : 1;
+    l->refusing = 1;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(close_doc,
+    "close() -> bool: release the ring; False (nothing done) while entries are in flight or a call waits.");
+static PyObject *Lane_close(Lane *l, PyObject *Py_UNUSED(ignored))
+{
+    if (l->inflight || l->busy_blocking) Py_RETURN_FALSE;
+    lane_close_ring(l);
+    l->dead = 1;
+    Py_RETURN_TRUE;
+}
+
+PyDoc_STRVAR(forget_doc, "forget(): in a forked child, drop the parent's ring without touching it.");
+static PyObject *Lane_forget(Lane *l, PyObject *Py_UNUSED(ignored))
+{
+    /* The mappings were not inherited (MADV_DONTFORK); the descriptor is closed by the host. */
+    l->sq_map = l->cq_map = l->sqes_map = NULL;
+    l->ring_fd = -1;
+    l->dead = 1;
+    for (uint32_t i = 0; i < LANE_SLOTS; i++) l->slots[i].busy = 0;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(route_doc, "route(nr, opcode, kind): the lane takes syscall nr as io_uring opcode (kind: see lane.c).");
+static PyObject *Lane_route(Lane *l, PyObject *args)
+{
+    unsigned int nr, op, kind;
+    if (!PyArg_ParseTuple(args, "III", &nr, &op, &kind)) return NULL;
+    if (nr >= NR_TABLE || op > 255 || kind >= K_LIMIT) { PyErr_SetString(PyExc_ValueError, "route out of range"); return NULL; }
+    l->opcode[nr] = (uint8_t)op;
+    l->kind[nr] = (uint8_t)kind;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Lane_get_fileno(Lane *l, void *c) { (void)c; return PyLong_FromLong(l->ring_fd); }
+static PyObject *Lane_get_dead(Lane *l, void *c) { (void)c; return PyBool_FromLong(l->dead); }
+static PyObject *Lane_get_inflight(Lane *l, void *c) { (void)c; return PyLong_FromUnsignedLong(l->inflight); }
+static PyObject *Lane_get_queued(Lane *l, void *c) { (void)c; return PyLong_FromUnsignedLongLong(l->s_tail - l->s_head); }
+static PyObject *Lane_get_setup_flags(Lane *l, void *c) { (void)c; return PyLong_FromUnsignedLong(l->setup_flags); }
+static PyObject *Lane_get_entries(Lane *l, void *c) { (void)c; return PyLong_FromUnsignedLongLong(l->entries); }
+static PyObject *Lane_get_enters(Lane *l, void *c) { (void)c; return PyLong_FromUnsignedLongLong(l->enters); }
+static PyObject *Lane_get_owner(Lane *l, void *c) { (void)c; return PyLong_FromUnsignedLong(l->owner); }
+
+static PyGetSetDef Lane_getset[] = {
+    {"fileno", (getter)Lane_get_fileno, NULL, "the io_uring descriptor (-1 once closed)", NULL},
+    {"dead", (getter)Lane_get_dead, NULL, "True once the lane takes nothing more", NULL},
+    {"inflight", (getter)Lane_get_inflight, NULL, "entries not yet answered", NULL},
+    {"queued", (getter)Lane_get_queued, NULL, "entries written, not yet submitted", NULL},
+    {"setup_flags", (getter)Lane_get_setup_flags, NULL, "the io_uring setup flags the kernel accepted", NULL},
+    {"entries", (getter)Lane_get_entries, NULL, "entries the lane ran", NULL},
+    {"enters", (getter)Lane_get_enters, NULL, "io_uring_enter calls made", NULL},
+    {"owner", (getter)Lane_get_owner, NULL, "ident of the thread that owns the lane", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef Lane_methods[] = {
+    {"call", (PyCFunction)(void (*)(void))Lane_call, METH_FASTCALL, call_doc},
+    {"read", (PyCFunction)(void (*)(void))Lane_read, METH_FASTCALL, read_doc},
+    {"start", (PyCFunction)(void (*)(void))Lane_start, METH_FASTCALL, start_doc},
+    {"start_read", (PyCFunction)(void (*)(void))Lane_start_read, METH_FASTCALL, start_read_doc},
+    {"start_write", (PyCFunction)(void (*)(void))Lane_start_write, METH_FASTCALL, start_write_doc},
+    {"write", (PyCFunction)(void (*)(void))Lane_write, METH_FASTCALL, write_doc},
+    {"turn", (PyCFunction)Lane_turn, METH_NOARGS, turn_doc},
+    {"abandon", (PyCFunction)(void (*)(void))Lane_abandon, METH_FASTCALL, abandon_doc},
+    {"register_eventfd", (PyCFunction)Lane_register_eventfd, METH_O, register_eventfd_doc},
+    {"take_late", (PyCFunction)Lane_take_late, METH_NOARGS, take_late_doc},
+    {"closing", (PyCFunction)Lane_closing, METH_O, closing_doc},
+    {"close", (PyCFunction)Lane_close, METH_NOARGS, close_doc},
+    {"forget", (PyCFunction)Lane_forget, METH_NOARGS, forget_doc},
+    {"route", (PyCFunction)Lane_route, METH_VARARGS, route_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject LaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ksvc_host._lane.Lane",
+    .tp_basicsize = sizeof(Lane),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A channel owned by one thread, with an io_uring of its own (see lane.c).",
+    .tp_new = Lane_new,
+    .tp_init = (initproc)Lane_init,
+    .tp_dealloc = (destructor)Lane_dealloc,
+    .tp_methods = Lane_methods,
+    .tp_getset = Lane_getset,
+    .tp_weaklistoffset = offsetof(Lane, weakrefs),
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lane", "Thread lanes (see lane.c).", -1, NULL,
+                                     NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__lane(void)
+{
+    if (PyType_Ready(&LaneType) < 0) return NULL;
+    str_set_result = PyUnicode_InternFromString("set_result");
+    str_set_exception = PyUnicode_InternFromString("set_exception");
+    if (!str_set_result || !str_set_exception) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&LaneType);
+    if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) return NULL;
+    PyObject *c = Py_BuildValue(
+        "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:K,s:K,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:n,s:n}",
+        "IORING_OP_FSYNC", OP_FSYNC, "IORING_OP_ACCEPT", OP_ACCEPT, "IORING_OP_ASYNC_CANCEL", OP_ASYNC_CANCEL,
+        "IORING_OP_CONNECT", OP_CONNECT, "IORING_OP_OPENAT", OP_OPENAT, "IORING_OP_CLOSE", OP_CLOSE,
+        "IORING_OP_READ", OP_READ, "IORING_OP_WRITE", OP_WRITE, "IORING_OP_SEND", OP_SEND, "IORING_OP_RECV", OP_RECV,
+        "IORING_SETUP_SINGLE_ISSUER", SETUP_SINGLE_ISSUER, "IORING_SETUP_DEFER_TASKRUN", SETUP_DEFER_TASKRUN,
+        "IORING_SETUP_COOP_TASKRUN", SETUP_COOP_TASKRUN, "IORING_SETUP_SUBMIT_ALL", SETUP_SUBMIT_ALL,
+        "IORING_SETUP_CLAMP", SETUP_CLAMP, "IORING_FEAT_SINGLE_MMAP", FEAT_SINGLE_MMAP,
+        "IORING_OFF_CQ_RING", (unsigned long long)OFF_CQ_RING, "IORING_OFF_SQES", (unsigned long long)OFF_SQES,
+        "IORING_ENTER_GETEVENTS", ENTER_GETEVENTS, "IORING_ENTER_EXT_ARG", ENTER_EXT_ARG,
+        "IORING_REGISTER_EVENTFD", REGISTER_EVENTFD, "IORING_FEAT_EXT_ARG", FEAT_EXT_ARG,
+        "IORING_FSYNC_DATASYNC", FSYNC_DATASYNC, "NR_IO_URING_SETUP", NR_IO_URING_SETUP,
+        "NR_IO_URING_ENTER", NR_IO_URING_ENTER, "NR_IO_URING_REGISTER", NR_IO_URING_REGISTER,
+        "SQE_SIZE", SQE_SIZE, "CQE_SIZE", CQE_SIZE, "PARAMS_SIZE", (unsigned)sizeof(struct uring_params),
+        "SUBMIT_SIZE", SUBMIT_SIZE, "COMPLETE_SIZE", (Py_ssize_t)COMPLETE_SIZE, "SLOTS", (Py_ssize_t)LANE_SLOTS);
+    if (!c || PyModule_AddObject(m, "CONSTANTS", c) < 0) return NULL;
+    PyObject *kinds = Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "stream", K_STREAM,
+                                    "positioned", K_POSITIONED, "socket", K_SOCKET, "close", K_CLOSE, "fsync", K_FSYNC,
+                                    "fdatasync", K_FDATASYNC, "openat", K_OPENAT, "accept", K_ACCEPT,
+                                    "accept_plain", K_ACCEPT_PLAIN, "connect", K_CONNECT);
+    if (!kinds || PyModule_AddObject(m, "KINDS", kinds) < 0) return NULL;
+    return m;
+}

@@ -1,0 +1,197 @@
+"""Thread lanes: each calling thread's own channel and io_uring (docs/design.md §12).
+
+A lane (``ksvc_host._lane.Lane``, in ``fastpath/lane.c``) carries a call
+from the caller to the kernel and back in one C call: the submit entry, the
+turn (route, translate, SQE, ``io_uring_enter``), the completion entry and
+the result. It belongs to the thread that built it, and only that thread
+submits to its io_uring, so a request can never be ended by another
+thread's exit and no caller waits for another's turn.
+
+:class:`ThreadLanes` gives each thread of a blocking front end its lane on
+first use; :func:`build_lane` makes the one lane of an event loop's thread
+(asyncio). A lane takes only what it can run exactly as the direct syscall
+would (its table comes from the router and the backend's
+:class:`~ksvc_host.traits.OwnRings` spec); for anything else it returns
+``None`` and the caller takes the shared channel and the dispatcher.
+
+Lanes exist only with the compiled fast path and a backend that offers
+:class:`~ksvc_host.traits.OwnRings`; otherwise every call takes the shared
+channel (the reference path), with the same results.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from typing import Any, Final
+
+from ksvc_host import fastpath, forksafety
+from ksvc_host.abi.io_uring import IoringOp
+from ksvc_host.abi.syscalls import SYSCALLS
+from ksvc_host.instance import Instance
+from ksvc_host.traits import OwnRings, Tier
+
+try:
+    from ksvc_host import _lane  # type: ignore[attr-defined]
+except ImportError:  # not built: every call takes the shared channel
+    _lane = None
+
+LANE_CALLS: Final[dict[str, tuple[IoringOp, str]]] = {
+    "read": (IoringOp.READ, "stream"),
+    "write": (IoringOp.WRITE, "stream"),
+    "pread64": (IoringOp.READ, "positioned"),
+    "pwrite64": (IoringOp.WRITE, "positioned"),
+    "recvfrom": (IoringOp.RECV, "socket"),
+    "sendto": (IoringOp.SEND, "socket"),
+    "close": (IoringOp.CLOSE, "close"),
+    "fsync": (IoringOp.FSYNC, "fsync"),
+    "fdatasync": (IoringOp.FSYNC, "fdatasync"),
+    "openat": (IoringOp.OPENAT, "openat"),
+    "accept4": (IoringOp.ACCEPT, "accept"),
+    "accept": (IoringOp.ACCEPT, "accept_plain"),
+    "connect": (IoringOp.CONNECT, "connect"),
+}
+"""The syscalls a lane translates in C: io_uring opcode and the kind of call (see lane.c)."""
+
+Lane = Any
+"""``ksvc_host._lane.Lane`` (a C type)."""
+
+
+def available() -> str:
+    """Empty when lanes can be built; otherwise why not."""
+    if _lane is None:
+        return "the compiled lane module is not built"
+    if fastpath.IMPLEMENTATION != "native":
+        return fastpath.REASON or "the pure-Python loops are selected"
+    return ""
+
+
+def _routes(instance: Instance) -> list[tuple[int, int, int]] | None:
+    backend = instance.io_backend
+    spec = backend.own_ring_spec() if isinstance(backend, OwnRings) else None
+    if spec is None or available():
+        return None
+    kinds = _lane.KINDS
+    routes = []
+    for name, (opcode, kind) in LANE_CALLS.items():
+        nr = SYSCALLS[name]
+        if instance.router.route(nr).tier is Tier.IO_URING and int(opcode) in spec.opcodes:
+            routes.append((nr, int(opcode), kinds[kind]))
+    return routes
+
+
+def build_lane(instance: Instance, *, settle_s: float, entries: int | None = None) -> Lane | None:
+    """A lane owned by the calling thread, or ``None`` when this instance cannot have lanes."""
+    routes = _routes(instance)
+    backend = instance.io_backend
+    if routes is None or not isinstance(backend, OwnRings):
+        return None
+    spec = backend.own_ring_spec()
+    if spec is None:
+        return None
+    lane = _lane.Lane(entries or spec.entries, spec.setup_flags, settle_s)
+    for nr, opcode, kind in routes:
+        lane.route(nr, opcode, kind)
+    return lane
+
+
+def _release(guards: dict[int, forksafety.ChildCloses], key: int) -> None:
+    guard = guards.pop(key, None)
+    if guard is not None:
+        guard.release()
+
+
+class ThreadLanes:
+    """The lanes of one blocking front end: one per calling thread, built on first use."""
+
+    def __init__(self, instance: Instance, *, settle_s: float) -> None:
+        self._instance = instance
+        self._settle_s = settle_s
+        self._routes = _routes(instance)
+        self._local = threading.local()
+        self._lanes: weakref.WeakSet[Lane] = weakref.WeakSet()
+        self._guards: dict[int, forksafety.ChildCloses] = {}
+        self._lock = threading.Lock()
+        self._closed = self._routes is None
+        self._deadline = 0.0
+        self.retired: list[Lane] = []
+        """Lanes whose kernel still held a call's memory when its caller gave up: kept for good."""
+        forksafety.register(self)
+        if not self._closed:
+            instance.attach(self)
+
+    def mine(self) -> Lane | None:
+        """The calling thread's lane (built now if it has none), or ``None`` without lanes."""
+        try:
+            return self._local.lane
+        except AttributeError:
+            return self._build()
+
+    def _build(self) -> Lane | None:
+        lane = None
+        with self._lock:
+            if not self._closed:
+                try:
+                    lane = build_lane(self._instance, settle_s=self._settle_s)
+                except OSError:
+                    lane = None  # no ring for this thread (limits): it uses the shared channel
+                if lane is not None:
+                    self._lanes.add(lane)
+                    self._guards[id(lane)] = forksafety.close_in_child(lane.fileno)
+                    weakref.finalize(lane, _release, self._guards, id(lane))
+        self._local.lane = lane
+        return lane
+
+    def inflight(self) -> int:
+        """Calls inside the lanes' kernels now (blocked callers)."""
+        return sum(lane.inflight for lane in list(self._lanes))
+
+    def entries(self) -> int:
+        """Entries the live lanes ran."""
+        return sum(lane.entries for lane in list(self._lanes))
+
+    def interrupted(self, lane: Lane) -> tuple[tuple[int, int, bytes | None] | None, bool]:
+        """After an exception left a lane call: its settled ``(fd, result, data)`` (or ``None``), and whether
+        the lane died holding memory the kernel may still use (it is kept for good and replaced)."""
+        late = lane.take_late()
+        dead = bool(lane.dead)
+        if dead:
+            if lane.inflight:
+                self.retired.append(lane)  # the kernel may still write into memory the lane holds
+            del self._local.lane
+        return late, dead
+
+    def fail(self) -> None:
+        """The instance failed: take no new calls, and cancel those waiting now."""
+        self.begin_close(time.monotonic())
+
+    def begin_close(self, deadline: float) -> None:
+        """No new lanes; calls still waiting at monotonic time *deadline* are cancelled."""
+        with self._lock:
+            self._closed = True
+            lanes = list(self._lanes)
+        self._deadline = deadline
+        for lane in lanes:
+            lane.closing(deadline)
+
+    def finish_close(self) -> None:
+        """Release every lane's ring once its call returned (bounded); a lane the kernel holds is kept."""
+        lanes = list(self._lanes)
+        end = self._deadline + self._settle_s + 0.5
+        while lanes:
+            lanes = [lane for lane in lanes if not lane.close()]
+            if not lanes or time.monotonic() > end:
+                break
+            time.sleep(0.005)
+        self.retired.extend(lanes)  # still inside the kernel: never released under it
+        for guard in list(self._guards.values()):
+            guard.release()
+        forksafety.unregister(self)
+
+    def drop_after_fork(self) -> None:
+        """In a forked child: the parent's rings are not ours (their descriptors were closed there)."""
+        for lane in list(self._lanes):
+            lane.forget()
+        self._closed = True
+        self._local = threading.local()
