@@ -21,6 +21,9 @@ channel (the reference path), with the same results.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
 import threading
 import time
 import weakref
@@ -195,3 +198,143 @@ class ThreadLanes:
             lane.forget()
         self._closed = True
         self._local = threading.local()
+
+
+class LoopLane:
+    """The lane of an asyncio front end: owned by the event loop's thread, driven by loop callbacks.
+
+    Operations write entries with a future each (``lane.start*``); one turn
+    per loop iteration (:meth:`soon`) submits them all, and the lane's
+    eventfd, which the kernel signals when it completes something later,
+    runs another. A turn resolves every future its reap produced in one C
+    call.
+    """
+
+    def __init__(self, instance: Instance, loop: asyncio.AbstractEventLoop, *, settle_s: float) -> None:
+        self._instance = instance
+        self._loop = loop
+        self._settle_s = settle_s
+        self._scheduled = False
+        self._efd = -1
+        self._guards: list[forksafety.ChildCloses] = []
+        self._closed = False
+        self.lane: Lane | None = None
+        forksafety.register(self)
+        self._build()
+
+    def _build(self) -> None:
+        try:
+            self.lane = build_lane(self._instance, settle_s=self._settle_s, entries=_LOOP_ENTRIES)
+        except OSError:
+            self.lane = None  # no ring (limits): every operation takes the shared channel
+        if self.lane is None:
+            return
+        self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.lane.register_eventfd(self._efd)
+        self._guards = [forksafety.close_in_child(self.lane.fileno), forksafety.close_in_child(self._efd)]
+        self._loop.add_reader(self._efd, self._completed)
+
+    def _release(self) -> bool:
+        """Give up the current lane (False, kept for good, when the kernel still holds its memory)."""
+        lane = self.lane
+        if lane is None:
+            return True
+        self.lane = None
+        self._loop.remove_reader(self._efd)
+        os.close(self._efd)
+        for guard in self._guards:
+            guard.release()
+        self._guards = []
+        if not lane.close():
+            _RETIRED.append(lane)
+            return False
+        return True
+
+    def rebind(self) -> Lane | None:
+        """The loop now runs on another thread than the lane's: a lane for this thread, when the old one is idle.
+
+        A lane is submitted to only by the thread that built it; a loop run
+        by turns on several threads (``run_until_complete`` from a worker)
+        gets a new lane on each, as long as nothing is in flight.
+        """
+        lane = self.lane
+        if self._closed or lane is None or lane.mine or lane.inflight or lane.queued:
+            return None
+        self._release()
+        self._build()
+        return self.lane
+
+    def soon(self) -> None:
+        """Run a turn in this loop iteration's callbacks (once, however many entries were written)."""
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._turn)
+
+    def _turn(self) -> None:
+        self._scheduled = False
+        lane = self.lane
+        if lane is not None:
+            lane.turn()
+            if lane.queued:  # the SQ was full: the rest next iteration
+                self.soon()
+
+    def _completed(self) -> None:
+        try:
+            os.eventfd_read(self._efd)
+        except BlockingIOError:
+            pass
+        if self.lane is not None:
+            self.lane.turn()
+
+    async def settle(self, token: int) -> tuple[int, Any] | None:
+        """The task awaiting *token* was cancelled: cancel the entry, and wait for the kernel's answer.
+
+        Returns ``(result, value)`` once the kernel answered (``value``: the
+        bytes a read got, else ``None``), or ``None`` after the settle time
+        (the lane keeps the entry's memory until the kernel lets go of it).
+        A second cancellation while waiting does not stop the wait.
+        """
+        assert self.lane is not None
+        answer: asyncio.Future[tuple[int, Any]] = self._loop.create_future()
+        if not self.lane.abandon(token, answer):
+            return None
+        self.soon()
+        deadline = self._loop.time() + self._settle_s
+        while not answer.done():
+            left = deadline - self._loop.time()
+            if left <= 0:
+                return None
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait((answer,), timeout=left)
+        return answer.result()
+
+    async def aclose(self, deadline: float) -> None:
+        """Refuse new entries, wait for those in flight until *deadline* (loop time), cancel the rest."""
+        lane = self.lane
+        self._closed = True
+        if lane is None:
+            return
+        lane.closing(time.monotonic() + max(0.0, deadline - self._loop.time()))
+        while lane.inflight and self._loop.time() < deadline:
+            await asyncio.sleep(0.001)
+        if lane.inflight:
+            lane.cancel_all()
+            end = self._loop.time() + self._settle_s
+            while lane.inflight and self._loop.time() < end:
+                lane.turn()
+                await asyncio.sleep(0.001)
+        self._closed = True
+        self._release()  # a lane still held by the kernel stays, and the memory with it
+        forksafety.unregister(self)
+
+    def drop_after_fork(self) -> None:
+        """In a forked child: the parent's ring is not ours."""
+        if self.lane is not None:
+            self.lane.forget()
+        self.lane = None
+
+
+_LOOP_ENTRIES: Final = 256
+"""SQ entries of an event loop's lane: as many operations as it may have in flight at once."""
+_RETIRED: list[Lane] = []
+"""Loop lanes closed while the kernel still held an entry's memory: kept for good."""

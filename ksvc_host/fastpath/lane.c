@@ -136,6 +136,7 @@ struct slot {
     uint8_t busy;
     uint8_t stream;    /* a stream read: bytes a cancelled one got are kept */
     uint8_t has_view;  /* view holds the buffer a write sends from */
+    uint8_t ints;      /* deliver the result as an int, -errno included (the caller makes the error) */
     int32_t fd;
     Py_buffer view;
 };
@@ -146,7 +147,7 @@ typedef struct {
     int ring_fd;
     int dead;              /* 1: closed, forked away, or memory still lent to the kernel */
     int refusing;          /* 1: closing; calls already waiting go on, new ones are refused */
-    unsigned long owner;   /* PyThread ident of the one submitting thread */
+    uint64_t owner;        /* thread_serial() of the one submitting thread */
     uint32_t setup_flags;
     uint32_t features;
     /* io_uring */
@@ -180,6 +181,17 @@ typedef struct {
 } Lane;
 
 static PyObject *str_set_result, *str_set_exception;
+
+/* A number for the calling thread that no other thread of the process ever gets: thread idents
+ * (pthread_t) and even kernel tids are reused once a thread exits, and the kernel ties a
+ * single-issuer ring to its first submitter for good. */
+static uint64_t thread_serial(void)
+{
+    static uint64_t next = 0;
+    static __thread uint64_t mine = 0;
+    if (!mine) mine = __atomic_add_fetch(&next, 1, __ATOMIC_RELAXED);
+    return mine;
+}
 
 static inline uint32_t load_acquire32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static inline void store_release32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
@@ -359,7 +371,7 @@ static int slot_take(Lane *l)
     if (!l->n_free) return -1;
     uint32_t i = l->free_list[--l->n_free];
     struct slot *s = &l->slots[i];
-    s->busy = 1; s->gen++; s->raw = 0; s->reads = 0; s->stream = 0;
+    s->busy = 1; s->gen++; s->raw = 0; s->reads = 0; s->stream = 0; s->ints = 0;
     l->inflight++;
     return (int)i;
 }
@@ -485,7 +497,7 @@ static int Lane_init(Lane *l, PyObject *args, PyObject *kw)
     double settle = 1.0;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|IId", names, &entries, &flags, &settle)) return -1;
     if (l->ring_fd >= 0 || l->sq_map) { PyErr_SetString(PyExc_RuntimeError, "Lane already set up"); return -1; }
-    l->owner = PyThread_get_thread_ident();
+    l->owner = thread_serial();
     l->settle_ns = (int64_t)(settle * 1e9);
     for (uint32_t i = 0; i < LANE_SLOTS; i++) l->free_list[i] = LANE_SLOTS - 1 - i;
     l->n_free = LANE_SLOTS;
@@ -516,7 +528,7 @@ static void Lane_dealloc(Lane *l)
 
 static int usable(Lane *l)
 {
-    return !l->dead && !l->refusing && l->ring_fd >= 0 && PyThread_get_thread_ident() == l->owner;
+    return !l->dead && !l->refusing && l->ring_fd >= 0 && thread_serial() == l->owner;
 }
 
 /* Arguments as words: ints only (anything else: the generic path, which raises os's error). */
@@ -765,7 +777,8 @@ static PyObject *start_entry(Lane *l, uint32_t nr, uint64_t *a, PyObject *fut, P
 }
 
 PyDoc_STRVAR(start_doc,
-    "start(fut, keep, nr, *args) -> token, or None: queue an entry; turn() submits it and resolves fut.");
+    "start(fut, keep, nr, *args) -> token, or None: queue an entry; turn() submits it and resolves fut\n"
+    "with the syscall's result (-errno on failure); keep stays referenced until then.");
 static PyObject *Lane_start(Lane *l, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs < 3 || nargs > 9) { PyErr_SetString(PyExc_TypeError, "start(fut, keep, nr, *args)"); return NULL; }
@@ -774,7 +787,9 @@ static PyObject *Lane_start(Lane *l, PyObject *const *args, Py_ssize_t nargs)
     if (PyErr_Occurred()) { PyErr_Clear(); Py_RETURN_NONE; }
     uint64_t a[6];
     if (!words(args + 3, nargs - 3, a) || nr >= NR_TABLE || !lane_accepts(l, (uint32_t)nr, a)) Py_RETURN_NONE;
-    return start_entry(l, (uint32_t)nr, a, args[0], args[1], -1, 0);
+    PyObject *t = start_entry(l, (uint32_t)nr, a, args[0], args[1], -1, 0);
+    if (t && t != Py_None) l->slots[PyLong_AsUnsignedLongLong(t) & ((1u << GEN_SHIFT) - 1)].ints = 1;
+    return t;
 }
 
 PyDoc_STRVAR(start_write_doc,
@@ -818,7 +833,7 @@ static void resolve(Lane *l, uint64_t token, int64_t res)
         if (!data) { PyErr_Clear(); data = Py_None; Py_INCREF(data); }
         v = Py_BuildValue("(LN)", (long long)res, data);
     } else {
-        v = value_of(s, res);
+        v = s->ints ? PyLong_FromLongLong(res) : value_of(s, res);
         if (!v) {
             PyObject *type, *tb;
             PyErr_Fetch(&type, &v, &tb);
@@ -851,7 +866,7 @@ static void resolve(Lane *l, uint64_t token, int64_t res)
 PyDoc_STRVAR(turn_doc, "turn() -> completions delivered: submit queued entries, reap, resolve futures.");
 static PyObject *Lane_turn(Lane *l, PyObject *Py_UNUSED(ignored))
 {
-    if (l->ring_fd < 0 || PyThread_get_thread_ident() != l->owner) return PyLong_FromLong(0);
+    if (l->ring_fd < 0 || thread_serial() != l->owner) return PyLong_FromLong(0);
     long r = lane_submit(l);
     if (r < 0 && r != -EAGAIN && r != -EBUSY && r != -EINTR) {
         errno = (int)-r;
@@ -902,11 +917,22 @@ static PyObject *Lane_abandon(Lane *l, PyObject *const *args, Py_ssize_t nargs)
     Py_INCREF(args[1]);
     s->fut = args[1];
     s->raw = 1;
-    if (l->ring_fd >= 0 && PyThread_get_thread_ident() == l->owner) {
+    if (l->ring_fd >= 0 && thread_serial() == l->owner) {
         lane_submit(l);   /* an entry still queued reaches the kernel first, so the cancel finds it */
         submit_cancel(l, token);
     }
     Py_RETURN_TRUE;
+}
+
+PyDoc_STRVAR(cancel_all_doc, "cancel_all() -> how many: ask the kernel to cancel every entry in flight (loop lanes).");
+static PyObject *Lane_cancel_all(Lane *l, PyObject *Py_UNUSED(ignored))
+{
+    if (l->ring_fd < 0 || thread_serial() != l->owner) return PyLong_FromLong(0);
+    lane_submit(l);
+    long n = 0;
+    for (uint32_t i = 0; i < LANE_SLOTS; i++)
+        if (l->slots[i].busy && l->slots[i].fut && submit_cancel(l, token_of(l, i))) n++;
+    return PyLong_FromLong(n);
 }
 
 PyDoc_STRVAR(register_eventfd_doc, "register_eventfd(fd): the kernel signals fd when a completion is posted.");
@@ -980,7 +1006,8 @@ static PyObject *Lane_get_queued(Lane *l, void *c) { (void)c; return PyLong_From
 static PyObject *Lane_get_setup_flags(Lane *l, void *c) { (void)c; return PyLong_FromUnsignedLong(l->setup_flags); }
 static PyObject *Lane_get_entries(Lane *l, void *c) { (void)c; return PyLong_FromUnsignedLongLong(l->entries); }
 static PyObject *Lane_get_enters(Lane *l, void *c) { (void)c; return PyLong_FromUnsignedLongLong(l->enters); }
-static PyObject *Lane_get_owner(Lane *l, void *c) { (void)c; return PyLong_FromUnsignedLong(l->owner); }
+static PyObject *Lane_get_owner(Lane *l, void *c) { (void)c; return PyLong_FromUnsignedLongLong(l->owner); }
+static PyObject *Lane_get_mine(Lane *l, void *c) { (void)c; return PyBool_FromLong(thread_serial() == l->owner); }
 
 static PyGetSetDef Lane_getset[] = {
     {"fileno", (getter)Lane_get_fileno, NULL, "the io_uring descriptor (-1 once closed)", NULL},
@@ -990,7 +1017,8 @@ static PyGetSetDef Lane_getset[] = {
     {"setup_flags", (getter)Lane_get_setup_flags, NULL, "the io_uring setup flags the kernel accepted", NULL},
     {"entries", (getter)Lane_get_entries, NULL, "entries the lane ran", NULL},
     {"enters", (getter)Lane_get_enters, NULL, "io_uring_enter calls made", NULL},
-    {"owner", (getter)Lane_get_owner, NULL, "ident of the thread that owns the lane", NULL},
+    {"owner", (getter)Lane_get_owner, NULL, "serial number of the thread that owns the lane", NULL},
+    {"mine", (getter)Lane_get_mine, NULL, "True on the thread that owns the lane", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1003,6 +1031,7 @@ static PyMethodDef Lane_methods[] = {
     {"write", (PyCFunction)(void (*)(void))Lane_write, METH_FASTCALL, write_doc},
     {"turn", (PyCFunction)Lane_turn, METH_NOARGS, turn_doc},
     {"abandon", (PyCFunction)(void (*)(void))Lane_abandon, METH_FASTCALL, abandon_doc},
+    {"cancel_all", (PyCFunction)Lane_cancel_all, METH_NOARGS, cancel_all_doc},
     {"register_eventfd", (PyCFunction)Lane_register_eventfd, METH_O, register_eventfd_doc},
     {"take_late", (PyCFunction)Lane_take_late, METH_NOARGS, take_late_doc},
     {"closing", (PyCFunction)Lane_closing, METH_O, closing_doc},

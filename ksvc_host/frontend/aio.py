@@ -27,8 +27,14 @@ from ksvc_host.frontend.core import BULK_MAX, BulkWaiter, Completer, Waiter
 from ksvc_host.frontend.operations import SETTLE_S, BulkOp, LateResult, Op, Operations, ReadStream, oserror
 from ksvc_host.frontend.tier0 import SharedPageReads
 from ksvc_host.instance import Instance
+from ksvc_host.lanes import LoopLane
 
 _NR_PREAD64 = SYSCALLS["pread64"]
+_NR_PWRITE64 = SYSCALLS["pwrite64"]
+_NR_READ = SYSCALLS["read"]
+_NR_WRITE = SYSCALLS["write"]
+_NR_RECVFROM = SYSCALLS["recvfrom"]
+_NR_SENDTO = SYSCALLS["sendto"]
 
 _DRIVE_TURNS = 64
 _BACKLOG_RETRY = 0.001
@@ -92,6 +98,9 @@ class AsyncKsvc(SharedPageReads, Operations):
         self._threadsafe = self._completer.direct and not self._completer.inline
         """Completions are delivered on the dispatcher's thread (``direct-wake``), not on the loop's."""
         self._closed = False
+        self._loop_lane = LoopLane(instance, self.loop, settle_s=SETTLE_S)
+        self._lane = self._loop_lane.lane
+        """The loop thread's own lane (:mod:`ksvc_host.lanes`), or None: operations it takes skip the dispatcher."""
         disp = instance.dispatcher
         if self._completer.inline:
             self._fd: int | None = disp.fileno()
@@ -182,6 +191,98 @@ class AsyncKsvc(SharedPageReads, Operations):
     def _run(self, op: Op) -> Coroutine[Any, Any, Any]:
         return self._call(op)
 
+    # The loop's lane: the calls programs make in loops, one C call to start, resolved in batches.
+
+    async def pread(self, fd: int, n: int, offset: int) -> Any:
+        lane = self._lane
+        if lane is not None:
+            fut = self.loop.create_future()
+            token = lane.start_read(fut, _NR_PREAD64, fd, n, offset)
+            if token is not None:
+                self._loop_lane.soon()
+                try:
+                    return await fut
+                except asyncio.CancelledError:
+                    return await self._lane_cancelled(token, fut, b"")
+            if self._rebind():
+                return await self.pread(fd, n, offset)
+        return await super().pread(fd, n, offset)
+
+    async def read(self, fd: int, n: int) -> Any:
+        return await self._lane_read(_NR_READ, fd, n, 0)
+
+    async def recv(self, fd: int, n: int, flags: int = 0) -> Any:
+        return await self._lane_read(_NR_RECVFROM, fd, n, flags)
+
+    async def _lane_read(self, nr: int, fd: int, n: int, flags: int) -> Any:
+        lane = self._lane if not self._late else None  # bytes kept from a cancelled read come first
+        if lane is not None:
+            fut = self.loop.create_future()
+            token = lane.start_read(fut, nr, fd, n, flags)
+            if token is not None:
+                self._loop_lane.soon()
+                try:
+                    return await fut
+                except asyncio.CancelledError:
+                    return await self._lane_cancelled(token, fut, b"")
+            if self._rebind():
+                return await self._lane_read(nr, fd, n, flags)
+        return await (super().read(fd, n) if nr == _NR_READ else super().recv(fd, n, flags))
+
+    async def pwrite(self, fd: int, data: Any, offset: int) -> Any:
+        return await self._lane_write(_NR_PWRITE64, fd, data, offset)
+
+    async def write(self, fd: int, data: Any) -> Any:
+        return await self._lane_write(_NR_WRITE, fd, data, 0)
+
+    async def send(self, fd: int, data: Any, flags: int = 0) -> Any:
+        return await self._lane_write(_NR_SENDTO, fd, data, flags)
+
+    async def _lane_write(self, nr: int, fd: int, data: Any, y: int) -> Any:
+        lane = self._lane
+        if lane is not None:
+            fut = self.loop.create_future()
+            token = lane.start_write(fut, nr, fd, data, y)
+            if token is not None:
+                self._loop_lane.soon()
+                try:
+                    return await fut
+                except asyncio.CancelledError:
+                    return await self._lane_cancelled(token, fut, 0)
+            if self._rebind():
+                return await self._lane_write(nr, fd, data, y)
+        if nr == _NR_PWRITE64:
+            return await super().pwrite(fd, data, y)
+        return await (super().write(fd, data) if nr == _NR_WRITE else super().send(fd, data, y))
+
+    def _rebind(self) -> bool:
+        """A lane refused an entry: if only because the loop runs on another thread now, use a new lane."""
+        lane = self._loop_lane.rebind()
+        if lane is None:
+            return False
+        self._lane = lane
+        return True
+
+    async def _lane_cancelled(self, token: int, fut: asyncio.Future[Any], empty: Any) -> Any:
+        """The task was cancelled while its entry was in the lane: report the cancellation once the kernel
+        is done with the entry, or, when the entry succeeded first, deliver its value instead (as
+        :func:`asyncio.wait_for` does), so nothing read or written goes unseen."""
+        if fut.done() and not fut.cancelled():  # answered before the cancellation reached the task
+            if fut.exception() is not None:
+                raise asyncio.CancelledError
+            value = fut.result()
+        else:
+            answer = await self._loop_lane.settle(token)
+            if answer is None or answer[0] < 0:
+                raise asyncio.CancelledError
+            result, value = answer
+            if value is None:
+                value = empty if result == 0 or empty == 0 else result
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return value
+
     def _ready(self, value: Any) -> Coroutine[Any, Any, Any]:
         return _value(value)
 
@@ -198,6 +299,31 @@ class AsyncKsvc(SharedPageReads, Operations):
             if op.cleanup is not None:
                 op.cleanup()
             raise
+        lane = self._lane
+        if lane is not None:
+            lane_fut = self.loop.create_future()
+            token = lane.start(lane_fut, op.keep, op.nr, *op.args)
+            if token is not None:
+                self._loop_lane.soon()
+                try:
+                    lane_result = await lane_fut
+                except asyncio.CancelledError:
+                    answer: tuple[int, Any] | None
+                    if lane_fut.done() and not lane_fut.cancelled():  # answered before the cancellation
+                        answer = (lane_fut.result(), None)
+                    else:
+                        answer = await self._loop_lane.settle(token)
+                    if answer is None or answer[0] < 0:
+                        op.abandon()
+                        del op  # the exception's traceback keeps this frame, not the operation's buffers
+                        raise
+                    task = asyncio.current_task()
+                    if task is not None:
+                        task.uncancel()
+                    lane_result = answer[0]
+                return op.outcome(lane_result)
+            if self._rebind():
+                return await self._call(op)
         c = self._completer
         fut: asyncio.Future[tuple[int, int]] = self.loop.create_future()
         out = _ThreadsafeOutcome(fut, self.loop) if self._threadsafe else _Outcome(fut)
@@ -418,6 +544,8 @@ class AsyncKsvc(SharedPageReads, Operations):
         deadline = self.loop.time() + timeout
         while (self._completer.pending_count() or self._backlog) and self.loop.time() < deadline:
             await asyncio.sleep(0.001)
+        self._lane = None  # from here every operation takes the shared channel, which refuses it once closed
+        await self._loop_lane.aclose(deadline)
         self._closed = True
         if self._fd is not None:
             self.loop.remove_reader(self._fd)
