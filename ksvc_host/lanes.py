@@ -196,6 +196,9 @@ class ThreadLanes:
         """In a forked child: the parent's rings are not ours (their descriptors were closed there)."""
         for lane in list(self._lanes):
             lane.forget()
+            guard = self._guards.pop(id(lane), None)
+            if guard is not None:
+                guard.drop_after_fork()  # now: dropping the lane below would release its guard unrun
         self._closed = True
         self._local = threading.local()
 
@@ -331,6 +334,9 @@ class LoopLane:
         """In a forked child: the parent's ring is not ours."""
         if self.lane is not None:
             self.lane.forget()
+        for guard in self._guards:
+            guard.drop_after_fork()
+        self._guards = []
         self.lane = None
 
 

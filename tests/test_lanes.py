@@ -1,0 +1,292 @@
+"""Thread lanes: a calling thread's own channel and io_uring (ksvc_host/lanes.py, fastpath/lane.c).
+
+Differential against ``os``, the ABI constants pinned against the Python
+tables, ownership by one thread, thread exit, close while a call waits,
+fork, and the asyncio loop's lane. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import ksvc_host as ksvc
+from ksvc_host import lanes
+from ksvc_host.abi import io_uring as U
+from ksvc_host.abi import layout as L
+from ksvc_host.abi.syscalls import SYSCALLS as NR
+
+pytestmark = pytest.mark.skipif(bool(lanes.available()), reason=f"no thread lanes here: {lanes.available()}")
+
+
+@pytest.fixture
+def k() -> Iterator[ksvc.Ksvc]:
+    with ksvc.open() as inst:
+        yield inst
+
+
+@pytest.fixture
+def data(tmp_path: object) -> Iterator[tuple[int, bytes]]:
+    payload = os.urandom(1 << 16)
+    fd = os.open(os.path.join(str(tmp_path), "data"), os.O_RDWR | os.O_CREAT, 0o600)
+    os.write(fd, payload)
+    yield fd, payload
+    os.close(fd)
+
+
+def _entries(k: ksvc.Ksvc) -> int:
+    return k._lanes.entries()
+
+
+def test_constants_are_the_kernels_and_the_channels() -> None:
+    from ksvc_host import _lane  # type: ignore[attr-defined]
+
+    c = _lane.CONSTANTS
+    for name in ("FSYNC", "ACCEPT", "ASYNC_CANCEL", "CONNECT", "OPENAT", "CLOSE", "READ", "WRITE", "SEND", "RECV"):
+        assert c[f"IORING_OP_{name}"] == U.IoringOp[name]
+    for name in ("SINGLE_ISSUER", "DEFER_TASKRUN", "COOP_TASKRUN", "SUBMIT_ALL", "CLAMP"):
+        assert c[f"IORING_SETUP_{name}"] == U.SetupFlag[name]
+    assert c["IORING_ENTER_GETEVENTS"] == U.EnterFlag.GETEVENTS and c["IORING_ENTER_EXT_ARG"] == U.EnterFlag.EXT_ARG
+    assert c["IORING_FEAT_SINGLE_MMAP"] == U.Feature.SINGLE_MMAP and c["IORING_FEAT_EXT_ARG"] == U.Feature.EXT_ARG
+    assert c["IORING_OFF_CQ_RING"] == U.OFF_CQ_RING and c["IORING_OFF_SQES"] == U.OFF_SQES
+    assert c["IORING_REGISTER_EVENTFD"] == U.Register.REGISTER_EVENTFD
+    assert c["IORING_FSYNC_DATASYNC"] == U.IORING_FSYNC_DATASYNC
+    assert (c["NR_IO_URING_SETUP"], c["NR_IO_URING_ENTER"], c["NR_IO_URING_REGISTER"]) == (
+        NR["io_uring_setup"], NR["io_uring_enter"], NR["io_uring_register"])  # fmt: skip
+    assert c["SQE_SIZE"] == 64 and c["CQE_SIZE"] == 16 and c["PARAMS_SIZE"] == 120
+    assert c["SUBMIT_SIZE"] == L.SUBMIT_ENTRY.size and c["COMPLETE_SIZE"] == L.COMPLETION_ENTRY_SIZE
+
+
+def test_ordinary_calls_equal_os_and_take_the_lane(k: ksvc.Ksvc, data: tuple[int, bytes], tmp_path: object) -> None:
+    fd, payload = data
+    before = _entries(k)
+    for off, n in ((0, 4096), (8191, 100), (len(payload) - 3, 10), (len(payload) + 5, 10), (7, 0)):
+        assert k.pread(fd, n, off) == os.pread(fd, n, off)
+    assert k.pwrite(fd, b"abc", 5) == os.pwrite(fd, b"abc", 5) == 3
+    assert k.pwrite(fd, memoryview(b"xyz"), 9) == 3 and os.pread(fd, 3, 9) == b"xyz"
+    r, w = os.pipe()
+    try:
+        assert k.write(w, bytearray(b"hello")) == 5 and k.read(r, 3) == b"hel" and k.read(r, 100) == b"lo"
+    finally:
+        os.close(r)
+        os.close(w)
+    a, b = socket.socketpair()
+    try:
+        assert k.send(a.fileno(), b"ping") == 4 and k.recv(b.fileno(), 10) == b"ping"
+    finally:
+        a.close()
+        b.close()
+    path = os.path.join(str(tmp_path), "data")
+    g = k.open(path, os.O_RDONLY)
+    assert os.pread(g, 4, 0) == os.pread(fd, 4, 0)
+    assert k.fsync(fd) is None and k.fdatasync(fd) is None
+    assert k.close(g) is None
+    with pytest.raises(OSError) as info:
+        os.fstat(g)
+    assert info.value.errno == 9
+    assert _entries(k) - before >= 15, "these calls are the lane's"
+
+
+def test_errors_are_os_errors(k: ksvc.Ksvc, data: tuple[int, bytes]) -> None:
+    fd, _ = data
+    r, w = os.pipe()
+    os.close(w)
+    try:
+        for call in (lambda m: m.pread(r, 10, 0), lambda m: m.pread(fd, 10, -1), lambda m: m.read(10_000, 1),
+                     lambda m: m.write(r, b"x"), lambda m: m.open("/nonexistent/x", os.O_RDONLY)):  # fmt: skip
+            with pytest.raises(OSError) as mine:
+                call(k)
+            with pytest.raises(OSError) as theirs:
+                call(os)
+            assert (type(mine.value), mine.value.errno) == (type(theirs.value), theirs.value.errno)
+        with pytest.raises(TypeError):
+            k.pread(fd, 1.5, 0)  # type: ignore[arg-type]
+        with pytest.raises(OverflowError):
+            k.pread(fd, 1, 1 << 64)
+    finally:
+        os.close(r)
+
+
+def test_nonblocking_descriptor_gives_eagain_at_once(k: ksvc.Ksvc) -> None:
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(BlockingIOError):
+            k.read(r, 10)
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_each_thread_has_its_own_lane_and_a_lane_refuses_other_threads(k: ksvc.Ksvc, data: tuple[int, bytes]) -> None:
+    fd, payload = data
+    mine = k._lanes.mine()
+    assert mine is not None and mine.mine
+    seen: list[object] = []
+
+    def other() -> None:
+        seen.append(k._lanes.mine())
+        assert mine.read(NR["pread64"], fd, 10, 0) is None  # another thread's lane: not taken
+        assert mine.call(NR["pread64"], fd, 0, 10, 0) is None
+        seen.append(k.pread(fd, 10, 0))
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(5)
+    assert not t.is_alive()
+    assert seen[0] is not None and seen[0] is not mine and seen[1] == payload[:10]
+
+
+def test_a_thread_that_exits_releases_its_ring(k: ksvc.Ksvc, data: tuple[int, bytes]) -> None:
+    fd, _ = data
+    rings: list[int] = []
+
+    def work() -> None:
+        k.pread(fd, 10, 0)
+        rings.append(k._lanes.mine().fileno)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join(5)
+    gc.collect()
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and os.path.exists(f"/proc/self/fd/{rings[0]}") and _is_ring(rings[0]):
+        time.sleep(0.01)
+    assert not _is_ring(rings[0]), "an exited thread's io_uring is still open"
+
+
+def _is_ring(fd: int) -> bool:
+    try:
+        return "io_uring" in os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return False
+
+
+def test_blocked_reader_on_another_thread_never_holds_up_this_one(k: ksvc.Ksvc, data: tuple[int, bytes]) -> None:
+    fd, payload = data
+    r, w = os.pipe()
+    got: list[bytes] = []
+    t = threading.Thread(target=lambda: got.append(k.read(r, 5)), daemon=True)
+    t.start()
+    time.sleep(0.05)
+    t0 = time.monotonic()
+    for i in range(1000):
+        assert k.pread(fd, 16, i) == payload[i : i + 16]
+    assert time.monotonic() - t0 < 2.0
+    assert k.raw.pending() == 1  # the reader, in its lane
+    os.write(w, b"done!")
+    t.join(5)
+    assert got == [b"done!"]
+    os.close(r)
+    os.close(w)
+
+
+def test_close_cancels_a_call_waiting_in_a_lane() -> None:
+    k = ksvc.open()
+    r, w = os.pipe()
+    out: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            k.read(r, 5)
+        except BaseException as exc:  # noqa: BLE001 - recorded
+            out.append(exc)
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    time.sleep(0.05)
+    t0 = time.monotonic()
+    k.close(timeout=0.2)
+    t.join(3)
+    assert not t.is_alive() and time.monotonic() - t0 < 2.0
+    assert isinstance(out[0], OSError) and out[0].errno == 125  # ECANCELED, as on the shared channel
+    with pytest.raises(ksvc.ClosedError):
+        k.pread(r, 1, 0)
+    os.write(w, b"after")
+    assert os.read(r, 10) == b"after", "the cancelled read took bytes written later"
+    os.close(r)
+    os.close(w)
+
+
+def test_a_forked_child_cannot_reach_the_parents_lane(k: ksvc.Ksvc, data: tuple[int, bytes]) -> None:
+    fd, payload = data
+    assert k.pread(fd, 8, 0) == payload[:8]
+    ring = k._lanes.mine().fileno
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            try:
+                k.pread(fd, 8, 0)
+                code = 1  # the parent's instance served the child
+            except ksvc.ClosedError:
+                pass
+            if _is_ring(ring):
+                code = 2  # the parent's ring is still open in the child
+        finally:
+            os.write(wfd, bytes([code]))
+            os._exit(0)
+    os.close(wfd)
+    got = os.read(rfd, 1)
+    os.waitpid(pid, 0)
+    os.close(rfd)
+    assert got == b"\0", {b"\1": "the child used the parent's lane", b"\2": "the child kept the ring"}.get(got, got)
+    assert k.pread(fd, 8, 0) == payload[:8]
+
+
+def test_asyncio_loop_lane_equals_os_and_resolves_in_batches(data: tuple[int, bytes]) -> None:
+    fd, payload = data
+
+    async def main() -> None:
+        async with ksvc.open_async() as a:
+            lane = a._lane
+            assert lane is not None
+            before = lane.entries
+            offs = list(range(0, 64 * 997, 997))
+            got = await asyncio.wait_for(asyncio.gather(*(a.pread(fd, 100, o) for o in offs)), 5)
+            assert got == [payload[o : o + 100] for o in offs]
+            assert lane.entries - before == 64
+            assert lane.enters < lane.entries, "64 entries took as many io_uring_enter calls"
+            assert await a.pwrite(fd, b"abc", 3) == 3 and os.pread(fd, 3, 3) == b"abc"
+            with pytest.raises(OSError) as info:
+                await a.pread(-5 & 0x7FFF_FFFF, 1, 0)
+            assert info.value.errno == 9
+            gc.collect()
+            gc.disable()
+            try:
+                for _ in range(200):
+                    await a.pread(fd, 64, 0)
+                assert gc.collect() == 0, "a lane operation left objects to the cycle collector"
+            finally:
+                gc.enable()
+
+    asyncio.run(main())
+
+
+def test_asyncio_cancelled_lane_read_loses_nothing() -> None:
+    async def main() -> None:
+        async with ksvc.open_async() as a:
+            r, w = os.pipe()
+            for _ in range(20):
+                task = asyncio.ensure_future(a.read(r, 10))
+                await asyncio.sleep(0.002)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await asyncio.wait_for(task, 5)
+            os.write(w, b"later")
+            assert await asyncio.wait_for(a.read(r, 10), 5) == b"later"
+            assert a._lane.inflight == 0
+            os.close(r)
+            os.close(w)
+
+    asyncio.run(main())
