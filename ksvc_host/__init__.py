@@ -46,8 +46,10 @@ def open(**selection: Any) -> Ksvc:  # noqa: A001 - the natural name, as in io.o
     ``notifier``, ``completion_sink``, ``buffer_provider``,
     ``shared_page``), ``preset`` (``"default"``, ``"server"``), and host
     options ``submit_entries``, ``complete_entries``, ``dispatcher``
-    (``"thread"`` or ``"inline"``), ``device`` and ``options`` (a dict
-    passed to plugin factories, e.g. ``{"workers": 4}``).
+    (``"thread"`` or ``"inline"``), ``device``, ``lanes`` (``False``: every
+    call goes through the shared channel and the dispatcher, none through
+    a thread's own lane) and ``options`` (a dict passed to plugin
+    factories, e.g. ``{"workers": 4}``).
     """
     return Ksvc(build_instance(**selection))
 

@@ -36,7 +36,7 @@ from ksvc_host.traits import (
     WorkerPool,
 )
 
-HOST_OPTIONS = ("submit_entries", "complete_entries", "dispatcher", "device", "options")
+HOST_OPTIONS = ("submit_entries", "complete_entries", "dispatcher", "device", "lanes", "options")
 """Keywords of :func:`ksvc_host.open` besides the trait names and ``preset``."""
 
 
@@ -103,6 +103,8 @@ class Instance:
         self.closed = False
         self._close_lock = threading.Lock()
         self._attached: list[Attached] = []
+        self.lanes = True
+        """Whether front ends give calling threads lanes of their own (``ksvc.open(lanes=False)``: never)."""
 
     def attach(self, part: Attached) -> None:
         """Have *part* (a front end's thread lanes) closed with the instance, drained in the same time."""
@@ -201,6 +203,7 @@ def build_instance(
     complete_entries: int = 1024,
     dispatcher: str = "thread",
     device: str | None = None,
+    lanes: bool = True,
     options: Mapping[str, Any] | None = None,
     **names: str | None,
 ) -> Instance:
@@ -208,6 +211,8 @@ def build_instance(
     from ksvc_host import fastpath
 
     fastpath.note_once()  # the compiled loops failed to build: say so, once per process
+    if not isinstance(lanes, bool):
+        raise SelectionError(f"lanes must be True or False, got {lanes!r}")
     if dispatcher not in ("thread", "inline"):
         raise SelectionError(f"dispatcher must be 'thread' or 'inline', got {dispatcher!r}")
     unknown = set(names) - set(TRAITS)
@@ -223,6 +228,7 @@ def build_instance(
 
     inst = Instance()
     inst.selection, inst.plugins = selection, pm
+    inst.lanes = lanes
     inst.channel = open_channel(submit_entries, complete_entries, device=device)
     ctx = BuildContext(inst.channel, selection, pm, dict(options or {}))
     built: list[Any] = []

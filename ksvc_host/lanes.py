@@ -72,7 +72,7 @@ def available() -> str:
 
 def _routes(instance: Instance) -> list[tuple[int, int, int]] | None:
     backend = instance.io_backend
-    spec = backend.own_ring_spec() if isinstance(backend, OwnRings) else None
+    spec = backend.own_ring_spec() if isinstance(backend, OwnRings) and instance.lanes else None
     if spec is None or available():
         return None
     kinds = _lane.KINDS

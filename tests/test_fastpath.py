@@ -40,8 +40,9 @@ def data_file(tmp_path: Path) -> Iterator[tuple[int, bytes]]:
 
 @pytest.fixture(params=["thread", "inline"])
 def kx(request: pytest.FixtureRequest, impl: str) -> Iterator[ksvc.Ksvc]:
-    """A default-stack instance built after the implementation was selected."""
-    with ksvc.open(dispatcher=request.param) as k:
+    """A default-stack instance built after the implementation was selected; no thread lanes: these
+    are the shared channel's loops."""
+    with ksvc.open(dispatcher=request.param, lanes=False) as k:
         yield k
 
 
@@ -307,7 +308,7 @@ def test_generic_completions_beside_express_ones_are_never_stranded(
 
 def test_express_reap_says_whether_it_left_the_cq_empty(impl: str, data_file: tuple[int, bytes]) -> None:
     fd, _ = data_file
-    with ksvc.open(dispatcher="inline") as k:
+    with ksvc.open(dispatcher="inline", lanes=False) as k:
         lane = k.instance.dispatcher._express
         assert lane is not None
         assert k.pread_many(fd, 4096, [0, 4096]) == [os.pread(fd, 4096, 0), os.pread(fd, 4096, 4096)]

@@ -716,6 +716,107 @@ static PyObject *Lane_read(Lane *l, PyObject *const *args, Py_ssize_t nargs)
     return run_blocking(l, nr, a, n, kind != K_POSITIONED, 0);
 }
 
+/* Wait for the entries of one read_many chunk; 0 with an exception (everything settled first). */
+static int wait_chunk(Lane *l, const uint32_t *idx, int64_t *res, uint8_t *done, uint32_t m)
+{
+    uint32_t left = m;
+    int interrupted = 0;
+    int64_t end = 0;
+    for (;;) {
+        lane_reap(l);
+        while (l->c_head != l->c_tail) {
+            uint64_t w[2];
+            memcpy(w, l->cring + (size_t)(l->c_head % LANE_SLOTS) * COMPLETE_SIZE, sizeof w);
+            l->c_head++;
+            uint32_t slot = (uint32_t)(w[0] & ((1u << GEN_SHIFT) - 1));
+            for (uint32_t j = 0; j < m; j++)
+                if (idx[j] == slot && !done[j] && token_of(l, slot) == w[0]) { done[j] = 1; res[j] = (int64_t)w[1]; left--; break; }
+        }
+        if (!left) return !interrupted;
+        if (interrupted && now_ns() > end) { l->dead = 1; return 0; }   /* still in the kernel: kept */
+        long r;
+        Py_BEGIN_ALLOW_THREADS
+        r = uring_enter(l, l->unsubmitted, 1, ENTER_GETEVENTS, WAIT_SLICE_NS);
+        Py_END_ALLOW_THREADS
+        sent(l, r);
+        if (!interrupted && (r == -EINTR || r == -ETIME) && PyErr_CheckSignals() < 0) {
+            interrupted = 1;   /* the exception stays set; cancel what is left and wait for the kernel */
+            end = now_ns() + l->settle_ns;
+            for (uint32_t j = 0; j < m; j++)
+                if (!done[j]) submit_cancel(l, token_of(l, idx[j]));
+        }
+    }
+}
+
+PyDoc_STRVAR(read_many_doc,
+    "read_many(nr, fd, size, offsets) -> list: for each offset, the bytes read (a short read sliced) or\n"
+    "-errno; None when the lane does not take the reads (blocking; nr is pread64).");
+static PyObject *Lane_read_many(Lane *l, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t nr; uint64_t a[6]; Py_ssize_t size;
+    if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "read_many(nr, fd, size, offsets)"); return NULL; }
+    PyObject *zero = PyLong_FromLong(0);
+    PyObject *first[4] = {args[0], args[1], args[2], zero};
+    int ok = usable(l) && read_args(l, first, 4, &nr, a, &size) && l->kind[nr] == K_POSITIONED;
+    Py_DECREF(zero);
+    if (!ok) Py_RETURN_NONE;
+    PyObject *seq = PySequence_Fast(args[3], "offsets must be a sequence");
+    if (!seq) { PyErr_Clear(); Py_RETURN_NONE; }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyLong_CheckExact(items[i])) { Py_DECREF(seq); Py_RETURN_NONE; }
+        long long off = PyLong_AsLongLong(items[i]);
+        if (off < 0) { PyErr_Clear(); Py_DECREF(seq); Py_RETURN_NONE; }   /* the generic path gives EINVAL */
+    }
+    PyObject *out = PyList_New(n);
+    if (!out) { Py_DECREF(seq); return NULL; }
+    uint32_t chunk = l->sq_entries < LANE_SLOTS ? l->sq_entries : LANE_SLOTS;
+    uint32_t idx[LANE_SLOTS]; int64_t res[LANE_SLOTS]; uint8_t done[LANE_SLOTS];
+    l->busy_blocking = 1;
+    for (Py_ssize_t base = 0; base < n; base += chunk) {
+        uint32_t m = (uint32_t)(n - base < chunk ? n - base : chunk);
+        uint32_t taken = 0;
+        for (uint32_t j = 0; j < m; j++) {
+            int i = slot_take(l);
+            if (i < 0) break;
+            struct slot *s = &l->slots[i];
+            s->obj = PyBytes_FromStringAndSize(NULL, size);
+            if (!s->obj) { slot_free(l, (uint32_t)i); break; }
+            s->reads = 1; s->len = (uint32_t)size; s->fd = (int32_t)a[0];
+            uint64_t w[6] = {a[0], (uint64_t)(uintptr_t)PyBytes_AS_STRING(s->obj), (uint64_t)size,
+                             (uint64_t)PyLong_AsLongLong(items[base + j]), 0, 0};
+            write_entry(l, token_of(l, (uint32_t)i), nr, w);
+            idx[j] = (uint32_t)i; done[j] = 0;
+            taken++;
+        }
+        if (taken < m) {
+            /* No slot or no memory: what was written still runs, then the error is raised. */
+            if (!PyErr_Occurred()) PyErr_NoMemory();
+        }
+        lane_submit(l);
+        int w = wait_chunk(l, idx, res, done, taken);
+        for (uint32_t j = 0; j < taken; j++) {
+            struct slot *s = &l->slots[idx[j]];
+            if (!done[j]) continue;   /* the kernel still holds it: the slot keeps its memory */
+            if (w && !PyErr_Occurred()) {
+                PyObject *v = res[j] < 0 ? PyLong_FromLongLong(res[j]) : value_of(s, res[j]);
+                if (v) PyList_SET_ITEM(out, base + j, v);
+            }
+            slot_free(l, idx[j]);
+        }
+        if (!w || PyErr_Occurred()) {
+            l->busy_blocking = 0;
+            Py_DECREF(seq);
+            Py_DECREF(out);   /* unset items are NULL: fine for list dealloc */
+            return NULL;
+        }
+    }
+    l->busy_blocking = 0;
+    Py_DECREF(seq);
+    return out;
+}
+
 /* (fd, data, a3) of a write from a buffer: the view is taken into *view; 0 when not taken. */
 static int write_args(Lane *l, PyObject *const *args, Py_ssize_t nargs, uint32_t *nr, uint64_t *a, Py_buffer *view)
 {
@@ -1025,6 +1126,7 @@ static PyGetSetDef Lane_getset[] = {
 static PyMethodDef Lane_methods[] = {
     {"call", (PyCFunction)(void (*)(void))Lane_call, METH_FASTCALL, call_doc},
     {"read", (PyCFunction)(void (*)(void))Lane_read, METH_FASTCALL, read_doc},
+    {"read_many", (PyCFunction)(void (*)(void))Lane_read_many, METH_FASTCALL, read_many_doc},
     {"start", (PyCFunction)(void (*)(void))Lane_start, METH_FASTCALL, start_doc},
     {"start_read", (PyCFunction)(void (*)(void))Lane_start_read, METH_FASTCALL, start_read_doc},
     {"start_write", (PyCFunction)(void (*)(void))Lane_start_write, METH_FASTCALL, start_write_doc},

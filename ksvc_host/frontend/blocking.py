@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import time
 from collections import deque
@@ -238,8 +239,44 @@ class Ksvc(SharedPageReads, Operations):
         its ``OSError`` when reached; the results before it are yielded first.
         """
         check_route(self.instance, NR["pread64"])
+        if self._lanes.mine() is not None and not self._completer.pipelined:
+            # On the caller's own ring, page-cached reads run inside the submitting io_uring_enter: a batch
+            # of depth entries per enter; there is no other thread to keep fed.
+            ReadStream(fd, size, (), depth)  # the same argument checks
+            return self._lane_stream(fd, size, iter(offsets), depth)
         parts = ReadStream.PIPELINED_PARTS if self._completer.pipelined else 1
         return self._stream(ReadStream(fd, size, offsets, depth, parts))
+
+    def _lane_stream(self, fd: int, size: int, offsets: Iterator[int], depth: int) -> Iterator[bytes]:
+        while chunk := list(itertools.islice(offsets, depth)):
+            got = self._lane_many(fd, size, chunk)
+            if got is None:  # not the lane's (a negative offset, ...): one at a time, each as os.pread gives it
+                for off in chunk:
+                    yield Operations.pread(self, fd, size, off)
+                continue
+            for value in got:
+                if value.__class__ is int:
+                    raise oserror(-value)
+                yield value
+
+    def pread_many(self, fd: int, size: int, offsets: Sequence[int]) -> Any:
+        got = self._lane_many(fd, size, offsets)
+        if got is None:
+            return super().pread_many(fd, size, offsets)
+        for value in got:
+            if value.__class__ is int:
+                raise oserror(-value)  # the first failure; every entry has run
+        return got
+
+    def _lane_many(self, fd: int, size: int, offsets: Sequence[int]) -> list[Any] | None:
+        lane = self._lanes.mine()
+        if lane is None:
+            return None
+        try:
+            return lane.read_many(_NR_PREAD, fd, size, offsets)
+        except BaseException:
+            self._lane_gave_up(lane, None)
+            raise
 
     def _stream(self, stream: ReadStream) -> Iterator[bytes]:
         # Left early, parts still in flight keep their buffers until their completions are reaped.
