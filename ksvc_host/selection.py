@@ -39,7 +39,7 @@ PRESETS: Mapping[str, Mapping[str, str]] = MappingProxyType(
                 "worker_pool": "lazy",
                 "notifier": "futex",
                 "completion_sink": "ring",
-                "buffer_provider": "registered",
+                "buffer_provider": "heap",
                 "shared_page": "mmap",
             }
         ),

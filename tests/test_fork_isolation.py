@@ -214,7 +214,7 @@ def _open_server() -> ksvc.Ksvc:
         except ImportError:
             pytest.skip(f"the server preset needs {dist}, which is not installed (pip install plugins/{dist})")
     try:
-        return ksvc.open(preset="server")
+        return ksvc.open(preset="server", buffer_provider="registered")  # every kind of mapping a stack can have
     except OSError as exc:
         pytest.skip(f"the server preset cannot start here (SQPOLL or buffer pinning refused): {exc}")
 

@@ -12,7 +12,6 @@ from typing import Any
 
 from ksvc_basic.basic_iouring import BasicIoUring
 from ksvc_host.instance import BuildContext
-from ksvc_host.traits.own_rings import OwnRingSpec
 
 
 class CompositeIoUring(BasicIoUring):
@@ -27,10 +26,6 @@ class CompositeIoUring(BasicIoUring):
                 self.add_preparer(f.prepare)
             if hasattr(f, "after_setup"):
                 f.after_setup(self)
-
-    def own_ring_spec(self) -> OwnRingSpec | None:
-        """No thread lanes: features act on the shared ring (its SQ thread, fixed files, buffers, SQE rewrites)."""
-        return None
 
 
 def build_io_uring(ctx: BuildContext) -> BasicIoUring:
