@@ -35,7 +35,7 @@ PRESETS: Mapping[str, Mapping[str, str]] = MappingProxyType(
         "server": MappingProxyType(
             {
                 "router": "probe",
-                "io_backend": "sqpoll",
+                "io_backend": "basic",
                 "worker_pool": "lazy",
                 "notifier": "futex",
                 "completion_sink": "ring",

@@ -214,7 +214,8 @@ def _open_server() -> ksvc.Ksvc:
         except ImportError:
             pytest.skip(f"the server preset needs {dist}, which is not installed (pip install plugins/{dist})")
     try:
-        return ksvc.open(preset="server", buffer_provider="registered")  # every kind of mapping a stack can have
+        # Every kind of mapping a stack can have: the SQ thread's rings, registered buffers.
+        return ksvc.open(preset="server", io_backend="sqpoll", buffer_provider="registered")
     except OSError as exc:
         pytest.skip(f"the server preset cannot start here (SQPOLL or buffer pinning refused): {exc}")
 

@@ -161,7 +161,7 @@ def test_missing_preset_plugins_are_named(monkeypatch: pytest.MonkeyPatch) -> No
     pm = PluginManager()
     with pytest.raises(ksvc.SelectionError) as info:
         resolve(pm, preset="server")
-    for dist in ("ksvc-sqpoll", "ksvc-lazypool", "ksvc-futex"):
+    for dist in ("ksvc-lazypool", "ksvc-futex"):
         assert dist in str(info.value)
 
 

@@ -1,4 +1,4 @@
-"""The ``server`` preset (probe + sqpoll + lazy + futex + ring + heap + mmap), end to end.
+"""The ``server`` preset (probe + basic + lazy + futex + ring + heap + mmap), end to end.
 
 Collected only by the tox environments that install every plugin the preset needs.
 """
@@ -15,7 +15,7 @@ from ksvc_host import testing
 def test_server_preset_resolves_to_the_seed_alias() -> None:
     with ksvc.open(preset="server") as k:
         names = dict(k.instance.selection.names)
-        assert names == {"router": "probe", "io_backend": "sqpoll", "worker_pool": "lazy", "notifier": "futex",
+        assert names == {"router": "probe", "io_backend": "basic", "worker_pool": "lazy", "notifier": "futex",
                          "completion_sink": "ring", "buffer_provider": "heap", "shared_page": "mmap"}  # fmt: skip
         assert k.instance.describe()["implementations"]["worker_pool"]["distribution"] == "ksvc-lazypool"
 
