@@ -8,7 +8,7 @@ submits to its io_uring, so a request can never be ended by another
 thread's exit and no caller waits for another's turn.
 
 :class:`ThreadLanes` gives each thread of a blocking front end its lane on
-first use; :func:`build_lane` makes the one lane of an event loop's thread
+first use; :class:`LoopLane` makes the one lane of an event loop's thread
 (asyncio). A lane takes only what it can run exactly as the direct syscall
 would (its table comes from the router and the backend's
 :class:`~ksvc_host.traits.OwnRings` spec); for anything else it returns
@@ -27,13 +27,13 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from ksvc_host import fastpath, forksafety
 from ksvc_host.abi.io_uring import IoringOp
 from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.instance import Instance
-from ksvc_host.traits import OwnRings, Tier
+from ksvc_host.traits import OwnRings, OwnRingSpec, Tier
 
 try:
     from ksvc_host import _lane  # type: ignore[attr-defined]
@@ -70,33 +70,34 @@ def available() -> str:
     return ""
 
 
-def _routes(instance: Instance) -> list[tuple[int, int, int]] | None:
+class LanePlan(NamedTuple):
+    """How this instance's lanes are built, resolved once: the backend's ring spec and the routing table."""
+
+    spec: OwnRingSpec
+    routes: tuple[tuple[int, int, int], ...]
+    """``(syscall nr, io_uring opcode, kind)`` for each call a lane takes."""
+
+    def build(self, *, settle_s: float, entries: int | None = None) -> Lane:
+        """A lane owned by the calling thread (``OSError`` when the kernel gives no ring)."""
+        lane = _lane.Lane(entries or self.spec.entries, self.spec.setup_flags, settle_s)
+        for nr, opcode, kind in self.routes:
+            lane.route(nr, opcode, kind)
+        return lane
+
+
+def plan(instance: Instance) -> LanePlan | None:
+    """This instance's lane plan, or ``None`` when it cannot have lanes."""
     backend = instance.io_backend
     spec = backend.own_ring_spec() if isinstance(backend, OwnRings) and instance.lanes else None
     if spec is None or available():
         return None
     kinds = _lane.KINDS
-    routes = []
-    for name, (opcode, kind) in LANE_CALLS.items():
-        nr = SYSCALLS[name]
-        if instance.router.route(nr).tier is Tier.IO_URING and int(opcode) in spec.opcodes:
-            routes.append((nr, int(opcode), kinds[kind]))
-    return routes
-
-
-def build_lane(instance: Instance, *, settle_s: float, entries: int | None = None) -> Lane | None:
-    """A lane owned by the calling thread, or ``None`` when this instance cannot have lanes."""
-    routes = _routes(instance)
-    backend = instance.io_backend
-    if routes is None or not isinstance(backend, OwnRings):
-        return None
-    spec = backend.own_ring_spec()
-    if spec is None:
-        return None
-    lane = _lane.Lane(entries or spec.entries, spec.setup_flags, settle_s)
-    for nr, opcode, kind in routes:
-        lane.route(nr, opcode, kind)
-    return lane
+    routes = tuple(
+        (SYSCALLS[name], int(opcode), kinds[kind])
+        for name, (opcode, kind) in LANE_CALLS.items()
+        if instance.router.route(SYSCALLS[name]).tier is Tier.IO_URING and int(opcode) in spec.opcodes
+    )
+    return LanePlan(spec, routes)
 
 
 def _release(guards: dict[int, forksafety.ChildCloses], key: int) -> None:
@@ -109,14 +110,13 @@ class ThreadLanes:
     """The lanes of one blocking front end: one per calling thread, built on first use."""
 
     def __init__(self, instance: Instance, *, settle_s: float) -> None:
-        self._instance = instance
         self._settle_s = settle_s
-        self._routes = _routes(instance)
+        self._plan = plan(instance)
         self._local = threading.local()
         self._lanes: weakref.WeakSet[Lane] = weakref.WeakSet()
         self._guards: dict[int, forksafety.ChildCloses] = {}
         self._lock = threading.Lock()
-        self._closed = self._routes is None
+        self._closed = self._plan is None
         self._deadline = 0.0
         self.retired: list[Lane] = []
         """Lanes whose kernel still held a call's memory when its caller gave up: kept for good."""
@@ -134,9 +134,9 @@ class ThreadLanes:
     def _build(self) -> Lane | None:
         lane = None
         with self._lock:
-            if not self._closed:
+            if not self._closed and self._plan is not None:
                 try:
-                    lane = build_lane(self._instance, settle_s=self._settle_s)
+                    lane = self._plan.build(settle_s=self._settle_s)
                 except OSError:
                     lane = None  # no ring for this thread (limits): it uses the shared channel
                 if lane is not None:
@@ -214,7 +214,7 @@ class LoopLane:
     """
 
     def __init__(self, instance: Instance, loop: asyncio.AbstractEventLoop, *, settle_s: float) -> None:
-        self._instance = instance
+        self._plan = plan(instance)
         self._loop = loop
         self._settle_s = settle_s
         self._scheduled = False
@@ -226,8 +226,10 @@ class LoopLane:
         self._build()
 
     def _build(self) -> None:
+        if self._plan is None:
+            return
         try:
-            self.lane = build_lane(self._instance, settle_s=self._settle_s, entries=_LOOP_ENTRIES)
+            self.lane = self._plan.build(settle_s=self._settle_s, entries=_LOOP_ENTRIES)
         except OSError:
             self.lane = None  # no ring (limits): every operation takes the shared channel
         if self.lane is None:

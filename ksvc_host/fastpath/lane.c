@@ -388,6 +388,21 @@ static void slot_free(Lane *l, uint32_t i)
 
 static uint64_t token_of(const Lane *l, uint32_t i) { return ((uint64_t)l->slots[i].gen << GEN_SHIFT) | i; }
 
+/* Give slot s a new bytes object of read_len for the kernel to read into; point the entry's
+ * buffer and length at it. 0 with MemoryError set. */
+static int slot_read_into_bytes(struct slot *s, uint64_t *a, Py_ssize_t read_len, int stream)
+{
+    s->obj = PyBytes_FromStringAndSize(NULL, read_len);
+    if (!s->obj) return 0;
+    s->reads = 1;
+    s->len = (uint32_t)read_len;
+    s->stream = (uint8_t)stream;
+    s->fd = (int32_t)a[0];
+    a[1] = (uint64_t)(uintptr_t)PyBytes_AS_STRING(s->obj);
+    a[2] = (uint64_t)read_len;
+    return 1;
+}
+
 static void write_entry(Lane *l, uint64_t corr, uint32_t nr, const uint64_t *a)
 {
     uint64_t w[8] = {corr, (uint64_t)nr, a[0], a[1], a[2], a[3], a[4], a[5]};
@@ -639,16 +654,7 @@ static PyObject *run_blocking(Lane *l, uint32_t nr, uint64_t *a, Py_ssize_t read
     if (i < 0) Py_RETURN_NONE;
     struct slot *s = &l->slots[i];
     s->fd = (int32_t)a[0];
-    if (read_len >= 0) {
-        s->obj = PyBytes_FromStringAndSize(NULL, read_len);
-        if (!s->obj) { slot_free(l, (uint32_t)i); return NULL; }
-        s->reads = 1;
-        s->len = (uint32_t)read_len;
-        s->stream = (uint8_t)stream;
-        s->fd = (int32_t)a[0];
-        a[1] = (uint64_t)(uintptr_t)PyBytes_AS_STRING(s->obj);
-        a[2] = (uint64_t)read_len;
-    }
+    if (read_len >= 0 && !slot_read_into_bytes(s, a, read_len, stream)) { slot_free(l, (uint32_t)i); return NULL; }
     uint64_t corr = token_of(l, (uint32_t)i);
     write_entry(l, corr, nr, a);
     long r = lane_submit(l);
@@ -697,6 +703,8 @@ static int read_args(Lane *l, PyObject *const *args, Py_ssize_t nargs, uint32_t 
     long long a3 = PyLong_AsLongLong(args[3]);
     if (PyErr_Occurred()) { PyErr_Clear(); return 0; }
     if (v < 0 || v >= NR_TABLE || fd < INT32_MIN || fd > INT32_MAX || len < 0 || len > 0x7ffff000) return 0;
+    int kind = l->kind[v];
+    if (kind != K_STREAM && kind != K_POSITIONED && kind != K_SOCKET) return 0;   /* not a read into a buffer */
     *nr = (uint32_t)v;
     uint64_t w[6] = {(uint64_t)fd, 0, (uint64_t)len, (uint64_t)a3, 0, 0};
     memcpy(a, w, sizeof w);
@@ -711,14 +719,15 @@ static PyObject *Lane_read(Lane *l, PyObject *const *args, Py_ssize_t nargs)
 {
     uint32_t nr; uint64_t a[6]; Py_ssize_t n;
     if (!usable(l) || !read_args(l, args, nargs, &nr, a, &n)) Py_RETURN_NONE;
-    int kind = l->kind[nr];
-    if (kind != K_STREAM && kind != K_POSITIONED && kind != K_SOCKET) Py_RETURN_NONE;
-    return run_blocking(l, nr, a, n, kind != K_POSITIONED, 0);
+    return run_blocking(l, nr, a, n, l->kind[nr] != K_POSITIONED, 0);
 }
 
 /* Wait for the entries of one read_many chunk; 0 with an exception (everything settled first). */
 static int wait_chunk(Lane *l, const uint32_t *idx, int64_t *res, uint8_t *done, uint32_t m)
 {
+    int16_t pos[LANE_SLOTS];   /* slot -> its place in the chunk */
+    memset(pos, 0xff, sizeof pos);
+    for (uint32_t j = 0; j < m; j++) pos[idx[j]] = (int16_t)j;
     uint32_t left = m;
     int interrupted = 0;
     int64_t end = 0;
@@ -729,8 +738,8 @@ static int wait_chunk(Lane *l, const uint32_t *idx, int64_t *res, uint8_t *done,
             memcpy(w, l->cring + (size_t)(l->c_head % LANE_SLOTS) * COMPLETE_SIZE, sizeof w);
             l->c_head++;
             uint32_t slot = (uint32_t)(w[0] & ((1u << GEN_SHIFT) - 1));
-            for (uint32_t j = 0; j < m; j++)
-                if (idx[j] == slot && !done[j] && token_of(l, slot) == w[0]) { done[j] = 1; res[j] = (int64_t)w[1]; left--; break; }
+            int j = slot < LANE_SLOTS ? pos[slot] : -1;
+            if (j >= 0 && !done[j] && token_of(l, slot) == w[0]) { done[j] = 1; res[j] = (int64_t)w[1]; left--; }
         }
         if (!left) return !interrupted;
         if (interrupted && now_ns() > end) { l->dead = 1; return 0; }   /* still in the kernel: kept */
@@ -780,12 +789,8 @@ static PyObject *Lane_read_many(Lane *l, PyObject *const *args, Py_ssize_t nargs
         for (uint32_t j = 0; j < m; j++) {
             int i = slot_take(l);
             if (i < 0) break;
-            struct slot *s = &l->slots[i];
-            s->obj = PyBytes_FromStringAndSize(NULL, size);
-            if (!s->obj) { slot_free(l, (uint32_t)i); break; }
-            s->reads = 1; s->len = (uint32_t)size; s->fd = (int32_t)a[0];
-            uint64_t w[6] = {a[0], (uint64_t)(uintptr_t)PyBytes_AS_STRING(s->obj), (uint64_t)size,
-                             (uint64_t)PyLong_AsLongLong(items[base + j]), 0, 0};
+            uint64_t w[6] = {a[0], 0, 0, (uint64_t)PyLong_AsLongLong(items[base + j]), 0, 0};
+            if (!slot_read_into_bytes(&l->slots[i], w, size, 0)) { slot_free(l, (uint32_t)i); break; }
             write_entry(l, token_of(l, (uint32_t)i), nr, w);
             idx[j] = (uint32_t)i; done[j] = 0;
             taken++;
@@ -851,25 +856,23 @@ static PyObject *Lane_write(Lane *l, PyObject *const *args, Py_ssize_t nargs)
 
 /* Loop lanes ------------------------------------------------------------------------ */
 
+/* Queue one entry with its future. The slot holds, until the completion: a new bytes object to
+ * read into (read_len >= 0), the buffer view a write sends from (view), or keep. ints: deliver
+ * the raw result (-errno included) rather than a value or an OSError. None: no free slot. */
 static PyObject *start_entry(Lane *l, uint32_t nr, uint64_t *a, PyObject *fut, PyObject *keep, Py_ssize_t read_len,
-                             int stream)
+                             int stream, Py_buffer *view, int ints)
 {
     int i = slot_take(l);
     if (i < 0) Py_RETURN_NONE;
     struct slot *s = &l->slots[i];
     if (read_len >= 0) {
-        s->obj = PyBytes_FromStringAndSize(NULL, read_len);
-        if (!s->obj) { slot_free(l, (uint32_t)i); return NULL; }
-        s->reads = 1;
-        s->len = (uint32_t)read_len;
-        s->stream = (uint8_t)stream;
-        s->fd = (int32_t)a[0];
-        a[1] = (uint64_t)(uintptr_t)PyBytes_AS_STRING(s->obj);
-        a[2] = (uint64_t)read_len;
+        if (!slot_read_into_bytes(s, a, read_len, stream)) { slot_free(l, (uint32_t)i); return NULL; }
     } else {
         Py_XINCREF(keep);
         s->obj = keep;
     }
+    if (view) { s->view = *view; s->has_view = 1; }
+    s->ints = (uint8_t)ints;
     Py_INCREF(fut);
     s->fut = fut;
     uint64_t t = token_of(l, (uint32_t)i);
@@ -888,9 +891,7 @@ static PyObject *Lane_start(Lane *l, PyObject *const *args, Py_ssize_t nargs)
     if (PyErr_Occurred()) { PyErr_Clear(); Py_RETURN_NONE; }
     uint64_t a[6];
     if (!words(args + 3, nargs - 3, a) || nr >= NR_TABLE || !lane_accepts(l, (uint32_t)nr, a)) Py_RETURN_NONE;
-    PyObject *t = start_entry(l, (uint32_t)nr, a, args[0], args[1], -1, 0);
-    if (t && t != Py_None) l->slots[PyLong_AsUnsignedLongLong(t) & ((1u << GEN_SHIFT) - 1)].ints = 1;
-    return t;
+    return start_entry(l, (uint32_t)nr, a, args[0], args[1], -1, 0, NULL, 1);
 }
 
 PyDoc_STRVAR(start_write_doc,
@@ -900,11 +901,8 @@ static PyObject *Lane_start_write(Lane *l, PyObject *const *args, Py_ssize_t nar
     uint32_t nr; uint64_t a[6]; Py_buffer view;
     if (nargs != 5) { PyErr_SetString(PyExc_TypeError, "start_write(fut, nr, fd, data, offset_or_flags)"); return NULL; }
     if (!usable(l) || !write_args(l, args + 1, 4, &nr, a, &view)) Py_RETURN_NONE;
-    PyObject *t = start_entry(l, nr, a, args[0], NULL, -1, 0);
-    if (!t || t == Py_None) { PyBuffer_Release(&view); return t; }
-    uint32_t i = (uint32_t)(PyLong_AsUnsignedLongLong(t) & ((1u << GEN_SHIFT) - 1));
-    l->slots[i].view = view;   /* held until the completion: the kernel reads from it */
-    l->slots[i].has_view = 1;
+    PyObject *t = start_entry(l, nr, a, args[0], NULL, -1, 0, &view, 0);   /* the slot holds the view */
+    if (!t || t == Py_None) PyBuffer_Release(&view);
     return t;
 }
 
@@ -915,9 +913,7 @@ static PyObject *Lane_start_read(Lane *l, PyObject *const *args, Py_ssize_t narg
     uint32_t nr; uint64_t a[6]; Py_ssize_t n;
     if (nargs != 5) { PyErr_SetString(PyExc_TypeError, "start_read(fut, nr, fd, n, offset_or_flags)"); return NULL; }
     if (!usable(l) || !read_args(l, args + 1, 4, &nr, a, &n)) Py_RETURN_NONE;
-    int kind = l->kind[nr];
-    if (kind != K_STREAM && kind != K_POSITIONED && kind != K_SOCKET) Py_RETURN_NONE;
-    return start_entry(l, nr, a, args[0], NULL, n, kind != K_POSITIONED);
+    return start_entry(l, nr, a, args[0], NULL, n, l->kind[nr] != K_POSITIONED, NULL, 0);
 }
 
 /* Hand one completion to its future: the value, the OSError, or (result, value) for a settle. */

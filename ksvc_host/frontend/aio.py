@@ -203,7 +203,7 @@ class AsyncKsvc(SharedPageReads, Operations):
                 try:
                     return await fut
                 except asyncio.CancelledError:
-                    return await self._lane_cancelled(token, fut, b"")
+                    return await self._lane_cancelled(token, fut, reads=True)
             if self._rebind():
                 return await self.pread(fd, n, offset)
         return await super().pread(fd, n, offset)
@@ -224,7 +224,7 @@ class AsyncKsvc(SharedPageReads, Operations):
                 try:
                     return await fut
                 except asyncio.CancelledError:
-                    return await self._lane_cancelled(token, fut, b"")
+                    return await self._lane_cancelled(token, fut, reads=True)
             if self._rebind():
                 return await self._lane_read(nr, fd, n, flags)
         return await (super().read(fd, n) if nr == _NR_READ else super().recv(fd, n, flags))
@@ -248,7 +248,7 @@ class AsyncKsvc(SharedPageReads, Operations):
                 try:
                     return await fut
                 except asyncio.CancelledError:
-                    return await self._lane_cancelled(token, fut, 0)
+                    return await self._lane_cancelled(token, fut, reads=False)
             if self._rebind():
                 return await self._lane_write(nr, fd, data, y)
         if nr == _NR_PWRITE64:
@@ -263,28 +263,27 @@ class AsyncKsvc(SharedPageReads, Operations):
         self._lane = lane
         return True
 
-    async def _lane_cancelled(self, token: int, fut: asyncio.Future[Any], empty: Any) -> Any:
+    async def _lane_cancelled(self, token: int, fut: asyncio.Future[Any], *, reads: bool) -> Any:
         """The task was cancelled while its entry was in the lane: report the cancellation once the kernel
         is done with the entry, or, when the entry succeeded first, deliver its value instead (as
-        :func:`asyncio.wait_for` does), so nothing read or written goes unseen."""
+        :func:`asyncio.wait_for` does), so nothing read or written goes unseen. *reads*: the value of a
+        successful entry is bytes (else its count or result)."""
         if fut.done() and not fut.cancelled():  # answered before the cancellation reached the task
             if fut.exception() is not None:
                 raise asyncio.CancelledError
             value = fut.result()
+            if value.__class__ is int and value < 0:  # an entry delivering raw results (start) that failed
+                raise asyncio.CancelledError
         else:
             answer = await self._loop_lane.settle(token)
             if answer is None or answer[0] < 0:
                 raise asyncio.CancelledError
-            result, value = answer
-            if value is None:
-                value = empty if result == 0 or empty == 0 else result
+            result, data = answer
+            value = data if data is not None else (b"" if reads else result)
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()
         return value
-
-    def _ready(self, value: Any) -> Coroutine[Any, Any, Any]:
-        return _value(value)
 
     async def _call(self, op: Op) -> Any:
         """One operation: submit it, await its completion, return its value (a coroutine: no cycle, no task).
@@ -306,21 +305,14 @@ class AsyncKsvc(SharedPageReads, Operations):
             if token is not None:
                 self._loop_lane.soon()
                 try:
-                    lane_result = await lane_fut
+                    try:
+                        lane_result = await lane_fut
+                    except asyncio.CancelledError:
+                        lane_result = await self._lane_cancelled(token, lane_fut, reads=False)
                 except asyncio.CancelledError:
-                    answer: tuple[int, Any] | None
-                    if lane_fut.done() and not lane_fut.cancelled():  # answered before the cancellation
-                        answer = (lane_fut.result(), None)
-                    else:
-                        answer = await self._loop_lane.settle(token)
-                    if answer is None or answer[0] < 0:
-                        op.abandon()
-                        del op  # the exception's traceback keeps this frame, not the operation's buffers
-                        raise
-                    task = asyncio.current_task()
-                    if task is not None:
-                        task.uncancel()
-                    lane_result = answer[0]
+                    op.abandon()
+                    del op  # the exception's traceback keeps this frame, not the operation's buffers
+                    raise
                 return op.outcome(lane_result)
             if self._rebind():
                 return await self._call(op)
