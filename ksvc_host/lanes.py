@@ -77,9 +77,11 @@ class LanePlan(NamedTuple):
     routes: tuple[tuple[int, int, int], ...]
     """``(syscall nr, io_uring opcode, kind)`` for each call a lane takes."""
 
-    def build(self, *, settle_s: float, entries: int | None = None) -> Lane:
-        """A lane owned by the calling thread (``OSError`` when the kernel gives no ring)."""
-        lane = _lane.Lane(entries or self.spec.entries, self.spec.setup_flags, settle_s)
+    def build(self, *, settle_s: float, entries: int | None = None, slots: int | None = None) -> Lane:
+        """A lane owned by the calling thread (``OSError`` when the kernel gives no ring).
+
+        *entries*: SQ entries (the batch one turn can submit); *slots*: entries in flight at once."""
+        lane = _lane.Lane(entries or self.spec.entries, self.spec.setup_flags, settle_s, slots or _THREAD_SLOTS)
         for nr, opcode, kind in self.routes:
             lane.route(nr, opcode, kind)
         return lane
@@ -229,7 +231,7 @@ class LoopLane:
         if self._plan is None:
             return
         try:
-            self.lane = self._plan.build(settle_s=self._settle_s, entries=_LOOP_ENTRIES)
+            self.lane = self._plan.build(settle_s=self._settle_s, entries=_LOOP_ENTRIES, slots=_LOOP_SLOTS)
         except OSError:
             self.lane = None  # no ring (limits): every operation takes the shared channel
         if self.lane is None:
@@ -288,8 +290,11 @@ class LoopLane:
             os.eventfd_read(self._efd)
         except BlockingIOError:
             pass
-        if self.lane is not None:
-            self.lane.turn()
+        lane = self.lane
+        if lane is not None:
+            lane.turn()
+            if lane.queued:  # what the callbacks started (sends, next receives): next iteration, in one batch
+                self.soon()
 
     async def settle(self, token: int) -> tuple[int, Any] | None:
         """The task awaiting *token* was cancelled: cancel the entry, and wait for the kernel's answer.
@@ -342,7 +347,12 @@ class LoopLane:
         self.lane = None
 
 
+_THREAD_SLOTS: Final = 256
+"""Entries a thread's lane may have in flight at once (one blocking call, or a bulk chunk)."""
 _LOOP_ENTRIES: Final = 256
-"""SQ entries of an event loop's lane: as many operations as it may have in flight at once."""
+"""SQ entries of an event loop's lane: entries one turn submits at most (the rest go next turn)."""
+_LOOP_SLOTS: Final = 4096
+"""Entries an event loop's lane may have in flight at once (a connection holds one receive and one send);
+beyond that, operations take the shared channel."""
 _RETIRED: list[Lane] = []
 """Loop lanes closed while the kernel still held an entry's memory: kept for good."""

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import ksvc_host as ksvc
+from ksvc_host import lanes as ksvc_lanes
 from ksvc_host.net import Server
 from ksvc_host.net.echo import echo_handler
 
@@ -36,10 +37,23 @@ async def _echo_server(**kw: Any) -> tuple[Server, int]:
     return server, server.sockets[0].getsockname()[1]
 
 
+@pytest.fixture(autouse=True, params=["lane", "channel"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: transports on the loop's lane, and on the shared channel (no lanes built)."""
+    if request.param == "channel":
+        monkeypatch.setattr(ksvc_lanes, "plan", lambda instance: None)
+    elif ksvc_lanes.available():
+        pytest.skip(f"no lanes here: {ksvc_lanes.available()}")
+    return str(request.param)
+
+
 @pytest.mark.parametrize("dispatcher", ["thread", "inline"])
-def test_echo_round_trips_through_ksvc(dispatcher: str) -> None:
+def test_echo_round_trips_through_ksvc(dispatcher: str, path: str) -> None:
     async def main() -> None:
         server, port = await _echo_server(dispatcher=dispatcher)
+        lane = server._k.loop_lane.lane
+        lanes = path == "lane"
+        assert (lane is not None) is lanes
         async with server:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)  # a plain asyncio client
             for size in (1, 100, 70_000, 300_000):
@@ -50,7 +64,11 @@ def test_echo_round_trips_through_ksvc(dispatcher: str) -> None:
             writer.close()
             await writer.wait_closed()
             disp = server._k.instance.dispatcher
-            assert disp.entries_processed > 4  # accept, recv and send went through the channel
+            if lanes:  # receives and sends on the loop's lane, the accept on the channel
+                assert lane.entries > 4
+                assert disp.entries_processed >= 1
+            else:  # accept, recv and send went through the channel
+                assert disp.entries_processed > 4
 
     run(main)
 

@@ -119,7 +119,9 @@ enum kind {
 #define NR_TABLE 512
 
 /* Lane limits. */
-#define LANE_SLOTS 256          /* entries in flight at once (loop lanes) */
+#define LANE_SLOTS 256          /* default entries in flight at once */
+#define MAX_SLOTS (1u << 16)    /* a token keeps the slot in its low GEN_SHIFT bits */
+#define MANY_CHUNK 256          /* read_many: entries per chunk at most */
 #define WAIT_SLICE_NS 50000000  /* a blocked caller looks at the lane's closing deadline this often */
 #define CANCEL_TAG (1ULL << 62) /* user_data of the lane's own cancel requests */
 #define GEN_SHIFT 16            /* a token: generation << GEN_SHIFT | slot */
@@ -137,7 +139,14 @@ struct slot {
     uint8_t stream;    /* a stream read: bytes a cancelled one got are kept */
     uint8_t has_view;  /* view holds the buffer a write sends from */
     uint8_t ints;      /* deliver the result as an int, -errno included (the caller makes the error) */
+    uint8_t call;      /* fut is a callable, called with the value (-errno as an int on failure) */
+    uint8_t loop;      /* a receive loop: after each delivery the next receive is queued */
+    uint8_t stopping;  /* a receive loop asked to end: no next receive */
+    uint8_t cancelled; /* a callback entry whose cancel was asked: a receive loop delivers nothing more */
     int32_t fd;
+    int32_t pos;       /* read_many: the entry's place in its chunk */
+    uint32_t nr;       /* a receive loop's syscall */
+    PyObject *end;     /* a receive loop's on_end callable */
     Py_buffer view;
 };
 
@@ -159,22 +168,25 @@ typedef struct {
     uint8_t *sqes, *cqes;
     uint32_t unsubmitted;  /* SQEs written, not yet accepted by the kernel */
     /* the lane's channel: submit and completion entries */
-    uint8_t sring[LANE_SLOTS * SUBMIT_SIZE];
+    uint32_t nslots, slot_mask;   /* entries in flight at once (a power of two) */
+    uint8_t *sring;        /* nslots submit entries */
     uint64_t s_head, s_tail;
-    uint8_t cring[LANE_SLOTS * COMPLETE_SIZE];
+    uint8_t *cring;        /* nslots completion entries */
     uint64_t c_head, c_tail;
     /* routing */
     uint8_t kind[NR_TABLE];
     uint8_t opcode[NR_TABLE];
+    uint32_t recv_nr, send_nr;   /* the syscalls routed to RECV and SEND on a socket (NR_TABLE: none) */
     /* in flight */
-    struct slot slots[LANE_SLOTS];
-    uint32_t free_list[LANE_SLOTS];
+    struct slot *slots;
+    uint32_t *free_list;
     uint32_t n_free;
     uint32_t inflight;
     /* lifetime */
     int64_t settle_ns;
     int64_t deadline_ns;   /* > 0: closing; a blocked caller cancels its entry once it passes */
     int busy_blocking;     /* a blocking call is inside the kernel wait */
+    int in_turn;           /* turn() is delivering: a callback's own turn() call does nothing */
     PyObject *late;        /* (fd, result, bytes or None) of an interrupted call, once settled; or NULL */
     uint64_t entries;      /* entries the lane ran */
     uint64_t enters;       /* io_uring_enter calls */
@@ -316,7 +328,7 @@ static long lane_submit(Lane *l)
 {
     uint8_t sqe[SQE_SIZE];
     while (l->s_head != l->s_tail) {
-        const uint8_t *e = l->sring + (size_t)(l->s_head % LANE_SLOTS) * SUBMIT_SIZE;
+        const uint8_t *e = l->sring + (size_t)(l->s_head & l->slot_mask) * SUBMIT_SIZE;
         uint64_t w[8];
         memcpy(w, e, sizeof w);
         translate(l, w, sqe);
@@ -336,14 +348,14 @@ static uint32_t lane_reap(Lane *l)
 {
     uint32_t head = *l->cq_head, tail = load_acquire32(l->cq_tail);
     uint32_t n = 0;
-    while (head != tail && l->c_tail - l->c_head < LANE_SLOTS) {
+    while (head != tail && l->c_tail - l->c_head < l->nslots) {
         const uint8_t *c = l->cqes + (size_t)(head & l->cq_mask) * CQE_SIZE;
         uint64_t ud; int32_t res;
         memcpy(&ud, c, 8); memcpy(&res, c + 8, 4);
         head++;
         if (ud & CANCEL_TAG) continue;
         uint64_t w[4] = {ud, (uint64_t)(int64_t)res, 0, 0};
-        memcpy(l->cring + (size_t)(l->c_tail % LANE_SLOTS) * COMPLETE_SIZE, w, sizeof w);
+        memcpy(l->cring + (size_t)(l->c_tail & l->slot_mask) * COMPLETE_SIZE, w, sizeof w);
         l->c_tail++;
         n++;
     }
@@ -372,6 +384,7 @@ static int slot_take(Lane *l)
     uint32_t i = l->free_list[--l->n_free];
     struct slot *s = &l->slots[i];
     s->busy = 1; s->gen++; s->raw = 0; s->reads = 0; s->stream = 0; s->ints = 0;
+    s->call = 0; s->loop = 0; s->stopping = 0; s->cancelled = 0;
     l->inflight++;
     return (int)i;
 }
@@ -379,7 +392,7 @@ static int slot_take(Lane *l)
 static void slot_free(Lane *l, uint32_t i)
 {
     struct slot *s = &l->slots[i];
-    Py_CLEAR(s->fut); Py_CLEAR(s->obj); Py_CLEAR(s->orphan);
+    Py_CLEAR(s->fut); Py_CLEAR(s->obj); Py_CLEAR(s->orphan); Py_CLEAR(s->end);
     if (s->has_view) { PyBuffer_Release(&s->view); s->has_view = 0; }
     s->busy = 0;
     l->free_list[l->n_free++] = i;
@@ -406,7 +419,7 @@ static int slot_read_into_bytes(struct slot *s, uint64_t *a, Py_ssize_t read_len
 static void write_entry(Lane *l, uint64_t corr, uint32_t nr, const uint64_t *a)
 {
     uint64_t w[8] = {corr, (uint64_t)nr, a[0], a[1], a[2], a[3], a[4], a[5]};
-    memcpy(l->sring + (size_t)(l->s_tail % LANE_SLOTS) * SUBMIT_SIZE, w, sizeof w);
+    memcpy(l->sring + (size_t)(l->s_tail & l->slot_mask) * SUBMIT_SIZE, w, sizeof w);
     l->s_tail++;
     l->entries++;
 }
@@ -507,15 +520,27 @@ static PyObject *Lane_new(PyTypeObject *type, PyObject *args, PyObject *kw)
 
 static int Lane_init(Lane *l, PyObject *args, PyObject *kw)
 {
-    static char *names[] = {"entries", "setup_flags", "settle_s", NULL};
-    unsigned int entries = 64, flags = 0;
+    static char *names[] = {"entries", "setup_flags", "settle_s", "slots", NULL};
+    unsigned int entries = 64, flags = 0, nslots = LANE_SLOTS;
     double settle = 1.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "|IId", names, &entries, &flags, &settle)) return -1;
-    if (l->ring_fd >= 0 || l->sq_map) { PyErr_SetString(PyExc_RuntimeError, "Lane already set up"); return -1; }
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|IIdI", names, &entries, &flags, &settle, &nslots)) return -1;
+    if (l->ring_fd >= 0 || l->sq_map || l->slots) { PyErr_SetString(PyExc_RuntimeError, "Lane already set up"); return -1; }
+    if (nslots < 1 || nslots > MAX_SLOTS || (nslots & (nslots - 1))) {
+        PyErr_Format(PyExc_ValueError, "slots must be a power of two from 1 to %u, not %u", MAX_SLOTS, nslots);
+        return -1;
+    }
+    l->slots = PyMem_Calloc(nslots, sizeof *l->slots);
+    l->free_list = PyMem_Calloc(nslots, sizeof *l->free_list);
+    l->sring = PyMem_Calloc(nslots, SUBMIT_SIZE);
+    l->cring = PyMem_Calloc(nslots, COMPLETE_SIZE);
+    if (!l->slots || !l->free_list || !l->sring || !l->cring) { PyErr_NoMemory(); return -1; }
+    l->nslots = nslots;
+    l->recv_nr = l->send_nr = NR_TABLE;
+    l->slot_mask = nslots - 1;
     l->owner = thread_serial();
     l->settle_ns = (int64_t)(settle * 1e9);
-    for (uint32_t i = 0; i < LANE_SLOTS; i++) l->free_list[i] = LANE_SLOTS - 1 - i;
-    l->n_free = LANE_SLOTS;
+    for (uint32_t i = 0; i < nslots; i++) l->free_list[i] = nslots - 1 - i;
+    l->n_free = nslots;
     if (lane_setup(l, entries, flags) < 0) return -1;
     l->dead = 0;
     return 0;
@@ -533,9 +558,10 @@ static void lane_close_ring(Lane *l)
 static void Lane_dealloc(Lane *l)
 {
     /* Never freed while the kernel holds memory of ours (the host keeps such lanes for good). */
-    for (uint32_t i = 0; i < LANE_SLOTS; i++)
+    for (uint32_t i = 0; i < l->nslots; i++)
         if (l->slots[i].busy) slot_free(l, i);
     lane_close_ring(l);
+    PyMem_Free(l->slots); PyMem_Free(l->free_list); PyMem_Free(l->sring); PyMem_Free(l->cring);
     Py_CLEAR(l->late);
     if (l->weakrefs) PyObject_ClearWeakRefs((PyObject *)l);
     Py_TYPE(l)->tp_free((PyObject *)l);
@@ -576,7 +602,7 @@ static int find_completion(Lane *l, uint64_t corr, int64_t *res)
     /* A blocking lane has one entry in flight: its completion is the one at the head. */
     while (l->c_head != l->c_tail) {
         uint64_t w[2];
-        memcpy(w, l->cring + (size_t)(l->c_head % LANE_SLOTS) * COMPLETE_SIZE, sizeof w);
+        memcpy(w, l->cring + (size_t)(l->c_head & l->slot_mask) * COMPLETE_SIZE, sizeof w);
         l->c_head++;
         if (w[0] == corr) { *res = (int64_t)w[1]; return 1; }
     }
@@ -691,25 +717,38 @@ static PyObject *Lane_call(Lane *l, PyObject *const *args, Py_ssize_t nargs)
     return run_blocking(l, (uint32_t)nr, a, -1, 0, 1);
 }
 
-/* (fd, n, a3) of a read into new bytes; 0 when they are not plain ints in range. */
-static int read_args(Lane *l, PyObject *const *args, Py_ssize_t nargs, uint32_t *nr, uint64_t *a, Py_ssize_t *n)
+/* A syscall number argument the lane routes to a read or write into a buffer; 0 otherwise. */
+static int buffer_nr(const Lane *l, PyObject *obj, uint32_t *nr)
 {
-    if (nargs != 4 || !PyLong_CheckExact(args[0]) || !PyLong_CheckExact(args[1]) || !PyLong_CheckExact(args[2])
-        || !PyLong_CheckExact(args[3]))
-        return 0;
-    long v = PyLong_AsLong(args[0]);
-    long fd = PyLong_AsLong(args[1]);
-    Py_ssize_t len = PyLong_AsSsize_t(args[2]);
-    long long a3 = PyLong_AsLongLong(args[3]);
+    if (!PyLong_CheckExact(obj)) return 0;
+    long v = PyLong_AsLong(obj);
     if (PyErr_Occurred()) { PyErr_Clear(); return 0; }
-    if (v < 0 || v >= NR_TABLE || fd < INT32_MIN || fd > INT32_MAX || len < 0 || len > 0x7ffff000) return 0;
+    if (v < 0 || v >= NR_TABLE) return 0;
     int kind = l->kind[v];
-    if (kind != K_STREAM && kind != K_POSITIONED && kind != K_SOCKET) return 0;   /* not a read into a buffer */
+    if (kind != K_STREAM && kind != K_POSITIONED && kind != K_SOCKET) return 0;
     *nr = (uint32_t)v;
+    return 1;
+}
+
+/* (fd, n, a3) of a read of syscall nr into new bytes; 0 when they are not plain ints in range. */
+static int read_words(Lane *l, uint32_t nr, PyObject *const *args, uint64_t *a, Py_ssize_t *n)
+{
+    if (!PyLong_CheckExact(args[0]) || !PyLong_CheckExact(args[1]) || !PyLong_CheckExact(args[2])) return 0;
+    long fd = PyLong_AsLong(args[0]);
+    Py_ssize_t len = PyLong_AsSsize_t(args[1]);
+    long long a3 = PyLong_AsLongLong(args[2]);
+    if (PyErr_Occurred()) { PyErr_Clear(); return 0; }
+    if (fd < INT32_MIN || fd > INT32_MAX || len < 0 || len > 0x7ffff000) return 0;
     uint64_t w[6] = {(uint64_t)fd, 0, (uint64_t)len, (uint64_t)a3, 0, 0};
     memcpy(a, w, sizeof w);
     *n = len;
-    return lane_accepts(l, *nr, a);
+    return lane_accepts(l, nr, a);
+}
+
+/* (nr, fd, n, a3) of a read into new bytes. */
+static int read_args(Lane *l, PyObject *const *args, Py_ssize_t nargs, uint32_t *nr, uint64_t *a, Py_ssize_t *n)
+{
+    return nargs == 4 && buffer_nr(l, args[0], nr) && read_words(l, *nr, args + 1, a, n);
 }
 
 PyDoc_STRVAR(read_doc,
@@ -725,9 +764,7 @@ static PyObject *Lane_read(Lane *l, PyObject *const *args, Py_ssize_t nargs)
 /* Wait for the entries of one read_many chunk; 0 with an exception (everything settled first). */
 static int wait_chunk(Lane *l, const uint32_t *idx, int64_t *res, uint8_t *done, uint32_t m)
 {
-    int16_t pos[LANE_SLOTS];   /* slot -> its place in the chunk */
-    memset(pos, 0xff, sizeof pos);
-    for (uint32_t j = 0; j < m; j++) pos[idx[j]] = (int16_t)j;
+    for (uint32_t j = 0; j < m; j++) l->slots[idx[j]].pos = (int32_t)j;
     uint32_t left = m;
     int interrupted = 0;
     int64_t end = 0;
@@ -735,11 +772,12 @@ static int wait_chunk(Lane *l, const uint32_t *idx, int64_t *res, uint8_t *done,
         lane_reap(l);
         while (l->c_head != l->c_tail) {
             uint64_t w[2];
-            memcpy(w, l->cring + (size_t)(l->c_head % LANE_SLOTS) * COMPLETE_SIZE, sizeof w);
+            memcpy(w, l->cring + (size_t)(l->c_head & l->slot_mask) * COMPLETE_SIZE, sizeof w);
             l->c_head++;
             uint32_t slot = (uint32_t)(w[0] & ((1u << GEN_SHIFT) - 1));
-            int j = slot < LANE_SLOTS ? pos[slot] : -1;
-            if (j >= 0 && !done[j] && token_of(l, slot) == w[0]) { done[j] = 1; res[j] = (int64_t)w[1]; left--; }
+            if (slot >= l->nslots || !l->slots[slot].busy || token_of(l, slot) != w[0]) continue;
+            int32_t j = l->slots[slot].pos;
+            if (j >= 0 && (uint32_t)j < m && idx[j] == slot && !done[j]) { done[j] = 1; res[j] = (int64_t)w[1]; left--; }
         }
         if (!left) return !interrupted;
         if (interrupted && now_ns() > end) { l->dead = 1; return 0; }   /* still in the kernel: kept */
@@ -780,8 +818,9 @@ static PyObject *Lane_read_many(Lane *l, PyObject *const *args, Py_ssize_t nargs
     }
     PyObject *out = PyList_New(n);
     if (!out) { Py_DECREF(seq); return NULL; }
-    uint32_t chunk = l->sq_entries < LANE_SLOTS ? l->sq_entries : LANE_SLOTS;
-    uint32_t idx[LANE_SLOTS]; int64_t res[LANE_SLOTS]; uint8_t done[LANE_SLOTS];
+    uint32_t chunk = l->sq_entries < MANY_CHUNK ? l->sq_entries : MANY_CHUNK;
+    if (chunk > l->nslots) chunk = l->nslots;
+    uint32_t idx[MANY_CHUNK]; int64_t res[MANY_CHUNK]; uint8_t done[MANY_CHUNK];
     l->busy_blocking = 1;
     for (Py_ssize_t base = 0; base < n; base += chunk) {
         uint32_t m = (uint32_t)(n - base < chunk ? n - base : chunk);
@@ -822,24 +861,25 @@ static PyObject *Lane_read_many(Lane *l, PyObject *const *args, Py_ssize_t nargs
     return out;
 }
 
-/* (fd, data, a3) of a write from a buffer: the view is taken into *view; 0 when not taken. */
-static int write_args(Lane *l, PyObject *const *args, Py_ssize_t nargs, uint32_t *nr, uint64_t *a, Py_buffer *view)
+/* (fd, data, a3) of a write of syscall nr from a buffer: the view is taken into *view; 0 when not taken. */
+static int write_words(Lane *l, uint32_t nr, PyObject *const *args, uint64_t *a, Py_buffer *view)
 {
-    if (nargs != 4 || !PyLong_CheckExact(args[0]) || !PyLong_CheckExact(args[1]) || !PyLong_CheckExact(args[3]))
-        return 0;
-    long v = PyLong_AsLong(args[0]);
-    long fd = PyLong_AsLong(args[1]);
-    long long a3 = PyLong_AsLongLong(args[3]);
+    if (!PyLong_CheckExact(args[0]) || !PyLong_CheckExact(args[2])) return 0;
+    long fd = PyLong_AsLong(args[0]);
+    long long a3 = PyLong_AsLongLong(args[2]);
     if (PyErr_Occurred()) { PyErr_Clear(); return 0; }
-    if (v < 0 || v >= NR_TABLE || fd < INT32_MIN || fd > INT32_MAX) return 0;
-    int kind = l->kind[v];
-    if (kind != K_STREAM && kind != K_POSITIONED && kind != K_SOCKET) return 0;
-    if (PyObject_GetBuffer(args[2], view, PyBUF_SIMPLE) < 0) { PyErr_Clear(); return 0; }
-    *nr = (uint32_t)v;
+    if (fd < INT32_MIN || fd > INT32_MAX) return 0;
+    if (PyObject_GetBuffer(args[1], view, PyBUF_SIMPLE) < 0) { PyErr_Clear(); return 0; }
     uint64_t w[6] = {(uint64_t)fd, (uint64_t)(uintptr_t)view->buf, (uint64_t)view->len, (uint64_t)a3, 0, 0};
     memcpy(a, w, sizeof w);
-    if (!lane_accepts(l, *nr, a)) { PyBuffer_Release(view); return 0; }
+    if (!lane_accepts(l, nr, a)) { PyBuffer_Release(view); return 0; }
     return 1;
+}
+
+/* (nr, fd, data, a3) of a write from a buffer. */
+static int write_args(Lane *l, PyObject *const *args, Py_ssize_t nargs, uint32_t *nr, uint64_t *a, Py_buffer *view)
+{
+    return nargs == 4 && buffer_nr(l, args[0], nr) && write_words(l, *nr, args + 1, a, view);
 }
 
 PyDoc_STRVAR(write_doc,
@@ -916,13 +956,169 @@ static PyObject *Lane_start_read(Lane *l, PyObject *const *args, Py_ssize_t narg
     return start_entry(l, nr, a, args[0], NULL, n, l->kind[nr] != K_POSITIONED, NULL, 0);
 }
 
+/* A receive loop ends: on_end(why) (why: 0 at end of file, -errno, the exception on_data raised,
+ * or None when stop() was asked), then the slot is free. */
+static void end_loop(Lane *l, uint32_t i, PyObject *why)
+{
+    struct slot *s = &l->slots[i];
+    PyObject *end = s->end;
+    s->end = NULL;
+    slot_free(l, i);   /* first: on_end may start the next receive */
+    if (end && why) {
+        PyObject *r = PyObject_CallOneArg(end, why);
+        if (r) Py_DECREF(r);
+        else PyErr_WriteUnraisable(end);
+    }
+    Py_XDECREF(end);
+    Py_XDECREF(why);
+}
+
+/* Callbacks (transports) ---------------------------------------------------------- */
+
+PyDoc_STRVAR(receive_doc,
+    "receive(on_data, on_end, fd, size) -> token, or None: a receive loop on a blocking socket. Each time\n"
+    "data arrives, on_data(bytes) is called (at most size bytes, in new bytes) and the next receive is\n"
+    "queued, until end of file, an error, an exception from on_data, or stop()/cancel(): then\n"
+    "on_end(why) is called once, why being 0 (end of file), -errno, the exception, or None (stopped).");
+static PyObject *Lane_receive(Lane *l, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "receive(on_data, on_end, fd, size)"); return NULL; }
+    uint32_t nr = l->recv_nr; uint64_t a[6]; Py_ssize_t n;
+    PyObject *zero = PyLong_FromLong(0);
+    PyObject *rargs[3] = {args[2], args[3], zero};
+    int ok = nr < NR_TABLE && usable(l) && read_words(l, nr, rargs, a, &n);
+    Py_DECREF(zero);
+    if (!ok) Py_RETURN_NONE;
+    PyObject *t = start_entry(l, nr, a, args[0], NULL, n, 1, NULL, 0);
+    if (t && t != Py_None) {
+        struct slot *s = &l->slots[PyLong_AsUnsignedLongLong(t) & ((1u << GEN_SHIFT) - 1)];
+        s->call = 1; s->loop = 1; s->nr = nr;
+        Py_INCREF(args[1]);
+        s->end = args[1];
+    }
+    return t;
+}
+
+PyDoc_STRVAR(send_doc,
+    "send(on_sent, fd, data, flags) -> token, or None: send data's buffer on a blocking socket; on_sent(result)\n"
+    "is called with the count sent or -errno.");
+static PyObject *Lane_send(Lane *l, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "send(on_sent, fd, data, flags)"); return NULL; }
+    uint32_t nr = l->send_nr; uint64_t a[6]; Py_buffer view;
+    if (nr >= NR_TABLE || !usable(l) || !write_words(l, nr, args + 1, a, &view)) Py_RETURN_NONE;
+    PyObject *t = start_entry(l, nr, a, args[0], NULL, -1, 0, &view, 1);
+    if (!t || t == Py_None) { PyBuffer_Release(&view); return t; }
+    l->slots[PyLong_AsUnsignedLongLong(t) & ((1u << GEN_SHIFT) - 1)].call = 1;
+    return t;
+}
+
+/* The slot of a token still in flight, or NULL. */
+static struct slot *slot_of(Lane *l, PyObject *token)
+{
+    unsigned long long t = PyLong_AsUnsignedLongLong(token);
+    if (PyErr_Occurred()) { PyErr_Clear(); return NULL; }
+    uint32_t i = (uint32_t)(t & ((1u << GEN_SHIFT) - 1));
+    if (i >= l->nslots) return NULL;
+    struct slot *s = &l->slots[i];
+    return s->busy && s->gen == (uint32_t)(t >> GEN_SHIFT) ? s : NULL;
+}
+
+PyDoc_STRVAR(stop_doc, "stop(token) -> bool: a receive loop queues no next receive (the one in flight still delivers).");
+static PyObject *Lane_stop(Lane *l, PyObject *arg)
+{
+    struct slot *s = slot_of(l, arg);
+    if (!s || !s->loop) Py_RETURN_FALSE;
+    s->stopping = 1;
+    Py_RETURN_TRUE;
+}
+
+PyDoc_STRVAR(retarget_doc, "retarget(token, on_data) -> bool: a receive loop delivers to on_data from now on.");
+static PyObject *Lane_retarget(Lane *l, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "retarget(token, on_data)"); return NULL; }
+    struct slot *s = slot_of(l, args[0]);
+    if (!s || !s->loop) Py_RETURN_FALSE;
+    Py_INCREF(args[1]);
+    Py_SETREF(s->fut, args[1]);
+    Py_RETURN_TRUE;
+}
+
+PyDoc_STRVAR(cancel_doc,
+    "cancel(token) -> bool: ask the kernel to cancel a callback entry (its callback still runs once; a\n"
+    "receive loop ends).");
+static PyObject *Lane_cancel(Lane *l, PyObject *arg)
+{
+    struct slot *s = slot_of(l, arg);
+    if (!s || !s->call) Py_RETURN_FALSE;
+    s->stopping = 1;
+    s->cancelled = 1;
+    if (l->ring_fd >= 0 && thread_serial() == l->owner) {
+        lane_submit(l);   /* a queued entry reaches the kernel first, so the cancel finds it */
+        submit_cancel(l, PyLong_AsUnsignedLongLong(arg));
+    }
+    Py_RETURN_TRUE;
+}
+
+/* Hand one completion to a callable: the bytes a read got (or -errno), or the result. A receive loop
+ * then queues its next receive into new bytes, under the same token. */
+static void deliver_call(Lane *l, uint32_t i, int64_t res)
+{
+    struct slot *s = &l->slots[i];
+    if (s->loop && (res <= 0 || s->cancelled)) {
+        end_loop(l, i, PyLong_FromLongLong(res <= 0 ? res : -ECANCELED));
+        return;
+    }
+    PyObject *v = s->reads && res > 0 ? value_of(s, res) : PyLong_FromLongLong(res);
+    PyObject *fn = s->fut;
+    uint32_t gen = s->gen;
+    Py_INCREF(fn);
+    PyObject *r = v ? PyObject_CallOneArg(fn, v) : NULL;
+    Py_XDECREF(v);
+    if (!s->busy || s->gen != gen) {   /* the callback forked, and the child dropped the lane */
+        if (!r) PyErr_WriteUnraisable(fn);
+        Py_XDECREF(r);
+        Py_DECREF(fn);
+        return;
+    }
+    if (!r) {
+        if (s->loop) {
+            PyObject *type, *exc, *tb;
+            PyErr_Fetch(&type, &exc, &tb);
+            PyErr_NormalizeException(&type, &exc, &tb);
+            if (exc && tb) PyException_SetTraceback(exc, tb);
+            Py_XDECREF(type); Py_XDECREF(tb);
+            Py_DECREF(fn);
+            end_loop(l, i, exc ? exc : (Py_INCREF(Py_None), Py_None));
+            return;
+        }
+        PyErr_WriteUnraisable(fn);
+    } else {
+        Py_DECREF(r);
+    }
+    Py_DECREF(fn);
+    if (!s->loop) { slot_free(l, i); return; }
+    if (s->stopping || !usable(l)) { end_loop(l, i, (Py_INCREF(Py_None), Py_None)); return; }
+    uint64_t a[6] = {(uint64_t)(int64_t)s->fd, 0, s->len, 0, 0, 0};
+    if (!slot_read_into_bytes(s, a, s->len, 1)) {
+        PyObject *type, *exc, *tb;
+        PyErr_Fetch(&type, &exc, &tb);
+        PyErr_NormalizeException(&type, &exc, &tb);
+        Py_XDECREF(type); Py_XDECREF(tb);
+        end_loop(l, i, exc ? exc : (Py_INCREF(Py_None), Py_None));
+        return;
+    }
+    write_entry(l, token_of(l, i), s->nr, a);
+}
+
 /* Hand one completion to its future: the value, the OSError, or (result, value) for a settle. */
 static void resolve(Lane *l, uint64_t token, int64_t res)
 {
     uint32_t i = (uint32_t)(token & ((1u << GEN_SHIFT) - 1));
-    if (i >= LANE_SLOTS) return;
+    if (i >= l->nslots) return;
     struct slot *s = &l->slots[i];
     if (!s->busy || s->gen != (uint32_t)(token >> GEN_SHIFT) || !s->fut) return;
+    if (s->call && !s->raw) { deliver_call(l, i, res); return; }
     PyObject *v;
     PyObject *meth = str_set_result;
     if (s->raw) {
@@ -963,7 +1159,7 @@ static void resolve(Lane *l, uint64_t token, int64_t res)
 PyDoc_STRVAR(turn_doc, "turn() -> completions delivered: submit queued entries, reap, resolve futures.");
 static PyObject *Lane_turn(Lane *l, PyObject *Py_UNUSED(ignored))
 {
-    if (l->ring_fd < 0 || thread_serial() != l->owner) return PyLong_FromLong(0);
+    if (l->ring_fd < 0 || thread_serial() != l->owner || l->in_turn) return PyLong_FromLong(0);
     long r = lane_submit(l);
     if (r < 0 && r != -EAGAIN && r != -EBUSY && r != -EINTR) {
         errno = (int)-r;
@@ -972,17 +1168,19 @@ static PyObject *Lane_turn(Lane *l, PyObject *Py_UNUSED(ignored))
     if (!l->unsubmitted && l->inflight && *l->cq_head == load_acquire32(l->cq_tail))
         uring_enter(l, 0, 0, ENTER_GETEVENTS, -1);   /* deferred task work: run it here, now */
     long done = 0;
+    l->in_turn = 1;
     for (;;) {
         uint32_t n = lane_reap(l);
         while (l->c_head != l->c_tail) {
             uint64_t w[2];
-            memcpy(w, l->cring + (size_t)(l->c_head % LANE_SLOTS) * COMPLETE_SIZE, sizeof w);
+            memcpy(w, l->cring + (size_t)(l->c_head & l->slot_mask) * COMPLETE_SIZE, sizeof w);
             l->c_head++;
             resolve(l, w[0], (int64_t)w[1]);
             done++;
         }
         if (!n) break;
     }
+    l->in_turn = 0;
     return PyLong_FromLong(done);
 }
 
@@ -995,7 +1193,7 @@ static PyObject *Lane_abandon(Lane *l, PyObject *const *args, Py_ssize_t nargs)
     unsigned long long token = PyLong_AsUnsignedLongLong(args[0]);
     if (PyErr_Occurred()) return NULL;
     uint32_t i = (uint32_t)(token & ((1u << GEN_SHIFT) - 1));
-    if (i >= LANE_SLOTS) Py_RETURN_FALSE;
+    if (i >= l->nslots) Py_RETURN_FALSE;
     struct slot *s = &l->slots[i];
     if (!s->busy || s->gen != (uint32_t)(token >> GEN_SHIFT)) Py_RETURN_FALSE;
     if (!s->fut) {
@@ -1027,7 +1225,7 @@ static PyObject *Lane_cancel_all(Lane *l, PyObject *Py_UNUSED(ignored))
     if (l->ring_fd < 0 || thread_serial() != l->owner) return PyLong_FromLong(0);
     lane_submit(l);
     long n = 0;
-    for (uint32_t i = 0; i < LANE_SLOTS; i++)
+    for (uint32_t i = 0; i < l->nslots; i++)
         if (l->slots[i].busy && l->slots[i].fut && submit_cancel(l, token_of(l, i))) n++;
     return PyLong_FromLong(n);
 }
@@ -1081,7 +1279,7 @@ static PyObject *Lane_forget(Lane *l, PyObject *Py_UNUSED(ignored))
     l->sq_map = l->cq_map = l->sqes_map = NULL;
     l->ring_fd = -1;
     l->dead = 1;
-    for (uint32_t i = 0; i < LANE_SLOTS; i++) l->slots[i].busy = 0;
+    for (uint32_t i = 0; i < l->nslots; i++) l->slots[i].busy = 0;
     Py_RETURN_NONE;
 }
 
@@ -1093,6 +1291,8 @@ static PyObject *Lane_route(Lane *l, PyObject *args)
     if (nr >= NR_TABLE || op > 255 || kind >= K_LIMIT) { PyErr_SetString(PyExc_ValueError, "route out of range"); return NULL; }
     l->opcode[nr] = (uint8_t)op;
     l->kind[nr] = (uint8_t)kind;
+    if (kind == K_SOCKET && op == OP_RECV) l->recv_nr = nr;
+    if (kind == K_SOCKET && op == OP_SEND) l->send_nr = nr;
     Py_RETURN_NONE;
 }
 
@@ -1128,6 +1328,11 @@ static PyMethodDef Lane_methods[] = {
     {"start_write", (PyCFunction)(void (*)(void))Lane_start_write, METH_FASTCALL, start_write_doc},
     {"write", (PyCFunction)(void (*)(void))Lane_write, METH_FASTCALL, write_doc},
     {"turn", (PyCFunction)Lane_turn, METH_NOARGS, turn_doc},
+    {"receive", (PyCFunction)(void (*)(void))Lane_receive, METH_FASTCALL, receive_doc},
+    {"send", (PyCFunction)(void (*)(void))Lane_send, METH_FASTCALL, send_doc},
+    {"stop", (PyCFunction)Lane_stop, METH_O, stop_doc},
+    {"retarget", (PyCFunction)(void (*)(void))Lane_retarget, METH_FASTCALL, retarget_doc},
+    {"cancel", (PyCFunction)Lane_cancel, METH_O, cancel_doc},
     {"abandon", (PyCFunction)(void (*)(void))Lane_abandon, METH_FASTCALL, abandon_doc},
     {"cancel_all", (PyCFunction)Lane_cancel_all, METH_NOARGS, cancel_all_doc},
     {"register_eventfd", (PyCFunction)Lane_register_eventfd, METH_O, register_eventfd_doc},

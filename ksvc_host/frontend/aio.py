@@ -517,6 +517,11 @@ class AsyncKsvc(SharedPageReads, Operations):
         return w
 
     @property
+    def loop_lane(self) -> LoopLane:
+        """The loop thread's lane (transports receive and send on it; its ``lane`` is None without lanes)."""
+        return self._loop_lane
+
+    @property
     def multishot_accept(self) -> bool:
         """True when one accept submission can yield every connection (the ``multishot-accept`` feature)."""
         return bool(getattr(self.instance.io_backend, "multishot_accept", False))

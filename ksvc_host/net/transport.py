@@ -1,14 +1,21 @@
 """KsvcTransport: an asyncio Transport whose receives and sends are KSVC entries (Tier 1).
 
-Each connection keeps one ``recv`` entry in flight, into a buffer of its
-own, and hands what arrives to the protocol; buffered bytes go out as one
-``send`` entry at a time. Completions arrive as callbacks on the loop's
-thread (``AsyncKsvc.submit_callback``): no task or future per operation. Flow control is asyncio's:
-above the high-water mark the protocol is paused (``StreamWriter.drain``
-waits), below the low-water mark it resumes; ``pause_reading`` stops
-submitting receives. Because the transport follows the asyncio contract,
-asyncio's own ``StreamReader``/``StreamWriter`` work on top of it unchanged.
-The descriptor is a blocking socket: io_uring waits for readiness itself.
+Each connection keeps one receive in flight and hands what arrives to the
+protocol; buffered bytes go out as one send at a time. On the loop
+thread's lane (:mod:`ksvc_host.lanes`) a receive is a *receive loop* in C:
+each completion calls the protocol's ``data_received`` with new bytes and
+queues the next receive, and a send is one C call whose completion calls
+the transport back; no task, future or Python frame of KSVC's between the
+kernel and the protocol. Without a lane (the pure path, or a backend whose
+ring features keep operations on the shared ring) the same transport runs
+each receive and send as an entry on the shared channel
+(``AsyncKsvc.submit_callback``). Flow control is asyncio's: above the
+high-water mark the protocol is paused (``StreamWriter.drain`` waits),
+below the low-water mark it resumes; ``pause_reading`` stops the receive
+loop after the receive in flight. Because the transport follows the asyncio
+contract, asyncio's own ``StreamReader``/``StreamWriter`` work on top of it
+unchanged. The descriptor is a blocking socket: io_uring waits for
+readiness itself.
 """
 
 from __future__ import annotations
@@ -27,13 +34,13 @@ from ksvc_host.frontend.operations import Op, oserror
 _DEFAULT_HIGH = 64 * 1024
 _DEFAULT_LOW = 16 * 1024
 MAX_RECV = 64 * 1024
-"""Bytes asked for per receive entry (into one buffer per connection, reused: one receive is in flight)."""
+"""Bytes asked for per receive."""
 
 _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT})
 _NR_RECVFROM = SYSCALLS["recvfrom"]
 _NR_SENDTO = SYSCALLS["sendto"]
 _NR_SHUTDOWN = SYSCALLS["shutdown"]
-_SEND_FLAGS = socket.MSG_NOSIGNAL  # a reset peer gives EPIPE, not SIGPIPE
+_SEND_FLAGS = int(socket.MSG_NOSIGNAL)  # a reset peer gives EPIPE, not SIGPIPE (a plain int: the lane takes no enums)
 
 
 class KsvcTransport(asyncio.Transport):
@@ -47,21 +54,28 @@ class KsvcTransport(asyncio.Transport):
         self._k = k
         self._fd = fd
         self._loop: asyncio.AbstractEventLoop = k.loop
+        self._loop_lane = k.loop_lane
         self._protocol: Any = protocol
         self._server = server
         self._buffer = bytearray()
+        self._sending = 0
+        """Bytes of the send in flight (0: none)."""
+        self._send_data: bytes | None = None
         self._high, self._low = _DEFAULT_HIGH, _DEFAULT_LOW
         self._protocol_paused = False
         self._reading = True
+        self._receiving = False
+        """A receive loop runs (on the lane, or as channel entries)."""
         self._closing = False
         self._closed = False
         self._eof_requested = False
         self._eof_sent = False
-        self._rbuf = native.alloc(MAX_RECV)
-        self._raddr = native.address_of(self._rbuf)
-        self._rview = memoryview(native.ffi.buffer(self._rbuf))
+        self._recv_token: int | None = None
+        self._send_token: int | None = None
         self._recv_w: Waiter | None = None
         self._send_w: Waiter | None = None
+        self._rbuf: Any = None
+        self._rview: memoryview | None = None
         self._fixed: Any = None
         self._loop.call_soon(self._start, waiter)
 
@@ -74,41 +88,82 @@ class KsvcTransport(asyncio.Transport):
             except OSError:
                 pass  # every slot taken: this connection uses its plain descriptor
         self._protocol.connection_made(self)
-        self._recv_next()
+        self._start_receiving()
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     # Reading ----------------------------------------------------------------------------
 
-    def _recv_next(self) -> None:
-        if self._closing or self._recv_w is not None or not self._reading:
+    def _start_receiving(self) -> None:
+        if self._closing or self._receiving or not self._reading:
             return
-        op = Op(_NR_RECVFROM, (self._fd, self._raddr, MAX_RECV, 0), keep=self._rbuf)
-        self._recv_w = self._k.submit_callback(op, self._on_recv)
+        self._receiving = True
+        lane = self._loop_lane.lane
+        if lane is not None:
+            token = lane.receive(self._protocol.data_received, self._received_end, self._fd, MAX_RECV)
+            if token is not None:
+                self._recv_token = token
+                self._loop_lane.soon()
+                return
+        self._receive_entry()
 
-    def _on_recv(self, res: int) -> None:
+    def _receive_entry(self) -> None:
+        """One receive on the shared channel (no lane): the loop goes on in :meth:`_on_receive_entry`."""
+        if self._rbuf is None:
+            self._rbuf = native.alloc(MAX_RECV)
+            self._rview = memoryview(native.ffi.buffer(self._rbuf))
+        op = Op(_NR_RECVFROM, (self._fd, native.address_of(self._rbuf), MAX_RECV, 0), keep=self._rbuf)
+        self._recv_w = self._k.submit_callback(op, self._on_receive_entry)
+
+    def _on_receive_entry(self, res: int) -> None:
         self._recv_w = None
+        if res <= 0 or self._closing:
+            self._received_end(res if res <= 0 else -errno.ECANCELED)
+            return
+        assert self._rview is not None
+        try:
+            self._protocol.data_received(self._rview[:res].tobytes())
+        except Exception as exc:  # noqa: BLE001 - the protocol's failure ends the connection, as in asyncio
+            self._received_end(exc)
+            return
+        if self._reading and not self._closing:
+            self._receive_entry()
+        else:
+            self._received_end(None)
+
+    def _received_end(self, why: int | BaseException | None) -> None:
+        """The receive loop ended: *why* is 0 (end of file), -errno, the protocol's exception, or None (paused)."""
+        self._receiving = False
+        self._recv_token = None
         if self._closing:
             return
-        if res < 0:
-            self._fatal(oserror(-res))
-            return
-        if res == 0:
+        if why is None:
+            self._start_receiving()  # resumed meanwhile, or stays paused
+        elif isinstance(why, BaseException):
+            self._loop.call_exception_handler({
+                "message": "Fatal error: protocol.data_received() call failed.",
+                "exception": why, "transport": self, "protocol": self._protocol,
+            })  # fmt: skip
+            self._fatal(why)
+        elif why == 0:
             if not self._protocol.eof_received():
                 self.close()
-            return
-        self._protocol.data_received(self._rview[:res].tobytes())
-        self._recv_next()
+        else:
+            self._fatal(oserror(-why))
 
     def pause_reading(self) -> None:
-        """Stop asking for data (a receive already in flight may still deliver)."""
-        self._reading = False
+        """Stop asking for data (the receive in flight may still deliver)."""
+        if self._reading:
+            self._reading = False
+            lane = self._loop_lane.lane
+            if self._recv_token is not None and lane is not None:
+                lane.stop(self._recv_token)
 
     def resume_reading(self) -> None:
         """Ask for data again."""
         if not self._reading:
             self._reading = True
-            self._recv_next()
+            self._start_receiving()
 
     def is_reading(self) -> bool:
         """True unless paused or closing."""
@@ -117,43 +172,69 @@ class KsvcTransport(asyncio.Transport):
     # Writing ----------------------------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue *data*; it is sent in order, one send entry at a time."""
+        """Queue *data*; it is sent in order, one send at a time."""
         if self._eof_requested:
             raise RuntimeError("Cannot call write() after write_eof()")
         if self._closing or not data:
             return
-        self._buffer += data
-        if self._send_w is None:
-            self._send_next()
-        if not self._protocol_paused and len(self._buffer) > self._high:
+        if not self._sending and not self._buffer:
+            self._send(data if data.__class__ is bytes else bytes(data))  # the caller may reuse its buffer
+        else:
+            self._buffer += data
+        if not self._protocol_paused and len(self._buffer) + self._sending > self._high:
             self._protocol_paused = True
             self._protocol.pause_writing()
+
+    def _send(self, chunk: bytes) -> None:
+        self._sending = len(chunk)
+        self._send_data = chunk
+        lane = self._loop_lane.lane
+        if lane is not None:
+            token = lane.send(self._on_sent, self._fd, chunk, _SEND_FLAGS)
+            if token is not None:
+                self._send_token = token
+                self._loop_lane.soon()
+                return
+        view = native.ffi.from_buffer(chunk)
+        op = Op(_NR_SENDTO, (self._fd, native.address_of(view), len(chunk), _SEND_FLAGS), keep=(view, chunk))
+        self._send_w = self._k.submit_callback(op, self._on_sent)
 
     def _send_next(self) -> None:
         if self._closed:
             return
         if self._buffer:
             chunk = bytes(self._buffer)
-            view = native.ffi.from_buffer(chunk)
-            op = Op(_NR_SENDTO, (self._fd, native.address_of(view), len(chunk), _SEND_FLAGS), keep=(view, chunk))
-            self._send_w = self._k.submit_callback(op, self._on_sent)
+            self._buffer.clear()
+            self._send(chunk)
         elif self._eof_requested and not self._eof_sent:
             self._eof_sent = True
-            self._send_w = self._k.submit_callback(Op(_NR_SHUTDOWN, (self._fd, socket.SHUT_WR)), self._on_sent)
+            self._send_w = self._k.submit_callback(Op(_NR_SHUTDOWN, (self._fd, socket.SHUT_WR)), self._on_shut)
         elif self._closing:
             self._finish(None)
 
     def _on_sent(self, res: int) -> None:
+        sent, chunk = self._sending, self._send_data
+        self._sending, self._send_data = 0, None
+        self._send_token = self._send_w = None
+        if self._closed:
+            return
+        if res < 0:
+            self._fatal(oserror(-res))
+            return
+        if res < sent and chunk is not None:
+            self._buffer[0:0] = chunk[res:]  # a short send: the rest goes first
+        if self._protocol_paused and len(self._buffer) <= self._low:
+            self._protocol_paused = False
+            self._protocol.resume_writing()
+        self._send_next()
+
+    def _on_shut(self, res: int) -> None:
         self._send_w = None
         if self._closed:
             return
         if res < 0:
             self._fatal(oserror(-res))
             return
-        del self._buffer[:res]
-        if self._protocol_paused and len(self._buffer) <= self._low:
-            self._protocol_paused = False
-            self._protocol.resume_writing()
         self._send_next()
 
     def write_eof(self) -> None:
@@ -161,7 +242,7 @@ class KsvcTransport(asyncio.Transport):
         if self._eof_requested or self._closing:
             return
         self._eof_requested = True
-        if self._send_w is None:
+        if not self._send_busy():
             self._send_next()
 
     def can_write_eof(self) -> bool:
@@ -170,7 +251,10 @@ class KsvcTransport(asyncio.Transport):
 
     def get_write_buffer_size(self) -> int:
         """Bytes queued and not yet sent."""
-        return len(self._buffer)
+        return len(self._buffer) + self._sending
+
+    def _send_busy(self) -> bool:
+        return bool(self._sending) or self._send_w is not None
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         """High- and low-water marks for pausing the protocol (asyncio's defaults: 64 KiB, 16 KiB)."""
@@ -195,10 +279,17 @@ class KsvcTransport(asyncio.Transport):
         if self._closing:
             return
         self._closing = True
-        if self._recv_w is not None:
-            self._k.cancel(self._recv_w)  # its completion (ECANCELED) is ignored; its buffer stays referenced
-        if self._send_w is None:
+        self._cancel_receive()
+        if not self._send_busy():
             self._loop.call_soon(self._finish, None)
+
+    def _cancel_receive(self) -> None:
+        """Its end (ECANCELED) is ignored; its buffer stays referenced until the kernel lets go."""
+        lane = self._loop_lane.lane
+        if self._recv_token is not None and lane is not None:
+            lane.cancel(self._recv_token)
+        if self._recv_w is not None:
+            self._k.cancel(self._recv_w)
 
     def abort(self) -> None:
         """Close now, dropping what is buffered."""
@@ -218,9 +309,12 @@ class KsvcTransport(asyncio.Transport):
             return
         self._closed = True
         self._closing = True
-        for w in (self._recv_w, self._send_w):
-            if w is not None:
-                self._k.cancel(w)
+        self._cancel_receive()
+        lane = self._loop_lane.lane
+        if self._send_token is not None and lane is not None:
+            lane.cancel(self._send_token)
+        if self._send_w is not None:
+            self._k.cancel(self._send_w)
         if self._fixed is not None:
             self._fixed.unregister(self._fd)
         try:
@@ -238,6 +332,9 @@ class KsvcTransport(asyncio.Transport):
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         """Feed another protocol from now on."""
         self._protocol = protocol
+        lane = self._loop_lane.lane
+        if self._recv_token is not None and lane is not None:
+            lane.retarget(self._recv_token, protocol.data_received)  # type: ignore[attr-defined]
 
     def fileno(self) -> int:
         """The socket descriptor (owned by the transport)."""

@@ -1,0 +1,262 @@
+"""KsvcTransport's asyncio contract, on the loop's lane and on the shared channel.
+
+The peer is a plain blocking socket on loopback in a thread, so what the
+transport delivers is checked against what the kernel carried. Every test
+runs twice: with the loop's lane (receive loops in C) and with no lanes
+(every receive and send an entry on the shared channel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import socket
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+import ksvc_host as ksvc
+from ksvc_host import lanes as ksvc_lanes
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(autouse=True, params=["lane", "channel"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "channel":
+        monkeypatch.setattr(ksvc_lanes, "plan", lambda instance: None)
+    elif ksvc_lanes.available():
+        pytest.skip(f"no lanes here: {ksvc_lanes.available()}")
+    return str(request.param)
+
+
+def run(coro_fn: Callable[[], Awaitable[Any]], timeout: float = 30) -> Any:
+    async def main() -> Any:
+        return await asyncio.wait_for(coro_fn(), timeout)
+
+    return asyncio.run(main())
+
+
+class Recorder(asyncio.Protocol):
+    """Records what the transport delivers; subclasses add behaviour."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.calls = 0
+        self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        self.transport: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert data.__class__ is bytes and data
+        self.calls += 1
+        self.data += data
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+async def _serve(factory: Callable[[], asyncio.Protocol]) -> tuple[Any, int, list[Any]]:
+    made: list[Any] = []
+
+    def make() -> asyncio.Protocol:
+        p = factory()
+        made.append(p)
+        return p
+
+    server = await ksvc.create_server(make, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1], made
+
+
+def _peer(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(20)
+    return s
+
+
+async def _first(made: list[Any]) -> Any:
+    while not made or made[0].transport is None:
+        await asyncio.sleep(0.001)
+    return made[0]
+
+
+def _recv_exactly(s: socket.socket, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = s.recv(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+def test_pause_reading_stops_delivery_and_resume_delivers_the_rest_in_order() -> None:
+    payload = os.urandom(1 << 20)
+
+    class Pausing(Recorder):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.calls == 1:
+                self.transport.pause_reading()
+
+    async def main() -> None:
+        server, port, made = await _serve(Pausing)
+        async with server:
+            peer = _peer(port)
+            sender = threading.Thread(target=peer.sendall, args=(payload,))
+            sender.start()
+            p = await _first(made)
+            while p.calls == 0:
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(0.2)  # paused: the receive in flight at the pause may still deliver, no more
+            assert p.calls <= 2
+            assert not p.transport.is_reading()
+            held = len(p.data)
+            assert held < len(payload)
+            p.transport.resume_reading()
+            assert p.transport.is_reading()
+            while len(p.data) < len(payload):
+                await asyncio.sleep(0.001)
+            await asyncio.get_running_loop().run_in_executor(None, sender.join)
+            assert bytes(p.data) == payload
+            peer.close()
+            assert await p.lost is None
+
+    run(main)
+
+
+def test_an_exception_in_data_received_is_reported_and_closes_the_connection() -> None:
+    class Failing(Recorder):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            raise ValueError("handler bug")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        reported: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, ctx: reported.append(ctx))
+        server, port, made = await _serve(Failing)
+        async with server:
+            peer = _peer(port)
+            peer.sendall(b"boom")
+            p = await _first(made)
+            exc = await p.lost
+            assert isinstance(exc, ValueError) and str(exc) == "handler bug"
+            assert p.calls == 1
+            assert reported and "data_received" in reported[0]["message"]
+            assert reported[0]["exception"] is exc
+            assert await loop.run_in_executor(None, peer.recv, 10) == b""  # the transport closed the socket
+            peer.close()
+
+    run(main)
+
+
+def test_nothing_is_delivered_after_close() -> None:
+    class Closing(Recorder):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self.transport.close()
+
+    async def main() -> None:
+        server, port, made = await _serve(Closing)
+        async with server:
+            peer = _peer(port)
+            peer.sendall(b"first")
+            p = await _first(made)
+            assert await p.lost is None
+            try:
+                for _ in range(50):
+                    peer.sendall(b"more")
+            except OSError:
+                pass  # the transport closed the socket: a reset is the peer's answer
+            await asyncio.sleep(0.05)
+            assert p.calls == 1 and bytes(p.data) == b"first"
+            peer.close()
+
+    run(main)
+
+
+def test_set_protocol_moves_delivery_to_the_new_protocol() -> None:
+    async def main() -> None:
+        server, port, made = await _serve(Recorder)
+        async with server:
+            peer = _peer(port)
+            peer.sendall(b"one")
+            p = await _first(made)
+            while bytes(p.data) != b"one":
+                await asyncio.sleep(0.001)
+            q = Recorder()
+            q.transport = p.transport
+            p.transport.set_protocol(q)
+            assert p.transport.get_protocol() is q
+            peer.sendall(b"two")
+            while bytes(q.data) != b"two":
+                await asyncio.sleep(0.001)
+            assert bytes(p.data) == b"one"
+            peer.close()
+            assert await q.lost is None
+
+    run(main)
+
+
+def test_write_copies_a_mutable_buffer_and_sends_in_order() -> None:
+    async def main() -> None:
+        server, port, made = await _serve(Recorder)
+        loop = asyncio.get_running_loop()
+        async with server:
+            peer = _peer(port)
+            p = await _first(made)
+            buf = bytearray(b"A" * 1000)
+            p.transport.write(buf)
+            buf[:] = b"B" * 1000  # the caller reuses its buffer at once
+            p.transport.write(memoryview(buf))
+            p.transport.write(b"C" * 200_000)  # more than one send: queued behind the first
+            assert p.transport.get_write_buffer_size() > 0
+            got = await loop.run_in_executor(None, _recv_exactly, peer, 202_000)
+            assert got == b"A" * 1000 + b"B" * 1000 + b"C" * 200_000
+            while p.transport.get_write_buffer_size():
+                await asyncio.sleep(0.001)
+            peer.close()
+
+    run(main)
+
+
+def test_echoing_leaves_nothing_for_the_cycle_collector() -> None:
+    class Echo(Recorder):
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)
+
+    async def main() -> int:
+        server, port, made = await _serve(Echo)
+        loop = asyncio.get_running_loop()
+        async with server:
+            peer = _peer(port)
+
+            def talk(n: int) -> None:
+                for i in range(n):
+                    msg = i.to_bytes(8, "little") * 8
+                    peer.sendall(msg)
+                    assert _recv_exactly(peer, len(msg)) == msg
+
+            await loop.run_in_executor(None, talk, 50)  # warm up: connection set-up objects
+            gc.collect()
+            gc.disable()
+            try:
+                await loop.run_in_executor(None, talk, 2000)
+                found = gc.collect()
+            finally:
+                gc.enable()
+            peer.close()
+            return found
+
+    found = run(main)
+    assert found < 50, f"{found} objects left to the cycle collector by 2000 echoes"
