@@ -83,6 +83,7 @@
 #define OP_SEND 26
 #define OP_RECV 27
 #define FSYNC_DATASYNC (1u << 0)
+#define RECVSEND_POLL_FIRST (1u << 0)   /* in sqe.ioprio: arm the poll before trying */
 #define SQE_SIZE 64
 #define CQE_SIZE 16
 
@@ -100,6 +101,7 @@ struct kernel_ts { int64_t tv_sec; int64_t tv_nsec; };
  * entry is corr u64, result i64, flags u32, pad u32, reserved u64. */
 #define SUBMIT_SIZE 64
 #define COMPLETE_SIZE 32
+#define ENTRY_POLL_FIRST (1u << 0)   /* a submit entry's flags (lane-internal): a receive that polls first */
 
 /* Syscall numbers (x86-64) the lane can translate, and what kind of call each is. */
 enum kind {
@@ -159,6 +161,7 @@ typedef struct {
     uint64_t owner;        /* thread_serial() of the one submitting thread */
     uint32_t setup_flags;
     uint32_t features;
+    int poll_first;        /* the kernel knows IORING_RECVSEND_POLL_FIRST (5.19; implied by SINGLE_ISSUER, 6.0) */
     /* io_uring */
     void *sq_map; size_t sq_map_len;
     void *cq_map; size_t cq_map_len;
@@ -275,6 +278,7 @@ static int lane_accepts(const Lane *l, uint32_t nr, const uint64_t *a)
 static void translate(const Lane *l, const uint64_t *w, uint8_t *s)
 {
     uint32_t nr = (uint32_t)w[1] % NR_TABLE;   /* checked when the entry was written */
+    uint16_t ioprio = (w[1] >> 32) & ENTRY_POLL_FIRST ? RECVSEND_POLL_FIRST : 0;
     const uint64_t *a = w + 2;
     int kind = l->kind[nr];
     uint8_t op = l->opcode[nr];
@@ -295,6 +299,7 @@ static void translate(const Lane *l, const uint64_t *w, uint8_t *s)
     }
     memset(s, 0, SQE_SIZE);
     s[0] = op;
+    memcpy(s + 2, &ioprio, 2);
     memcpy(s + 4, &fd, 4);
     memcpy(s + 8, &off, 8);
     memcpy(s + 16, &addr, 8);
@@ -416,13 +421,15 @@ static int slot_read_into_bytes(struct slot *s, uint64_t *a, Py_ssize_t read_len
     return 1;
 }
 
-static void write_entry(Lane *l, uint64_t corr, uint32_t nr, const uint64_t *a)
+static void write_entry_flags(Lane *l, uint64_t corr, uint32_t nr, const uint64_t *a, uint32_t flags)
 {
-    uint64_t w[8] = {corr, (uint64_t)nr, a[0], a[1], a[2], a[3], a[4], a[5]};
+    uint64_t w[8] = {corr, (uint64_t)nr | (uint64_t)flags << 32, a[0], a[1], a[2], a[3], a[4], a[5]};
     memcpy(l->sring + (size_t)(l->s_tail & l->slot_mask) * SUBMIT_SIZE, w, sizeof w);
     l->s_tail++;
     l->entries++;
 }
+
+static void write_entry(Lane *l, uint64_t corr, uint32_t nr, const uint64_t *a) { write_entry_flags(l, corr, nr, a, 0); }
 
 /* The value of a finished read or call (a new reference), or NULL with an error set. */
 static PyObject *value_of(struct slot *s, int64_t res)
@@ -476,6 +483,7 @@ static int lane_setup(Lane *l, uint32_t entries, uint32_t flags)
     if (fd < 0) { PyErr_SetFromErrno(PyExc_OSError); return -1; }
     l->ring_fd = fd;
     l->setup_flags = p.flags & ~SETUP_CLAMP;
+    l->poll_first = (l->setup_flags & SETUP_SINGLE_ISSUER) != 0;
     l->features = p.features;
     size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(uint32_t);
     size_t cq_len = p.cq_off.cqes + p.cq_entries * CQE_SIZE;
@@ -1108,7 +1116,9 @@ static void deliver_call(Lane *l, uint32_t i, int64_t res)
         end_loop(l, i, exc ? exc : (Py_INCREF(Py_None), Py_None));
         return;
     }
-    write_entry(l, token_of(l, i), s->nr, a);
+    /* Data was just taken: the next is likely not there yet, so the kernel arms its poll at once
+     * rather than trying a receive that would fail first. */
+    write_entry_flags(l, token_of(l, i), s->nr, a, l->poll_first ? ENTRY_POLL_FIRST : 0);
 }
 
 /* Hand one completion to its future: the value, the OSError, or (result, value) for a settle. */

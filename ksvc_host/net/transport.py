@@ -213,6 +213,9 @@ class KsvcTransport(asyncio.Transport):
             self._finish(None)
 
     def _on_sent(self, res: int) -> None:
+        if res == self._sending and not (self._buffer or self._protocol_paused or self._closing or self._eof_requested):
+            self._sending, self._send_data, self._send_token, self._send_w = 0, None, None, None  # whole, no wait
+            return
         sent, chunk = self._sending, self._send_data
         self._sending, self._send_data = 0, None
         self._send_token = self._send_w = None
