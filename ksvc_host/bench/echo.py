@@ -1,10 +1,14 @@
 """``ksvc bench echo``: the five echo workloads of docs/design.md §7 against KSVC, asyncio and uvloop servers.
 
-Each server runs in a child process of its own; the load generator runs in
-this process, with one message in flight per connection (send, wait for
-the whole echo, check every byte, send the next). It is plain ``epoll``
-over non-blocking sockets, and its CPU share of the wall time is reported
-beside each result so a saturated generator is visible.
+Each server runs in a child process of its own; the load generator keeps
+one message in flight per connection (send, wait for the whole echo, check
+every byte, send the next). By default it is the C program of
+:mod:`.loadgen` (built on demand), whose CPU is nearly all the kernel's
+loopback TCP work; :func:`generate_python` does the same in Python (plain
+``epoll`` over non-blocking sockets) and is used when no C compiler is
+there, or with ``generator="python"``. Which one produced a row, and its
+CPU share of the wall time, are reported beside each result so a
+saturated generator is visible.
 """
 
 from __future__ import annotations
@@ -16,27 +20,39 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
+from ksvc_host.bench import loadgen
 from ksvc_host.bench.echo_servers import KINDS
 from ksvc_host.bench.harness import Measurement, Report, Target, latency_stats
+from ksvc_host.bench.loadgen import EchoMismatch
 
 WORKLOADS: dict[str, tuple[int, int, int]] = {
     "light": (4, 1_000, 64),
-    "medium": (50, 1_000, 64),
+    "medium": (50, 2_000, 64),
     "heavy": (100, 2_000, 128),
     "bulk": (20, 500, 4096),
     "storm": (200, 1_000, 64),
 }
 """name -> (connections, messages per connection, message size)."""
 
+GENERATORS = ("c", "python")
+"""``c``: :mod:`.loadgen` (the Python one when it cannot be built); ``python``: :func:`generate_python`."""
 
-class EchoMismatch(Exception):
-    """An echoed byte differs from what was sent."""
+
+def generate(port: int, conns: int, msgs: int, size: int, generator: str = "c",
+             say: Callable[[str], None] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Drive *conns* connections of *msgs* messages with *generator*; rate, latencies, CPU share and generator."""
+    if generator == "python":
+        return {**generate_python(port, conns, msgs, size), "generator": "python"}
+    if generator != "c":
+        raise ValueError(f"generator must be one of {', '.join(GENERATORS)}, got {generator!r}")
+    return loadgen.generate(port, conns, msgs, size, say=say)
 
 
-def generate(port: int, conns: int, msgs: int, size: int) -> dict[str, Any]:
-    """Drive *conns* connections of *msgs* request/response messages; return rate, latencies, CPU share."""
+def generate_python(port: int, conns: int, msgs: int, size: int) -> dict[str, Any]:
+    """The generator in Python: *conns* connections of *msgs* messages; rate, latencies, CPU share."""
     socks = []
     for _ in range(conns):
         s = socket.create_connection(("127.0.0.1", port))
@@ -132,11 +148,23 @@ class ServerProcess:
             self.proc.kill()
 
 
-def run(report: Report, ops: int = 1000, directory: str | None = None) -> None:
-    """Measure every server on every workload into *report* (*ops* / 1000 scales the message counts)."""
+def run(report: Report, ops: int = 1000, directory: str | None = None, generator: str = "c") -> None:
+    """Measure every server on every workload into *report* (*ops* / 1000 scales the message counts).
+
+    *generator* is ``"c"`` (the default; the Python one stands in, and says so, when no compiler is
+    there) or ``"python"``; each row's ``extra`` records which one measured it.
+    """
     del directory
+    if generator not in GENERATORS:
+        raise ValueError(f"generator must be one of {', '.join(GENERATORS)}, got {generator!r}")
     scale = ops / 1000
     report.say("echo: " + ", ".join(f"{n} {c}x{m}x{s}B" for n, (c, m, s) in WORKLOADS.items()))
+    if generator == "c":
+        path, reason = loadgen.binary()
+        report.say(f"echo: load generator: C ({path})" if path else
+                   f"echo: load generator: Python (the C one is not available: {reason})")  # fmt: skip
+    else:
+        report.say("echo: load generator: Python (asked for)")
     for kind in KINDS:
         try:
             server = ServerProcess(kind)
@@ -146,15 +174,16 @@ def run(report: Report, ops: int = 1000, directory: str | None = None) -> None:
             continue
         try:
             for name, (conns, msgs, size) in WORKLOADS.items():
-                m = Measurement("echo", name, kind, ops=conns * msgs)
+                per_conn = max(1, int(msgs * scale))
+                m = Measurement("echo", name, kind, ops=conns * per_conn)
                 if server.absent:
                     m.status, m.note = "absent", server.absent
                     report.add(m)
                     continue
                 try:
-                    generate(server.port, min(conns, 4), 20, size)  # warm up
+                    generate(server.port, min(conns, 4), 20, size, generator, report.say)  # warm up
                     cpu0, t0 = server.cpu_seconds(), time.perf_counter()
-                    r = generate(server.port, conns, max(1, int(msgs * scale)), size)
+                    r = generate(server.port, conns, per_conn, size, generator, report.say)
                     server_cpu = (server.cpu_seconds() - cpu0) / (time.perf_counter() - t0)
                 except (OSError, EchoMismatch, TimeoutError) as exc:
                     m.status, m.note = "failed", repr(exc)
@@ -162,13 +191,17 @@ def run(report: Report, ops: int = 1000, directory: str | None = None) -> None:
                     continue
                 m.ops_per_s, m.p50_us, m.p99_us = r["msgs_per_s"], r["p50_us"], r["p99_us"]
                 m.seconds = m.ops / m.ops_per_s
-                m.extra = {"generator_cpu": f"{r['generator_cpu']:.0%}", "server_cpu": f"{server_cpu:.0%}"}
+                m.extra = {"generator": r["generator"], "generator_cpu": f"{r['generator_cpu']:.0%}",
+                           "server_cpu": f"{server_cpu:.0%}"}  # fmt: skip
                 report.add(m)
         finally:
             server.stop()
-    for name in ("medium", "heavy", "storm"):
-        report.targets.append(Target(f"echo {name}: ksvc (server) >= 1.0x uvloop protocol msg/s",
-                                     f"echo/{name}/ksvc protocol (server)", f"echo/{name}/uvloop protocol", 1.0))
-        report.targets.append(Target(f"echo {name}: ksvc (server) p99 no worse than uvloop protocol",
-                                     f"echo/{name}/ksvc protocol (server)", f"echo/{name}/uvloop protocol", 1.0,
-                                     metric="p99_us", lower_is_better=True))  # fmt: skip
+    for name in ("medium", "storm"):
+        for style in ("protocol", "streams"):
+            ksvc, uvloop = f"echo/{name}/ksvc {style} (default)", f"echo/{name}/uvloop {style}"
+            report.targets.append(Target(f"echo {name}: ksvc {style} (default) >= 1.0x uvloop {style} msg/s",
+                                         ksvc, uvloop, 1.0))
+            report.targets.append(Target(f"echo {name}: ksvc {style} (default) p99 no worse than uvloop {style}",
+                                         ksvc, uvloop, 1.0, metric="p99_us", lower_is_better=True))
+    report.targets.append(Target("echo storm: ksvc protocol (server) >= 1.0x ksvc protocol (default) msg/s",
+                                 "echo/storm/ksvc protocol (server)", "echo/storm/ksvc protocol (default)", 1.0))
