@@ -41,7 +41,17 @@ from ksvc_host.channel.ring import RingCorrupted
 from ksvc_host.express import TAG as _EXPRESS_TAG
 from ksvc_host.express import corr_of, express_lane
 from ksvc_host.routing import is_refused
-from ksvc_host.traits import CancellableWorkerPool, CompletionSink, IoBackend, SyscallRouter, Tier, WorkerPool
+from ksvc_host.traits import (
+    CancelAllIoBackend,
+    CancellableWorkerPool,
+    CompletionSink,
+    IoBackend,
+    MultishotIoBackend,
+    QuietIoBackend,
+    SyscallRouter,
+    Tier,
+    WorkerPool,
+)
 from ksvc_host.translate import translate
 
 _PAGE_ANSWERS = {
@@ -160,8 +170,13 @@ class Dispatcher:
         self._cancelled = False
         self._express = express_lane(channel, router, io_backend, sink)
         """The express lane for plain reads and writes (``None`` when this stack cannot have one)."""
-        self._quiet: Callable[[bool], None] | None = getattr(io_backend, "set_completion_wakeups", None)
-        self._completions_ready: Callable[[], int] | None = getattr(io_backend, "completions_ready", None)
+        self._quiet: QuietIoBackend | None = io_backend if isinstance(io_backend, QuietIoBackend) else None
+        """Wake-ups muted while a turn runs (the turn reaps itself); ``None``: left on."""
+        self._cancel_all: CancelAllIoBackend | None = (
+            io_backend if isinstance(io_backend, CancelAllIoBackend) else None
+        )
+        self._multishot_accept = isinstance(io_backend, MultishotIoBackend) and bool(io_backend.multishot_accept)
+        """ACCEPT may carry IORING_ACCEPT_MULTISHOT (the ``multishot-accept`` feature)."""
         self._muted = False
         self._inline_ring = self._express is not None and self._express.has_inline_ring
         self.poller_backlog: Callable[[], int] = (
@@ -349,7 +364,7 @@ class Dispatcher:
         switch and a GIL hand-over each time, profiled).
         """
         if self._quiet is not None and self._muted != mute:
-            self._quiet(not mute)
+            self._quiet.set_completion_wakeups(not mute)
             self._muted = mute
 
     def _thread_main(self) -> None:
@@ -365,7 +380,7 @@ class Dispatcher:
                 self.sleeping = True
                 with self._turn:
                     self._mute_completions(False)
-                ready = self._completions_ready is not None and self._completions_ready()
+                ready = self._quiet is not None and self._quiet.completions_ready()
                 if self._wake_pending or ready or self._ready_without_wakeup():
                     self.sleeping = False
                     continue
@@ -587,7 +602,7 @@ class Dispatcher:
     def _issue_multishot(self, entry: L.SubmitEntry, rest: list[L.SubmitEntry], route: Any) -> bool:
         """An accept that yields a completion per connection, when the backend offers it."""
         tr = translate(entry.syscall_nr, entry.args) if route.tier is Tier.IO_URING else None
-        if tr is None or tr.sqe.opcode != IoringOp.ACCEPT or not getattr(self.io_backend, "multishot_accept", False):
+        if tr is None or tr.sqe.opcode != IoringOp.ACCEPT or not self._multishot_accept:
             self._complete_now(entry, -errno.EOPNOTSUPP, rest)
             return True
         tr.sqe.ioprio |= IORING_ACCEPT_MULTISHOT
@@ -680,9 +695,9 @@ class Dispatcher:
                     self.io_backend.cancel(token)
                 elif op.tier is Tier.WORKER and pool is not None:
                     pool.cancel(token)
-            cancel_all = getattr(self.io_backend, "cancel_all", None)
+            cancel_all = self._cancel_all
             if self._express_inflight() and cancel_all is not None:
-                cancel_all()  # express entries have no token of ours: cancel them all at once
+                cancel_all.cancel_all()  # express entries have no token of ours: cancel them all at once
             self.io_backend.flush()
             self._drain_deadline = time.monotonic() + 1.0
             return False

@@ -31,6 +31,7 @@ from ksvc_host.abi.io_uring import IoringOp
 from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.channel.base import Channel
 from ksvc_host.traits import CompletionSink, IoBackend, SyscallRouter, Tier
+from ksvc_host.traits.capabilities import ExpressCompletionSink, ExpressIoBackend
 
 TAG: Final = 1 << 62
 """io_uring user_data bit of express entries; the correlation id is below it."""
@@ -55,7 +56,14 @@ _TAKEN: Final = {
 class ExpressLane:
     """The lane for one dispatcher; build it with :func:`express_lane`."""
 
-    def __init__(self, channel: Channel, backend: Any, sink: Any, ring: Any, opcodes: dict[int, tuple[IoringOp, int]]):
+    def __init__(
+        self,
+        channel: Channel,
+        backend: ExpressIoBackend,
+        sink: ExpressCompletionSink,
+        ring: Any,
+        opcodes: dict[int, tuple[IoringOp, int]],
+    ):
         ffi = fastpath.ffi
         self._lib = fastpath.lib
         self._backend = backend
@@ -207,12 +215,11 @@ def express_lane(
     """The lane for this stack, or ``None`` when a component cannot take part (or it is disabled)."""
     if os.environ.get(ENV_DISABLE, "").strip().lower() in ("1", "true", "yes", "on"):
         return None
-    get_ring = getattr(backend, "express_ring", None)
-    if get_ring is None or not hasattr(sink, "pending_tail"):
+    if not isinstance(backend, ExpressIoBackend) or not isinstance(sink, ExpressCompletionSink):
         return None
-    if getattr(sink, "ring", None) is not channel.completion_ring:
+    if sink.ring is not channel.completion_ring:
         return None  # the lane writes completion entries into the channel's ring itself
-    ring = get_ring()
+    ring = backend.express_ring()
     if ring is None:
         return None
     opcodes: dict[int, tuple[IoringOp, int]] = {}

@@ -59,10 +59,13 @@ def ksvc_register_io_feature(register: Register) -> None:
     """Contribute io_uring features that combine with ``+`` (``"sqpoll+fixed-files"``).
 
     A feature factory receives the build context and returns an object with
-    the optional methods ``setup_flags(flags) -> flags``,
-    ``ring_kwargs(kwargs) -> kwargs``, ``after_setup(ring)`` and
-    ``prepare(user_data, sqe) -> sqe``; the composite backend applies every
-    selected feature, in the order named, around the basic ring.
+    any of the capabilities of :mod:`ksvc_host.traits.capabilities`
+    (``IoFeature``: ``name``; ``SetupFlagsFeature``: ``setup_flags(flags) ->
+    flags``; ``RingArgsFeature``: ``ring_kwargs(kwargs) -> kwargs``;
+    ``AfterSetupFeature``: ``after_setup(backend)``; ``SqePreparer``:
+    ``prepare(user_data, sqe) -> sqe``, with ``ExpressRewriter`` to declare
+    what it rewrites); the composite backend applies every selected
+    feature, in the order named, around the basic ring.
     """
 
 

@@ -27,6 +27,7 @@ from ksvc_host.selection import Selection, resolve
 from ksvc_host.traits import (
     TRAITS,
     BufferProvider,
+    ClosableBufferProvider,
     CompletionSink,
     IoBackend,
     Notifier,
@@ -154,15 +155,24 @@ class Instance:
             _close_quietly(self.io_backend.shutdown)
             _close_quietly(self.notifier.close)
             _close_quietly(self.dispatcher.close)
-            _close_quietly(getattr(self.buffer_provider, "close", None))
+            if isinstance(self.buffer_provider, ClosableBufferProvider):
+                _close_quietly(self.buffer_provider.close)
             _INSTANCES.discard(self)
         # The channel stays mapped until the front end has taken the last completions from it;
         # it then closes it. Later use meets ClosedError before any access to the memory.
 
 
+def _release(trait: str, obj: Any) -> None:
+    """Free a component built before a later one failed: what its trait (or capability) declares for that."""
+    if trait in ("io_backend", "worker_pool"):
+        _close_quietly(obj.shutdown)
+    elif trait == "notifier":
+        _close_quietly(obj.close)
+    elif trait == "buffer_provider" and isinstance(obj, ClosableBufferProvider):
+        _close_quietly(obj.close)
+
+
 def _close_quietly(fn: Any) -> None:
-    if fn is None:
-        return
     try:
         fn()
     except Exception:
@@ -231,14 +241,14 @@ def build_instance(
     inst.lanes = lanes
     inst.channel = open_channel(submit_entries, complete_entries, device=device)
     ctx = BuildContext(inst.channel, selection, pm, dict(options or {}))
-    built: list[Any] = []
+    built: list[tuple[str, Any]] = []
     try:
 
         def make(trait: str) -> Any:
             impl = _impl(pm, trait, selection.io_base if trait == "io_backend" else selection.names[trait])
             obj = _build(impl, ctx)
             inst.implementations[trait] = impl
-            built.append(obj)
+            built.append((trait, obj))
             return obj
 
         inst.notifier = ctx.notifier = make("notifier")
@@ -258,9 +268,8 @@ def build_instance(
             on_batch=_batch_observer(pm, inst),
         )
     except BaseException:
-        for obj in reversed(built):
-            for method in ("shutdown", "close"):
-                _close_quietly(getattr(obj, method, None))
+        for trait, obj in reversed(built):
+            _release(trait, obj)
         inst.channel.close()
         raise
     if dispatcher == "thread":

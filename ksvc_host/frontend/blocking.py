@@ -22,7 +22,7 @@ from ksvc_host.frontend.tier0 import SharedPageReads
 from ksvc_host.instance import Instance
 from ksvc_host.lanes import ThreadLanes
 from ksvc_host.routing import is_refused
-from ksvc_host.traits import Tier
+from ksvc_host.traits import FixedFilesIoBackend, FixedFileTable, Tier
 
 _NR_READ = NR["read"]
 _NR_WRITE = NR["write"]
@@ -66,6 +66,10 @@ class Ksvc(SharedPageReads, Operations):
         self._late: dict[int, bytearray] = {}
         self.raw = RawChannel(instance, self._completer, self._lanes)
         """The raw entry interface (unsafe: pointers are the caller's responsibility)."""
+        backend = instance.io_backend
+        self._fixed_files: FixedFileTable | None = (
+            backend.fixed_files if isinstance(backend, FixedFilesIoBackend) else None
+        )
 
     def _run(self, op: Op) -> Any:
         lane = self._lanes.mine()
@@ -351,9 +355,9 @@ class Ksvc(SharedPageReads, Operations):
                         os.close(res)
 
     @property
-    def fixed_files(self) -> Any:
+    def fixed_files(self) -> FixedFileTable | None:
         """The ``fixed-files`` feature's registry (``register(fd)``, ``unregister(fd)``), or ``None``."""
-        return getattr(self.instance.io_backend, "fixed_files", None)
+        return self._fixed_files
 
     # Lifetime ----------------------------------------------------------------------------
 

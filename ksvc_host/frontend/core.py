@@ -28,6 +28,7 @@ from ksvc_host import fastpath, interrupts
 from ksvc_host.abi import layout as L
 from ksvc_host.errors import ChannelFull, DispatcherFailed, RingCorrupted
 from ksvc_host.instance import Instance
+from ksvc_host.traits.capabilities import AttachableCompletionSink, PipelinedIoBackend
 
 Entry = tuple[int, tuple[int, ...], int]
 """``(syscall_nr, args, flags)``; args are padded to six words."""
@@ -137,7 +138,8 @@ class Completer:
         self.inline = not self.dispatcher.threaded
         self._caller_runs = self.inline
         """The submitting caller runs the dispatcher's loop next (inline): no wake-up needed."""
-        self.pipelined = bool(getattr(instance.io_backend, "completes_asynchronously", False))
+        backend = instance.io_backend
+        self.pipelined = isinstance(backend, PipelinedIoBackend) and bool(backend.completes_asynchronously)
         """True when the kernel works on submissions on a thread of its own (SQPOLL): streams keep it fed."""
         self.dispatcher.on_failure = self._on_dispatcher_failure
         self._pack = L.SUBMIT_ENTRY.pack_into
@@ -145,12 +147,12 @@ class Completer:
         self.on_failed: Callable[[], None] | None = None
         """Called once the dispatcher failed (the front end stops its thread lanes)."""
         sink = instance.completion_sink
-        attach = getattr(sink, "attach", None)
-        self.direct = callable(attach)
+        self.direct = isinstance(sink, AttachableCompletionSink)
         """True when the sink hands each result to its caller (``direct-wake``): no completion ring."""
-        if self.direct:
-            self._make_event: Callable[[], Any] = getattr(sink, "make_event", threading.Event)
-            attach(self.deliver)  # type: ignore[misc]  # callable() checked above
+        self._make_event: Callable[[], Any] = threading.Event
+        if isinstance(sink, AttachableCompletionSink):
+            self._make_event = sink.make_event
+            sink.attach(self.deliver)
         # Bulk operations: results land in per-group arrays, written by the fast path's reap.
         ffi = fastpath.ffi
         self._lib = fastpath.lib

@@ -3,8 +3,12 @@
 :class:`FaultInjector` wraps an object and, on chosen calls (counted from
 1) of chosen methods, makes them *fail* (raise), *refuse* (return
 ``False``: back-pressure) or *stall* (sleep first). Everything else is
-passed through, so the wrapper satisfies the same Protocol as what it
-wraps. :func:`faulty_plugin` registers wrapped copies of installed
+passed through. The wrapper declares exactly the surface production uses:
+the members of the trait its target satisfies, and of each capability
+(:mod:`ksvc_host.traits.capabilities`) the target has, except those that
+would let the dispatcher go around the faulted methods (:data:`HIDDEN`);
+so ``isinstance(wrapper, Capability)`` answers as for the target, and
+nothing else reaches it. :func:`faulty_plugin` registers wrapped copies of installed
 implementations under new names, for ``ksvc.open(plugins=...)``.
 """
 
@@ -18,25 +22,101 @@ from typing import Any
 
 from ksvc_host.hookspecs import hookimpl
 from ksvc_host.plugins import REGISTER_HOOKS
+from ksvc_host.traits import (
+    AttachableCompletionSink,
+    BufferProvider,
+    CancelAllIoBackend,
+    CancellableWorkerPool,
+    ClosableBufferProvider,
+    CompletionSink,
+    ExpressCompletionSink,
+    ExpressIoBackend,
+    FixedBuffersIoBackend,
+    FixedFilesIoBackend,
+    IoBackend,
+    MultishotIoBackend,
+    Notifier,
+    OwnRings,
+    PipelinedIoBackend,
+    QuietIoBackend,
+    SharedPage,
+    SyscallRouter,
+    WorkerPool,
+)
 
 
 class InjectedFault(OSError):
     """The error a *fail* injection raises."""
 
 
-_BYPASSING = frozenset({"express_ring", "pending_tail", "set_completion_wakeups", "completions_ready",
-                        "publish_quietly"})
+TRAIT_PROTOCOLS: dict[str, type] = {
+    "io_backend": IoBackend,
+    "worker_pool": WorkerPool,
+    "notifier": Notifier,
+    "completion_sink": CompletionSink,
+    "buffer_provider": BufferProvider,
+    "shared_page": SharedPage,
+    "router": SyscallRouter,
+}
+"""Trait key -> the Protocol a wrapper of that trait declares."""
+
+_CARRIED: tuple[type, ...] = (
+    CancellableWorkerPool,
+    OwnRings,
+    PipelinedIoBackend,
+    MultishotIoBackend,
+    CancelAllIoBackend,
+    FixedFilesIoBackend,
+    FixedBuffersIoBackend,
+    AttachableCompletionSink,
+    ClosableBufferProvider,
+)
+"""Capabilities a wrapper declares exactly when what it wraps does."""
+
+HIDDEN: tuple[type, ...] = (QuietIoBackend, ExpressIoBackend, ExpressCompletionSink)
 """Capabilities that let the dispatcher go around a component's methods (the express lane, quiet
-publishing): hidden, so every call reaches the methods being faulted."""
+wake-ups): never declared by a wrapper, so every call reaches the methods being faulted."""
+
+
+def _members(protocol: type) -> tuple[list[str], list[str]]:
+    """The methods and the attributes (data members and properties) *protocol* declares."""
+    methods, attributes = [], []
+    for name, value in vars(protocol).items():
+        if name.startswith("_"):
+            continue
+        if isinstance(value, property):
+            attributes.append(name)
+        elif callable(value):
+            methods.append(name)
+    attributes += [n for n in vars(protocol).get("__annotations__", {}) if n not in attributes]
+    return methods, attributes
 
 
 class FaultInjector:
-    """Wrap *target*; ``fail``/``refuse``/``stall`` map method names to the call numbers affected."""
+    """Wrap *target*; ``fail``/``refuse``/``stall`` map method names to the call numbers affected.
+
+    Build one with ``FaultInjector(target, ...)``: the object made is of a
+    class (one per trait and set of capabilities) that declares exactly the
+    members of *target*'s trait (*trait*, a Protocol of
+    :data:`TRAIT_PROTOCOLS`; by default the one *target* satisfies) and of
+    its capabilities in :data:`_CARRIED`, each passed through (and faulted
+    where asked). A target of no trait is wrapped for the methods named in
+    the injections and ``name``.
+    """
+
+    _methods: tuple[str, ...] = ()
+    _attributes: tuple[str, ...] = ()
+
+    def __new__(cls, target: Any, *, trait: type | None = None, **injections: Any) -> Any:
+        if cls is FaultInjector:
+            cls = _wrapper_class(target, trait, injections)
+        return super().__new__(cls)
 
     def __init__(
         self,
         target: Any,
         *,
+        trait: type | None = None,
         fail: dict[str, Collection[int]] | None = None,
         refuse: dict[str, Collection[int]] | None = None,
         stall: dict[str, tuple[Collection[int], float]] | None = None,
@@ -45,30 +125,84 @@ class FaultInjector:
         self._fail = fail or {}
         self._refuse = refuse or {}
         self._stall = stall or {}
+        self._faulted = frozenset({*self._fail, *self._refuse, *self._stall})
         self._lock = threading.Lock()
         self.calls: dict[str, int] = {}
-        """How often each wrapped method was called."""
+        """How often each faulted method was called."""
+        self._bound: dict[str, Callable[..., Any]] = {m: _lookup(target, m) for m in self._methods}
+        """The wrapped object's methods, looked up once."""
 
-    def __getattr__(self, name: str) -> Any:
-        if name in _BYPASSING:
-            raise AttributeError(f"{name} is hidden by the fault injector: it would bypass the wrapped methods")
-        attr = getattr(self._target, name)
-        if not callable(attr) or name not in {*self._fail, *self._refuse, *self._stall}:
-            return attr
+    @property
+    def target(self) -> Any:
+        """The wrapped object."""
+        return self._target
 
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            with self._lock:
-                n = self.calls[name] = self.calls.get(name, 0) + 1
-            stall = self._stall.get(name)
-            if stall is not None and n in stall[0]:
-                time.sleep(stall[1])
-            if n in self._fail.get(name, ()):
-                raise InjectedFault(errno.EIO, f"injected fault: {name} call {n}")
-            if n in self._refuse.get(name, ()):
-                return False
-            return attr(*args, **kwargs)
+    def _call(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        fn = self._bound[name]
+        if name not in self._faulted:
+            return fn(*args, **kwargs)
+        with self._lock:
+            n = self.calls[name] = self.calls.get(name, 0) + 1
+        stall = self._stall.get(name)
+        if stall is not None and n in stall[0]:
+            time.sleep(stall[1])
+        if n in self._fail.get(name, ()):
+            raise InjectedFault(errno.EIO, f"injected fault: {name} call {n}")
+        if n in self._refuse.get(name, ()):
+            return False
+        return fn(*args, **kwargs)
 
-        return wrapped
+
+def _lookup(target: Any, name: str) -> Any:
+    """The member *name* of *target*: the one place a wrapper reads its target by name (members of Protocols)."""
+    return getattr(target, name)
+
+
+def _method(name: str) -> Callable[..., Any]:
+    def method(self: FaultInjector, *args: Any, **kwargs: Any) -> Any:
+        return self._call(name, args, kwargs)
+
+    method.__name__ = name
+    return method
+
+
+def _attribute(name: str) -> property:
+    def get(self: FaultInjector) -> Any:
+        return _lookup(self._target, name)
+
+    return property(get, doc=f"The wrapped object's ``{name}``.")
+
+
+_CLASSES: dict[tuple[type | None, tuple[type, ...], frozenset[str]], type] = {}
+
+
+def _wrapper_class(target: Any, trait: type | None, injections: dict[str, Any]) -> type:
+    """The wrapper class for *target*: its trait's and its carried capabilities' members, nothing else.
+
+    *trait*: the trait's Protocol; by default the first of :data:`TRAIT_PROTOCOLS` *target* satisfies.
+    """
+    if trait is None:
+        trait = next((p for p in TRAIT_PROTOCOLS.values() if isinstance(target, p)), None)
+    carried = tuple(c for c in _CARRIED if isinstance(target, c))
+    extra: frozenset[str] = frozenset()
+    if trait is None:  # no trait: the faulted methods and the name
+        extra = frozenset(n for key in ("fail", "refuse", "stall") for n in injections.get(key) or ())
+    key = (trait, carried, extra)
+    cls = _CLASSES.get(key)
+    if cls is None:
+        methods: list[str] = sorted(extra)
+        attributes: list[str] = [] if trait is not None else ["name"]
+        for proto in (trait, *carried) if trait is not None else carried:
+            m, a = _members(proto)
+            methods += [x for x in m if x not in methods]
+            attributes += [x for x in a if x not in attributes]
+        namespace: dict[str, Any] = {n: _method(n) for n in methods}
+        namespace.update({n: _attribute(n) for n in attributes})
+        namespace["_methods"] = tuple(methods)
+        namespace["_attributes"] = tuple(attributes)
+        label = "".join(p.__name__ for p in (trait, *carried) if p is not None) or "Object"
+        cls = _CLASSES[key] = type(f"Faulty{label}", (FaultInjector,), namespace)
+    return cls
 
 
 def faulty_plugin(trait: str, base: str, **injector: Any) -> tuple[str, Any]:
@@ -84,7 +218,7 @@ def faulty_plugin(trait: str, base: str, **injector: Any) -> tuple[str, Any]:
         impl = ctx.plugins.get(trait, base)
         if impl is None:
             raise LookupError(f"{trait} {base!r} is not installed; nothing to wrap")
-        inj = FaultInjector(impl.factory(ctx), **injector)
+        inj = FaultInjector(impl.factory(ctx), trait=TRAIT_PROTOCOLS[trait], **injector)
         built.append(inj)
         return inj
 

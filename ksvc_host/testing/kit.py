@@ -25,6 +25,7 @@ from ksvc_host.abi import layout as L
 from ksvc_host.abi.io_uring import IoringOp
 from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.traits import (
+    AttachableCompletionSink,
     BufferProvider,
     CompletionSink,
     IoBackend,
@@ -351,10 +352,10 @@ def check_completion_sink(factory: Callable[[Any, Notifier], CompletionSink], no
 
 def _completion_sink_contract(steps: _Steps, sink: CompletionSink, ch: Any, n: Notifier) -> None:
     delivered: list[tuple[int, int, int]] = []
-    attach: Any = getattr(sink, "attach", None)
-    direct = callable(attach)
-    if direct:
-        steps.quick("attach()", lambda: attach(lambda c, r, f: delivered.append((c, r, f))))
+    direct = isinstance(sink, AttachableCompletionSink)
+    if isinstance(sink, AttachableCompletionSink):
+        attachable = sink
+        steps.quick("attach()", lambda: attachable.attach(lambda c, r, f: delivered.append((c, r, f))))
     ring = ch.completion_ring
 
     def consume() -> None:  # the consumer's side: read what the sink published, free the slots
@@ -562,7 +563,7 @@ def _diagnose_instance(k: Any, seconds: float) -> str | None:
     if unread:
         return (f"{unread} completion(s) published in the completion ring were never read by the waiting caller "
                 f"within {waited} (inline dispatcher)")  # fmt: skip
-    if getattr(disp, "has_overflow", False):
+    if disp.has_overflow:
         return (f"completion sink {names['completion_sink']!r}: push() refused completions for {waited} while the "
                 "consumer kept up: push() may return False only while there is no room")  # fmt: skip
     inflight = inst.io_backend.inflight()
@@ -574,13 +575,13 @@ def _diagnose_instance(k: Any, seconds: float) -> str | None:
         return (f"worker pool {names['worker_pool']!r}: {jobs} job(s) accepted by enqueue() did not complete "
                 f"within {waited}: every accepted job must yield one completion from poll_completions()")  # fmt: skip
     queued = inst.channel.submit_ring.used()
-    idle = getattr(disp, "idle", None)
-    if queued or (idle is not None and not idle()):
+    if queued or not disp.idle():
         return (f"the dispatcher has held work for {waited} that no tier accepted ({queued} entries still in the "
                 f"submit ring): io backend {names['io_backend']!r} submit() and worker pool "
                 f"{names['worker_pool']!r} enqueue() may refuse only while full")  # fmt: skip
-    raw = getattr(k, "raw", None)
-    pending = raw.pending() if raw is not None else k._completer.pending_count()
+    from ksvc_host.frontend.blocking import Ksvc
+
+    pending = k.raw.pending() if isinstance(k, Ksvc) else k._completer.pending_count()
     if pending:
         return (f"completion sink {names['completion_sink']!r}: {pending} call(s) finished by their tier but their "
                 f"completion did not reach the caller within {waited}: push() must not drop a completion it "

@@ -9,6 +9,7 @@ from typing import Any
 
 from ksvc_basic.uring import IoUring
 from ksvc_host.abi import io_uring as U
+from ksvc_host.traits.capabilities import ExpressRewrites
 from ksvc_host.traits.io_backend import ExpressRing, IoCompletion, SqeSpec
 from ksvc_host.traits.own_rings import OwnRingSpec
 
@@ -43,9 +44,11 @@ class BasicIoUring:
         self._internal = 0
         self._opcodes: frozenset[int] | None = None
         self._preparers: list[Callable[[int, SqeSpec], SqeSpec]] = []
+        self._rewrites: list[ExpressRewrites | None] = []
+        """What each preparer declared it rewrites (``None``: anything), for :meth:`express_ring`."""
         self._filters: list[Callable[[IoCompletion], IoCompletion | None]] = []
-        self.multishot_accept = False
-        """Set by the multishot-accept feature: ACCEPT may carry IORING_ACCEPT_MULTISHOT."""
+        self._opaque_filters = 0
+        """Filters that may change completions of any request (not only of their own)."""
         self.inline: IoUring | None = None
         """A second ring without SQPOLL, beside an SQPOLL ring (:meth:`add_inline_ring`)."""
         self.inline_backlog = 0
@@ -68,13 +71,28 @@ class BasicIoUring:
     def _rings(self) -> tuple[IoUring, ...]:
         return (self.ring,) if self.inline is None else (self.ring, self.inline)
 
-    def add_completion_filter(self, fn: Callable[[IoCompletion], IoCompletion | None]) -> None:
-        """Have *fn* see every CQE first: return it (possibly changed), or ``None`` to swallow it."""
-        self._filters.append(fn)
+    def add_completion_filter(
+        self, fn: Callable[[IoCompletion], IoCompletion | None], *, own_requests_only: bool = False
+    ) -> None:
+        """Have *fn* see every CQE first: return it (possibly changed), or ``None`` to swallow it.
 
-    def add_preparer(self, prepare: Callable[[int, SqeSpec], SqeSpec]) -> None:
-        """Have *prepare* rewrite every SQE before it is queued (features and buffer providers use this)."""
+        *own_requests_only*: *fn* changes only CQEs of requests its owner
+        rewrote, so other completions may bypass it (the express lane).
+        """
+        self._filters.append(fn)
+        if not own_requests_only:
+            self._opaque_filters += 1
+
+    def add_preparer(
+        self, prepare: Callable[[int, SqeSpec], SqeSpec], rewrites: ExpressRewrites | None = None
+    ) -> None:
+        """Have *prepare* rewrite every SQE before it is queued (features and buffer providers use this).
+
+        *rewrites* declares which SQEs it changes; without it the express
+        lane is off (:meth:`express_ring`).
+        """
         self._preparers.append(prepare)
+        self._rewrites.append(rewrites)
 
     def submit(self, user_data: int, sqe: SqeSpec) -> bool:
         """Queue one SQE; ``False`` when the SQ is full."""
@@ -124,26 +142,22 @@ class BasicIoUring:
 
         Rewriting that only touches one address range (registered buffers)
         is allowed: the lane leaves SQEs in that range to :meth:`submit`. So is
-        a preparer whose owner lists the opcodes it rewrites
-        (``express_rewrites``): the lane leaves those opcodes alone. A filter
-        whose owner says ``express_transparent = True`` only touches CQEs of
-        its own requests.
+        a preparer added with the opcodes it rewrites: the lane leaves those
+        opcodes alone (:class:`~ksvc_host.traits.ExpressRewrites`). A filter
+        added with ``own_requests_only`` only touches CQEs of its own requests.
         """
         lo = hi = 0
         rewritten: set[int] = set()
-        for prepare in self._preparers:
-            owner = getattr(prepare, "__self__", None)
-            ops = getattr(owner, "express_rewrites", None)
-            if ops is not None:
-                rewritten |= {int(op) for op in ops}  # the lane leaves these opcodes to submit()
-                continue
-            exclude = getattr(owner, "express_exclude", None)
-            if exclude is None or hi:
+        for declared in self._rewrites:
+            if declared is None:
                 return None
-            lo, hi = exclude
-        for fn in self._filters:
-            if not getattr(getattr(fn, "__self__", None), "express_transparent", False):
-                return None
+            rewritten |= {int(op) for op in declared.opcodes}  # the lane leaves these opcodes to submit()
+            if declared.address_range is not None:
+                if hi:
+                    return None
+                lo, hi = declared.address_range
+        if self._opaque_filters:
+            return None
         inline = None
         if self.inline is not None:
             inline = _express_ring(self.inline, 0, 0, frozenset())

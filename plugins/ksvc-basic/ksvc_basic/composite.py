@@ -12,6 +12,19 @@ from typing import Any
 
 from ksvc_basic.basic_iouring import BasicIoUring
 from ksvc_host.instance import BuildContext
+from ksvc_host.traits.capabilities import (
+    AfterSetupFeature,
+    ExpressRewriter,
+    IoFeature,
+    RingArgsFeature,
+    SetupFlagsFeature,
+    SqePreparer,
+)
+
+
+def feature_name(feature: object) -> str:
+    """A feature's name (:class:`~ksvc_host.traits.IoFeature`), or its class name."""
+    return feature.name if isinstance(feature, IoFeature) else type(feature).__name__
 
 
 class CompositeIoUring(BasicIoUring):
@@ -20,11 +33,11 @@ class CompositeIoUring(BasicIoUring):
     def __init__(self, features: list[Any], entries: int, setup_flags: int, **ring_kwargs: Any) -> None:
         super().__init__(entries, setup_flags=setup_flags, **ring_kwargs)
         self.features = features
-        self.name = "+".join(["basic", *(getattr(f, "name", type(f).__name__) for f in features)])
+        self.name = "+".join(["basic", *(feature_name(f) for f in features)])
         for f in features:
-            if hasattr(f, "prepare"):
-                self.add_preparer(f.prepare)
-            if hasattr(f, "after_setup"):
+            if isinstance(f, SqePreparer):
+                self.add_preparer(f.prepare, f.express_rewrites if isinstance(f, ExpressRewriter) else None)
+            if isinstance(f, AfterSetupFeature):
                 f.after_setup(self)
 
 
@@ -36,16 +49,16 @@ def build_io_uring(ctx: BuildContext) -> BasicIoUring:
     if ctx.option("cq_entries") is not None:
         kwargs["cq_entries"] = int(ctx.option("cq_entries"))
     for f in ctx.io_features:
-        if hasattr(f, "setup_flags"):
+        if isinstance(f, SetupFlagsFeature):
             flags = f.setup_flags(flags)
-        if hasattr(f, "ring_kwargs"):
+        if isinstance(f, RingArgsFeature):
             kwargs = f.ring_kwargs(kwargs)
     if not ctx.io_features:
         return BasicIoUring(entries, setup_flags=flags, **kwargs)
     try:
         return CompositeIoUring(list(ctx.io_features), entries, flags, **kwargs)
     except OSError as exc:
-        names = "+".join(getattr(f, "name", "?") for f in ctx.io_features)
+        names = "+".join(f.name if isinstance(f, IoFeature) else "?" for f in ctx.io_features)
         raise OSError(
             exc.errno,
             f"io_uring with feature(s) {names} could not be set up: {exc.strerror or exc}; "

@@ -23,4 +23,4 @@ class MultishotAccept:
         """Check the kernel has it (it came with the SOCKET opcode, 5.19) and switch it on."""
         if IoringOp.SOCKET not in backend.probe_opcodes():
             raise OSError(95, "multishot accept needs Linux 5.19 or later")
-        backend.multishot_accept = True
+        backend.multishot_accept = True  # the backend is now a MultishotIoBackend

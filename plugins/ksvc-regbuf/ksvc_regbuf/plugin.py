@@ -6,15 +6,15 @@ from typing import Any
 
 from ksvc_host import hookimpl
 from ksvc_host.instance import BuildContext
+from ksvc_host.traits.capabilities import FixedBuffersIoBackend
 
 
 def _registered(ctx: BuildContext) -> Any:
     from ksvc_regbuf.registered import RegisteredBuffers
 
     backend = ctx.io_backend
-    existing = getattr(backend, "fixed_buffers", None)
-    if existing is not None:  # the fixed-buffers feature already registered a pool
-        return existing
+    if isinstance(backend, FixedBuffersIoBackend):  # the fixed-buffers feature already registered a pool
+        return backend.fixed_buffers
     return RegisteredBuffers(backend, count=int(ctx.option("buffers", 64)), size=int(ctx.option("buffer_size", 65536)))
 
 

@@ -17,6 +17,7 @@ from ksvc_host import forksafety
 from ksvc_host.abi.io_uring import IoringOp
 from ksvc_host.errors import ClosedError
 from ksvc_host.traits.buffer_provider import BufferHandle
+from ksvc_host.traits.capabilities import ExpressRewrites
 from ksvc_host.traits.io_backend import SqeSpec
 
 _FIXED = {int(IoringOp.READ): int(IoringOp.READ_FIXED), int(IoringOp.WRITE): int(IoringOp.WRITE_FIXED)}
@@ -51,9 +52,8 @@ class RegisteredBuffers:
                     f"via options={{'buffers': N, 'buffer_size': BYTES}})",
                 ) from exc
             raise
-        backend.add_preparer(self.prepare)
-        self.express_exclude = (self._base, self._end)
-        """Only SQEs in this range are rewritten: the dispatcher's express lane may take the others."""
+        # Only SQEs in the pool are rewritten: the dispatcher's express lane may take the others.
+        backend.add_preparer(self.prepare, ExpressRewrites(address_range=(self._base, self._end)))
         self.fixed_ops = 0
         """SQEs rewritten to READ_FIXED/WRITE_FIXED."""
 

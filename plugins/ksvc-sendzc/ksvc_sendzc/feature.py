@@ -31,6 +31,7 @@ from typing import Any
 
 from ksvc_host import native
 from ksvc_host.abi.io_uring import CqeFlag, IoringOp, SqeFlag
+from ksvc_host.traits.capabilities import ExpressRewrites, FixedFilesIoBackend, FixedFileTable
 from ksvc_host.traits.io_backend import IoCompletion, SqeSpec
 
 _NR_GETSOCKOPT = 55
@@ -50,10 +51,7 @@ def _copy(sqe: SqeSpec) -> SqeSpec:
 class SendZeroCopy:
     """Feature ``send-zc``."""
 
-    express_transparent = True
-    """Filters only the CQEs of its own SEND_ZC requests: other completions may bypass it."""
-
-    express_rewrites = frozenset({IoringOp.SEND})
+    express_rewrites = ExpressRewrites(opcodes=frozenset({int(IoringOp.SEND)}))
     """Rewrites SEND SQEs only: the dispatcher's express lane leaves sends to the backend's submit.
     (It also watches CLOSE, which the lane never takes.)"""
 
@@ -70,6 +68,9 @@ class SendZeroCopy:
         self._eligible: dict[int, bool] = {}
         """Descriptor -> whether its socket supports zero copy (forgotten when KSVC closes it)."""
         self._backend: Any = None
+        self._fixed_files: FixedFileTable | None = None
+        self._fixed_files_known = False
+        """Whether ``_fixed_files`` was looked up (at the first fixed-file SQE: the backend is complete by then)."""
         self._query = native.alloc(8)
         self._query_addr = native.address_of(self._query)
         self._int = native.ffi.cast("int *", self._query)
@@ -86,7 +87,8 @@ class SendZeroCopy:
         if IoringOp.SEND_ZC not in backend.probe_opcodes():
             raise OSError(95, "send-zc needs IORING_OP_SEND_ZC (Linux 6.0 or later)")
         self._backend = backend
-        backend.add_completion_filter(self.filter)
+        # Filters only the CQEs of its own SEND_ZC requests: other completions may bypass it.
+        backend.add_completion_filter(self.filter, own_requests_only=True)
 
     # Submitting --------------------------------------------------------------------
 
@@ -113,7 +115,11 @@ class SendZeroCopy:
         """The descriptor *sqe* names, or ``None`` for a fixed-file slot whose descriptor is unknown."""
         if not sqe.flags & SqeFlag.FIXED_FILE:
             return sqe.fd
-        fixed = getattr(self._backend, "fixed_files", None)
+        if not self._fixed_files_known:
+            backend = self._backend
+            self._fixed_files = backend.fixed_files if isinstance(backend, FixedFilesIoBackend) else None
+            self._fixed_files_known = True
+        fixed = self._fixed_files
         if fixed is not None:
             for fd, slot in fixed.registered().items():
                 if slot == sqe.fd:
