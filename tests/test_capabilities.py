@@ -295,10 +295,6 @@ ALLOWED = {
     ("ksvc_host/testing/kit.py", 'getattr(obj, "name", type(obj).__name__)'): "naming a broken implementation",
     ("ksvc_host/testing/faults.py", "getattr(target, name)"): "the injector's wrappers, built from Protocol members",
     ("ksvc_host/bench/harness.py", "getattr(a, metric), getattr(b, metric)"): "a benchmark metric by name",
-    # Not yet moved to the Protocols (their files are being changed elsewhere); they read attributes the
-    # capabilities declare, MultishotIoBackend.multishot_accept and FixedFilesIoBackend.fixed_files.
-    ("ksvc_host/frontend/aio.py", 'getattr(self.instance.io_backend, "multishot_accept", False)'): "to replace",
-    ("ksvc_host/net/transport.py", 'getattr(self._k.instance.io_backend, "fixed_files", None)'): "to replace",
 }
 _PROBE = re.compile(r"\b(?:getattr|hasattr)\(")
 

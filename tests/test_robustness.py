@@ -34,8 +34,9 @@ def test_corrupted_submit_ring_is_detected_and_reported() -> None:
     with pytest.raises(ksvc.RingCorrupted, match="ring counters out of range"):
         k.instance.dispatcher.run_once()
     k.close()
-    # Producer side: a consumer publishing a head beyond the tail.
-    k = ksvc.open()
+    # Producer side: a consumer publishing a head beyond the tail (inline: no dispatcher thread that could
+    # see the corruption first and fail the instance instead).
+    k = ksvc.open(dispatcher="inline")
     ring = k.instance.channel.submit_ring
     ring.publish_head(ring.head + 10**6)
     with pytest.raises(ksvc.RingCorrupted, match="ring counters out of range"):

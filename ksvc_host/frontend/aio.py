@@ -28,6 +28,7 @@ from ksvc_host.frontend.operations import SETTLE_S, BulkOp, LateResult, Op, Oper
 from ksvc_host.frontend.tier0 import SharedPageReads
 from ksvc_host.instance import Instance
 from ksvc_host.lanes import LoopLane
+from ksvc_host.traits import FixedFilesIoBackend, FixedFileTable, MultishotIoBackend
 
 _NR_PREAD64 = SYSCALLS["pread64"]
 _NR_PWRITE64 = SYSCALLS["pwrite64"]
@@ -98,6 +99,11 @@ class AsyncKsvc(SharedPageReads, Operations):
         self._threadsafe = self._completer.direct and not self._completer.inline
         """Completions are delivered on the dispatcher's thread (``direct-wake``), not on the loop's."""
         self._closed = False
+        backend = instance.io_backend
+        self._multishot_accept = isinstance(backend, MultishotIoBackend)
+        self._fixed_files: FixedFileTable | None = (
+            backend.fixed_files if isinstance(backend, FixedFilesIoBackend) else None
+        )
         self._loop_lane = LoopLane(instance, self.loop, settle_s=SETTLE_S)
         self._lane = self._loop_lane.lane
         """The loop thread's own lane (:mod:`ksvc_host.lanes`), or None: operations it takes skip the dispatcher."""
@@ -524,7 +530,12 @@ class AsyncKsvc(SharedPageReads, Operations):
     @property
     def multishot_accept(self) -> bool:
         """True when one accept submission can yield every connection (the ``multishot-accept`` feature)."""
-        return bool(getattr(self.instance.io_backend, "multishot_accept", False))
+        return self._multishot_accept
+
+    @property
+    def fixed_files(self) -> FixedFileTable | None:
+        """The io backend's registered-descriptor table (the ``fixed-files`` feature), or None."""
+        return self._fixed_files
 
     def cancel(self, w: Waiter) -> None:
         """Ask the kernel to stop the operation of *w* (from :meth:`submit_callback`); best effort."""

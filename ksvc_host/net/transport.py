@@ -80,7 +80,7 @@ class KsvcTransport(asyncio.Transport):
         self._loop.call_soon(self._start, waiter)
 
     def _start(self, waiter: asyncio.Future[None] | None) -> None:
-        registry = getattr(self._k.instance.io_backend, "fixed_files", None)
+        registry = self._k.fixed_files
         if registry is not None:  # the fixed-files feature: SQEs on this socket skip the fd table lookup
             try:
                 registry.register(self._fd)
