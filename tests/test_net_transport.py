@@ -117,8 +117,8 @@ def test_pause_reading_stops_delivery_and_resume_delivers_the_rest_in_order() ->
             p = await _first(made)
             while p.calls == 0:
                 await asyncio.sleep(0.001)
-            await asyncio.sleep(0.2)  # paused: the receive in flight at the pause may still deliver, no more
-            assert p.calls <= 2
+            await asyncio.sleep(0.2)  # paused: what still arrives is held for the resume
+            assert p.calls == 1
             assert not p.transport.is_reading()
             held = len(p.data)
             assert held < len(payload)
@@ -130,6 +130,41 @@ def test_pause_reading_stops_delivery_and_resume_delivers_the_rest_in_order() ->
             assert bytes(p.data) == payload
             peer.close()
             assert await p.lost is None
+
+    run(main)
+
+
+def test_end_of_file_while_paused_comes_after_the_held_data() -> None:
+    payload = os.urandom(300_000)
+
+    class PausingOnce(Recorder):
+        eof = False
+
+        def data_received(self, data: bytes) -> None:
+            assert not self.eof
+            super().data_received(data)
+            if self.calls == 1:
+                self.transport.pause_reading()
+
+        def eof_received(self) -> bool | None:
+            self.eof = True
+            return None
+
+    async def main() -> None:
+        server, port, made = await _serve(PausingOnce)
+        async with server:
+            peer = _peer(port)
+            peer.sendall(payload)
+            peer.shutdown(socket.SHUT_WR)  # end of file right behind the data
+            p = await _first(made)
+            while p.calls == 0:
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(0.2)
+            assert p.calls == 1 and not p.eof
+            p.transport.resume_reading()
+            assert await p.lost is None
+            assert p.eof and bytes(p.data) == payload
+            peer.close()
 
     run(main)
 

@@ -84,6 +84,13 @@
 #define OP_RECV 27
 #define FSYNC_DATASYNC (1u << 0)
 #define RECVSEND_POLL_FIRST (1u << 0)   /* in sqe.ioprio: arm the poll before trying */
+#define RECV_MULTISHOT (1u << 1)        /* in sqe.ioprio: one receive SQE, a CQE per arrival */
+#define SQE_BUFFER_SELECT (1u << 5)     /* sqe.flags: the kernel picks a provided buffer */
+#define CQE_F_BUFFER (1u << 0)          /* cqe.flags: a provided buffer was used; its id is flags >> 16 */
+#define CQE_F_MORE (1u << 1)            /* cqe.flags: a multishot request goes on */
+#define CQE_BUFFER_SHIFT 16
+#define REGISTER_PBUF_RING 22
+struct buf_reg { uint64_t ring_addr; uint32_t ring_entries; uint16_t bgid; uint16_t flags; uint64_t resv[3]; };
 #define SQE_SIZE 64
 #define CQE_SIZE 16
 
@@ -102,6 +109,7 @@ struct kernel_ts { int64_t tv_sec; int64_t tv_nsec; };
 #define SUBMIT_SIZE 64
 #define COMPLETE_SIZE 32
 #define ENTRY_POLL_FIRST (1u << 0)   /* a submit entry's flags (lane-internal): a receive that polls first */
+#define ENTRY_MULTISHOT (1u << 1)    /* a multishot receive into the lane's provided buffers */
 
 /* Syscall numbers (x86-64) the lane can translate, and what kind of call each is. */
 enum kind {
@@ -124,6 +132,9 @@ enum kind {
 #define LANE_SLOTS 256          /* default entries in flight at once */
 #define MAX_SLOTS (1u << 16)    /* a token keeps the slot in its low GEN_SHIFT bits */
 #define MANY_CHUNK 256          /* read_many: entries per chunk at most */
+#define PBUF_COUNT 512          /* provided buffers of a lane's receive loops (a power of two) */
+#define PBUF_SIZE 16384         /* bytes each: what one receive completion delivers at most */
+#define PBUF_GROUP 0            /* their buffer group id */
 #define WAIT_SLICE_NS 50000000  /* a blocked caller looks at the lane's closing deadline this often */
 #define CANCEL_TAG (1ULL << 62) /* user_data of the lane's own cancel requests */
 #define GEN_SHIFT 16            /* a token: generation << GEN_SHIFT | slot */
@@ -145,6 +156,7 @@ struct slot {
     uint8_t loop;      /* a receive loop: after each delivery the next receive is queued */
     uint8_t stopping;  /* a receive loop asked to end: no next receive */
     uint8_t cancelled; /* a callback entry whose cancel was asked: a receive loop delivers nothing more */
+    uint8_t multi;     /* a receive loop as one multishot receive into the lane's provided buffers */
     int32_t fd;
     int32_t pos;       /* read_many: the entry's place in its chunk */
     uint32_t nr;       /* a receive loop's syscall */
@@ -162,6 +174,11 @@ typedef struct {
     uint32_t setup_flags;
     uint32_t features;
     int poll_first;        /* the kernel knows IORING_RECVSEND_POLL_FIRST (5.19; implied by SINGLE_ISSUER, 6.0) */
+    /* provided buffers (receive loops): a ring of PBUF_COUNT io_uring_buf entries, and the buffers */
+    int pbuf_state;        /* 0: not tried yet, 1: registered, -1: the kernel has none (single receives) */
+    uint8_t *pbuf_ring;
+    uint8_t *pbufs;
+    uint16_t pbuf_tail;
     /* io_uring */
     void *sq_map; size_t sq_map_len;
     void *cq_map; size_t cq_map_len;
@@ -278,7 +295,11 @@ static int lane_accepts(const Lane *l, uint32_t nr, const uint64_t *a)
 static void translate(const Lane *l, const uint64_t *w, uint8_t *s)
 {
     uint32_t nr = (uint32_t)w[1] % NR_TABLE;   /* checked when the entry was written */
-    uint16_t ioprio = (w[1] >> 32) & ENTRY_POLL_FIRST ? RECVSEND_POLL_FIRST : 0;
+    uint32_t eflags = (uint32_t)(w[1] >> 32);
+    uint16_t ioprio = eflags & ENTRY_POLL_FIRST ? RECVSEND_POLL_FIRST : 0;
+    uint8_t sqe_flags = 0;
+    uint16_t buf_group = 0;
+    if (eflags & ENTRY_MULTISHOT) { ioprio = RECV_MULTISHOT; sqe_flags = SQE_BUFFER_SELECT; buf_group = PBUF_GROUP; }
     const uint64_t *a = w + 2;
     int kind = l->kind[nr];
     uint8_t op = l->opcode[nr];
@@ -299,6 +320,7 @@ static void translate(const Lane *l, const uint64_t *w, uint8_t *s)
     }
     memset(s, 0, SQE_SIZE);
     s[0] = op;
+    s[1] = sqe_flags;
     memcpy(s + 2, &ioprio, 2);
     memcpy(s + 4, &fd, 4);
     memcpy(s + 8, &off, 8);
@@ -306,6 +328,7 @@ static void translate(const Lane *l, const uint64_t *w, uint8_t *s)
     memcpy(s + 24, &len, 4);
     memcpy(s + 28, &op_flags, 4);
     memcpy(s + 32, &w[0], 8);   /* user_data: the entry's correlation id */
+    memcpy(s + 40, &buf_group, 2);
 }
 
 /* The turn ------------------------------------------------------------------------- */
@@ -355,11 +378,11 @@ static uint32_t lane_reap(Lane *l)
     uint32_t n = 0;
     while (head != tail && l->c_tail - l->c_head < l->nslots) {
         const uint8_t *c = l->cqes + (size_t)(head & l->cq_mask) * CQE_SIZE;
-        uint64_t ud; int32_t res;
-        memcpy(&ud, c, 8); memcpy(&res, c + 8, 4);
+        uint64_t ud; int32_t res; uint32_t flags;
+        memcpy(&ud, c, 8); memcpy(&res, c + 8, 4); memcpy(&flags, c + 12, 4);
         head++;
         if (ud & CANCEL_TAG) continue;
-        uint64_t w[4] = {ud, (uint64_t)(int64_t)res, 0, 0};
+        uint64_t w[4] = {ud, (uint64_t)(int64_t)res, flags, 0};
         memcpy(l->cring + (size_t)(l->c_tail & l->slot_mask) * COMPLETE_SIZE, w, sizeof w);
         l->c_tail++;
         n++;
@@ -389,7 +412,7 @@ static int slot_take(Lane *l)
     uint32_t i = l->free_list[--l->n_free];
     struct slot *s = &l->slots[i];
     s->busy = 1; s->gen++; s->raw = 0; s->reads = 0; s->stream = 0; s->ints = 0;
-    s->call = 0; s->loop = 0; s->stopping = 0; s->cancelled = 0;
+    s->call = 0; s->loop = 0; s->stopping = 0; s->cancelled = 0; s->multi = 0;
     l->inflight++;
     return (int)i;
 }
@@ -558,9 +581,54 @@ static void lane_close_ring(Lane *l)
 {
     if (l->ring_fd >= 0) {
         lane_unmap(l);
-        close(l->ring_fd);
+        close(l->ring_fd);   /* unregisters the provided buffers with the ring */
         l->ring_fd = -1;
+        if (l->pbuf_ring) munmap(l->pbuf_ring, PBUF_COUNT * 16);
+        if (l->pbufs) munmap(l->pbufs, (size_t)PBUF_COUNT * PBUF_SIZE);
+        l->pbuf_ring = l->pbufs = NULL;
     }
+}
+
+/* Provided buffers ------------------------------------------------------------------ */
+
+/* Hand buffer bid back to the kernel (struct io_uring_buf: addr u64, len u32, bid u16, resv u16; the
+ * ring's tail is the resv of entry 0, so entries are written field by field, never whole). */
+static void pbuf_put(Lane *l, uint16_t bid)
+{
+    uint8_t *e = l->pbuf_ring + (size_t)(l->pbuf_tail & (PBUF_COUNT - 1)) * 16;
+    uint64_t addr = (uint64_t)(uintptr_t)(l->pbufs + (size_t)bid * PBUF_SIZE);
+    uint32_t len = PBUF_SIZE;
+    memcpy(e, &addr, 8); memcpy(e + 8, &len, 4); memcpy(e + 12, &bid, 2);
+    l->pbuf_tail++;
+    __atomic_store_n((uint16_t *)(l->pbuf_ring + 14), l->pbuf_tail, __ATOMIC_RELEASE);
+}
+
+/* Register the lane's provided buffers once (kernels from 6.0, where multishot receives exist too). */
+static int pbuf_ready(Lane *l)
+{
+    if (l->pbuf_state) return l->pbuf_state > 0;
+    l->pbuf_state = -1;
+    if (!l->poll_first) return 0;
+    void *ring = mmap(NULL, PBUF_COUNT * 16, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *bufs = mmap(NULL, (size_t)PBUF_COUNT * PBUF_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (ring == MAP_FAILED || bufs == MAP_FAILED) {
+        if (ring != MAP_FAILED) munmap(ring, PBUF_COUNT * 16);
+        if (bufs != MAP_FAILED) munmap(bufs, (size_t)PBUF_COUNT * PBUF_SIZE);
+        return 0;
+    }
+    madvise(ring, PBUF_COUNT * 16, MADV_DONTFORK);
+    madvise(bufs, (size_t)PBUF_COUNT * PBUF_SIZE, MADV_DONTFORK);
+    struct buf_reg reg = {(uint64_t)(uintptr_t)ring, PBUF_COUNT, PBUF_GROUP, 0, {0, 0, 0}};
+    if (syscall(NR_IO_URING_REGISTER, l->ring_fd, REGISTER_PBUF_RING, &reg, 1) < 0) {
+        munmap(ring, PBUF_COUNT * 16);
+        munmap(bufs, (size_t)PBUF_COUNT * PBUF_SIZE);
+        return 0;
+    }
+    l->pbuf_ring = ring;
+    l->pbufs = bufs;
+    for (uint32_t i = 0; i < PBUF_COUNT; i++) pbuf_put(l, (uint16_t)i);
+    l->pbuf_state = 1;
+    return 1;
 }
 
 static void Lane_dealloc(Lane *l)
@@ -985,9 +1053,10 @@ static void end_loop(Lane *l, uint32_t i, PyObject *why)
 
 PyDoc_STRVAR(receive_doc,
     "receive(on_data, on_end, fd, size) -> token, or None: a receive loop on a blocking socket. Each time\n"
-    "data arrives, on_data(bytes) is called (at most size bytes, in new bytes) and the next receive is\n"
-    "queued, until end of file, an error, an exception from on_data, or stop()/cancel(): then\n"
-    "on_end(why) is called once, why being 0 (end of file), -errno, the exception, or None (stopped).");
+    "data arrives, on_data(bytes) is called with new bytes (at most size, or the lane's provided-buffer\n"
+    "size where the kernel has multishot receives), until end of file, an error, an exception from\n"
+    "on_data, or stop()/cancel(): then on_end(why) is called once, why being 0 (end of file), -errno,\n"
+    "the exception, or None (stopped).");
 static PyObject *Lane_receive(Lane *l, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "receive(on_data, on_end, fd, size)"); return NULL; }
@@ -997,6 +1066,19 @@ static PyObject *Lane_receive(Lane *l, PyObject *const *args, Py_ssize_t nargs)
     int ok = nr < NR_TABLE && usable(l) && read_words(l, nr, rargs, a, &n);
     Py_DECREF(zero);
     if (!ok) Py_RETURN_NONE;
+    if (pbuf_ready(l)) {
+        /* One multishot receive: the kernel keeps its poll armed and picks a provided buffer per arrival. */
+        int i = slot_take(l);
+        if (i < 0) Py_RETURN_NONE;
+        struct slot *s = &l->slots[i];
+        s->call = 1; s->loop = 1; s->multi = 1; s->nr = nr; s->fd = (int32_t)a[0];
+        Py_INCREF(args[0]); s->fut = args[0];
+        Py_INCREF(args[1]); s->end = args[1];
+        a[1] = a[2] = 0;
+        uint64_t t = token_of(l, (uint32_t)i);
+        write_entry_flags(l, t, nr, a, ENTRY_MULTISHOT);
+        return PyLong_FromUnsignedLongLong(t);
+    }
     PyObject *t = start_entry(l, nr, a, args[0], NULL, n, 1, NULL, 0);
     if (t && t != Py_None) {
         struct slot *s = &l->slots[PyLong_AsUnsignedLongLong(t) & ((1u << GEN_SHIFT) - 1)];
@@ -1037,6 +1119,10 @@ static PyObject *Lane_stop(Lane *l, PyObject *arg)
 {
     struct slot *s = slot_of(l, arg);
     if (!s || !s->loop) Py_RETURN_FALSE;
+    if (!s->stopping && s->multi && l->ring_fd >= 0 && thread_serial() == l->owner) {
+        lane_submit(l);   /* a multishot receive goes on until cancelled: what already arrived still delivers */
+        submit_cancel(l, PyLong_AsUnsignedLongLong(arg));
+    }
     s->stopping = 1;
     Py_RETURN_TRUE;
 }
@@ -1121,13 +1207,65 @@ static void deliver_call(Lane *l, uint32_t i, int64_t res)
     write_entry_flags(l, token_of(l, i), s->nr, a, l->poll_first ? ENTRY_POLL_FIRST : 0);
 }
 
+/* One completion of a multishot receive: data in a provided buffer (copied into new bytes for on_data,
+ * the buffer handed straight back), or the end of the series, after which the loop re-arms or ends. */
+static void deliver_multishot(Lane *l, uint32_t i, int64_t res, uint32_t flags)
+{
+    struct slot *s = &l->slots[i];
+    if (flags & CQE_F_BUFFER) {
+        uint16_t bid = (uint16_t)(flags >> CQE_BUFFER_SHIFT);
+        PyObject *v = NULL;
+        if (res > 0 && !s->cancelled && bid < PBUF_COUNT)
+            v = PyBytes_FromStringAndSize((const char *)l->pbufs + (size_t)bid * PBUF_SIZE, (Py_ssize_t)res);
+        if (bid < PBUF_COUNT) pbuf_put(l, bid);
+        if (res > 0 && !s->cancelled) {
+            PyObject *fn = s->fut;
+            uint32_t gen = s->gen;
+            Py_INCREF(fn);
+            PyObject *r = v ? PyObject_CallOneArg(fn, v) : NULL;
+            Py_XDECREF(v);
+            Py_DECREF(fn);
+            if (!s->busy || s->gen != gen) {   /* the callback forked, and the child dropped the lane */
+                if (!r) PyErr_WriteUnraisable(NULL);
+                Py_XDECREF(r);
+                return;
+            }
+            if (r) {
+                Py_DECREF(r);
+            } else {
+                /* on_data failed: deliver nothing more, and end the loop with its exception once the
+                 * kernel has ended the series. */
+                PyObject *type, *exc, *tb;
+                PyErr_Fetch(&type, &exc, &tb);
+                PyErr_NormalizeException(&type, &exc, &tb);
+                if (exc && tb) PyException_SetTraceback(exc, tb);
+                Py_XDECREF(type); Py_XDECREF(tb);
+                Py_XSETREF(s->orphan, exc);
+                s->cancelled = s->stopping = 1;
+                if (flags & CQE_F_MORE) submit_cancel(l, token_of(l, i));
+            }
+        }
+    }
+    if (flags & CQE_F_MORE) return;   /* the series goes on */
+    /* The series ended: why? */
+    if (s->orphan) { PyObject *exc = s->orphan; s->orphan = NULL; end_loop(l, i, exc); return; }
+    if (s->cancelled) { end_loop(l, i, PyLong_FromLong(-ECANCELED)); return; }
+    if (res == 0 && !(flags & CQE_F_BUFFER)) { end_loop(l, i, PyLong_FromLong(0)); return; }   /* end of file */
+    if (res < 0 && res != -ENOBUFS && !(res == -ECANCELED && s->stopping)) { end_loop(l, i, PyLong_FromLongLong(res)); return; }
+    if (s->stopping || !usable(l)) { end_loop(l, i, (Py_INCREF(Py_None), Py_None)); return; }
+    /* Out of buffers, or the kernel ended it after data: the buffers this turn hands back serve the next. */
+    uint64_t a[6] = {(uint64_t)(int64_t)s->fd, 0, 0, 0, 0, 0};
+    write_entry_flags(l, token_of(l, i), s->nr, a, ENTRY_MULTISHOT);
+}
+
 /* Hand one completion to its future: the value, the OSError, or (result, value) for a settle. */
-static void resolve(Lane *l, uint64_t token, int64_t res)
+static void resolve(Lane *l, uint64_t token, int64_t res, uint32_t flags)
 {
     uint32_t i = (uint32_t)(token & ((1u << GEN_SHIFT) - 1));
     if (i >= l->nslots) return;
     struct slot *s = &l->slots[i];
     if (!s->busy || s->gen != (uint32_t)(token >> GEN_SHIFT) || !s->fut) return;
+    if (s->multi) { deliver_multishot(l, i, res, flags); return; }
     if (s->call && !s->raw) { deliver_call(l, i, res); return; }
     PyObject *v;
     PyObject *meth = str_set_result;
@@ -1182,10 +1320,10 @@ static PyObject *Lane_turn(Lane *l, PyObject *Py_UNUSED(ignored))
     for (;;) {
         uint32_t n = lane_reap(l);
         while (l->c_head != l->c_tail) {
-            uint64_t w[2];
+            uint64_t w[3];
             memcpy(w, l->cring + (size_t)(l->c_head & l->slot_mask) * COMPLETE_SIZE, sizeof w);
             l->c_head++;
-            resolve(l, w[0], (int64_t)w[1]);
+            resolve(l, w[0], (int64_t)w[1], (uint32_t)w[2]);
             done++;
         }
         if (!n) break;
@@ -1287,6 +1425,7 @@ static PyObject *Lane_forget(Lane *l, PyObject *Py_UNUSED(ignored))
 {
     /* The mappings were not inherited (MADV_DONTFORK); the descriptor is closed by the host. */
     l->sq_map = l->cq_map = l->sqes_map = NULL;
+    l->pbuf_ring = l->pbufs = NULL;
     l->ring_fd = -1;
     l->dead = 1;
     for (uint32_t i = 0; i < l->nslots; i++) l->slots[i].busy = 0;

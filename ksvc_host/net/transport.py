@@ -24,6 +24,7 @@ import asyncio
 import errno
 import os
 import socket
+from collections import deque
 from typing import Any
 
 from ksvc_host import native
@@ -70,6 +71,10 @@ class KsvcTransport(asyncio.Transport):
         self._closed = False
         self._eof_requested = False
         self._eof_sent = False
+        self._held: deque[bytes] = deque()
+        """Data that arrived while reading was paused, for the protocol on resume."""
+        self._held_end: int | None = None
+        """End of file or -errno that came after held data."""
         self._recv_token: int | None = None
         self._send_token: int | None = None
         self._recv_w: Waiter | None = None
@@ -93,6 +98,10 @@ class KsvcTransport(asyncio.Transport):
             waiter.set_result(None)
 
     # Reading ----------------------------------------------------------------------------
+    #
+    # While reading is paused, what still arrives (the receive in flight, or what a multishot receive
+    # took from the socket before its cancellation) is held, in order, and delivered on resume: the
+    # protocol sees no data_received between pause_reading and resume_reading, as asyncio promises.
 
     def _start_receiving(self) -> None:
         if self._closing or self._receiving or not self._reading:
@@ -121,8 +130,13 @@ class KsvcTransport(asyncio.Transport):
             self._received_end(res if res <= 0 else -errno.ECANCELED)
             return
         assert self._rview is not None
+        data = self._rview[:res].tobytes()
+        if not self._reading:
+            self._held.append(data)
+            self._received_end(None)
+            return
         try:
-            self._protocol.data_received(self._rview[:res].tobytes())
+            self._protocol.data_received(data)
         except Exception as exc:  # noqa: BLE001 - the protocol's failure ends the connection, as in asyncio
             self._received_end(exc)
             return
@@ -139,6 +153,8 @@ class KsvcTransport(asyncio.Transport):
             return
         if why is None:
             self._start_receiving()  # resumed meanwhile, or stays paused
+        elif self._held and not isinstance(why, BaseException):
+            self._held_end = why  # end of file or an error after held data: after the data, on resume
         elif isinstance(why, BaseException):
             self._loop.call_exception_handler({
                 "message": "Fatal error: protocol.data_received() call failed.",
@@ -152,17 +168,37 @@ class KsvcTransport(asyncio.Transport):
             self._fatal(oserror(-why))
 
     def pause_reading(self) -> None:
-        """Stop asking for data (the receive in flight may still deliver)."""
-        if self._reading:
-            self._reading = False
-            lane = self._loop_lane.lane
-            if self._recv_token is not None and lane is not None:
-                lane.stop(self._recv_token)
+        """Stop calling the protocol's ``data_received`` until :meth:`resume_reading`."""
+        if not self._reading:
+            return
+        self._reading = False
+        lane = self._loop_lane.lane
+        if self._recv_token is not None and lane is not None:
+            lane.stop(self._recv_token)
+            lane.retarget(self._recv_token, self._held.append)
 
     def resume_reading(self) -> None:
-        """Ask for data again."""
-        if not self._reading:
-            self._reading = True
+        """Deliver what arrived while paused, then ask for data again."""
+        if self._reading or self._closing:
+            return
+        self._reading = True
+        while self._held:
+            if not self._reading or self._closing:
+                return  # paused again (or closed) by the protocol while taking held data
+            try:
+                self._protocol.data_received(self._held.popleft())
+            except Exception as exc:  # noqa: BLE001 - as a failure in a receive loop
+                self._held.clear()
+                self._received_end(exc)
+                return
+        lane = self._loop_lane.lane
+        if self._receiving:  # the stopped loop has not ended yet: what it still gets goes to the protocol
+            if self._recv_token is not None and lane is not None:
+                lane.retarget(self._recv_token, self._protocol.data_received)
+        elif self._held_end is not None:
+            why, self._held_end = self._held_end, None
+            self._received_end(why)
+        else:
             self._start_receiving()
 
     def is_reading(self) -> bool:
@@ -336,7 +372,7 @@ class KsvcTransport(asyncio.Transport):
         """Feed another protocol from now on."""
         self._protocol = protocol
         lane = self._loop_lane.lane
-        if self._recv_token is not None and lane is not None:
+        if self._recv_token is not None and lane is not None and self._reading:
             lane.retarget(self._recv_token, protocol.data_received)  # type: ignore[attr-defined]
 
     def fileno(self) -> int:
