@@ -157,6 +157,7 @@ struct slot {
     uint8_t stopping;  /* a receive loop asked to end: no next receive */
     uint8_t cancelled; /* a callback entry whose cancel was asked: a receive loop delivers nothing more */
     uint8_t multi;     /* a receive loop as one multishot receive into the lane's provided buffers */
+    uint8_t quiet;     /* a send whose callback runs only if it is short, fails, or was watched */
     int32_t fd;
     int32_t pos;       /* read_many: the entry's place in its chunk */
     uint32_t nr;       /* a receive loop's syscall */
@@ -412,7 +413,7 @@ static int slot_take(Lane *l)
     uint32_t i = l->free_list[--l->n_free];
     struct slot *s = &l->slots[i];
     s->busy = 1; s->gen++; s->raw = 0; s->reads = 0; s->stream = 0; s->ints = 0;
-    s->call = 0; s->loop = 0; s->stopping = 0; s->cancelled = 0; s->multi = 0;
+    s->call = 0; s->loop = 0; s->stopping = 0; s->cancelled = 0; s->multi = 0; s->quiet = 0;
     l->inflight++;
     return (int)i;
 }
@@ -1090,17 +1091,43 @@ static PyObject *Lane_receive(Lane *l, PyObject *const *args, Py_ssize_t nargs)
 }
 
 PyDoc_STRVAR(send_doc,
-    "send(on_sent, fd, data, flags) -> token, or None: send data's buffer on a blocking socket; on_sent(result)\n"
-    "is called with the count sent or -errno.");
+    "send(on_sent, fd, data, flags) -> token, or None: send data's buffer on fd, a blocking socket the caller\n"
+    "owns (not checked again: a transport's). on_sent(result) is called with the count sent or -errno only\n"
+    "if the send is short or fails, or once watch(token) asked for it; a whole send ends silently.");
 static PyObject *Lane_send(Lane *l, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "send(on_sent, fd, data, flags)"); return NULL; }
-    uint32_t nr = l->send_nr; uint64_t a[6]; Py_buffer view;
-    if (nr >= NR_TABLE || !usable(l) || !write_words(l, nr, args + 1, a, &view)) Py_RETURN_NONE;
+    uint32_t nr = l->send_nr;
+    if (nr >= NR_TABLE || !usable(l) || !PyLong_CheckExact(args[1]) || !PyLong_CheckExact(args[3])) Py_RETURN_NONE;
+    long fd = PyLong_AsLong(args[1]);
+    long long fl = PyLong_AsLongLong(args[3]);
+    if (PyErr_Occurred()) { PyErr_Clear(); Py_RETURN_NONE; }
+    if (fd < 0 || fd > INT32_MAX || fl < 0 || fl > 0xffffffffLL) Py_RETURN_NONE;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[2], &view, PyBUF_SIMPLE) < 0) { PyErr_Clear(); Py_RETURN_NONE; }
+    if ((uint64_t)view.len > 0xffffffffu) { PyBuffer_Release(&view); Py_RETURN_NONE; }
+    uint64_t a[6] = {(uint64_t)fd, (uint64_t)(uintptr_t)view.buf, (uint64_t)view.len, (uint64_t)fl, 0, 0};
     PyObject *t = start_entry(l, nr, a, args[0], NULL, -1, 0, &view, 1);
     if (!t || t == Py_None) { PyBuffer_Release(&view); return t; }
-    l->slots[PyLong_AsUnsignedLongLong(t) & ((1u << GEN_SHIFT) - 1)].call = 1;
+    struct slot *s = &l->slots[PyLong_AsUnsignedLongLong(t) & ((1u << GEN_SHIFT) - 1)];
+    s->call = 1;
+    s->quiet = 1;
+    s->len = (uint32_t)view.len;
     return t;
+}
+
+PyDoc_STRVAR(watch_doc,
+    "watch(token) -> bool: have a send's on_sent called when it ends; False: it already ended whole.");
+static PyObject *Lane_watch(Lane *l, PyObject *arg)
+{
+    unsigned long long t = PyLong_AsUnsignedLongLong(arg);
+    if (PyErr_Occurred()) return NULL;
+    uint32_t i = (uint32_t)(t & ((1u << GEN_SHIFT) - 1));
+    if (i >= l->nslots) Py_RETURN_FALSE;
+    struct slot *s = &l->slots[i];
+    if (!s->busy || s->gen != (uint32_t)(t >> GEN_SHIFT) || !s->call) Py_RETURN_FALSE;
+    s->quiet = 0;
+    Py_RETURN_TRUE;
 }
 
 /* The slot of a token still in flight, or NULL. */
@@ -1159,6 +1186,7 @@ static PyObject *Lane_cancel(Lane *l, PyObject *arg)
 static void deliver_call(Lane *l, uint32_t i, int64_t res)
 {
     struct slot *s = &l->slots[i];
+    if (s->quiet && res == (int64_t)s->len) { slot_free(l, i); return; }   /* sent whole, nobody waits */
     if (s->loop && (res <= 0 || s->cancelled)) {
         end_loop(l, i, PyLong_FromLongLong(res <= 0 ? res : -ECANCELED));
         return;
@@ -1480,6 +1508,7 @@ static PyMethodDef Lane_methods[] = {
     {"receive", (PyCFunction)(void (*)(void))Lane_receive, METH_FASTCALL, receive_doc},
     {"send", (PyCFunction)(void (*)(void))Lane_send, METH_FASTCALL, send_doc},
     {"stop", (PyCFunction)Lane_stop, METH_O, stop_doc},
+    {"watch", (PyCFunction)Lane_watch, METH_O, watch_doc},
     {"retarget", (PyCFunction)(void (*)(void))Lane_retarget, METH_FASTCALL, retarget_doc},
     {"cancel", (PyCFunction)Lane_cancel, METH_O, cancel_doc},
     {"abandon", (PyCFunction)(void (*)(void))Lane_abandon, METH_FASTCALL, abandon_doc},

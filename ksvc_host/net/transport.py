@@ -77,6 +77,7 @@ class KsvcTransport(asyncio.Transport):
         """End of file or -errno that came after held data."""
         self._recv_token: int | None = None
         self._send_token: int | None = None
+        self._send_watched = False
         self._recv_w: Waiter | None = None
         self._send_w: Waiter | None = None
         self._rbuf: Any = None
@@ -213,13 +214,14 @@ class KsvcTransport(asyncio.Transport):
             raise RuntimeError("Cannot call write() after write_eof()")
         if self._closing or not data:
             return
-        if not self._sending and not self._buffer:
+        if not self._buffer and self._send_idle():
             self._send(data if data.__class__ is bytes else bytes(data))  # the caller may reuse its buffer
         else:
             self._buffer += data
         if not self._protocol_paused and len(self._buffer) + self._sending > self._high:
             self._protocol_paused = True
             self._protocol.pause_writing()
+            self._send_idle()  # the send in flight is watched now: its end resumes the protocol
 
     def _send(self, chunk: bytes) -> None:
         self._sending = len(chunk)
@@ -227,8 +229,11 @@ class KsvcTransport(asyncio.Transport):
         lane = self._loop_lane.lane
         if lane is not None:
             token = lane.send(self._on_sent, self._fd, chunk, _SEND_FLAGS)
-            if token is not None:
+            if token is not None:  # a quiet send: _on_sent runs only if it is short, fails, or is watched
                 self._send_token = token
+                # Watched at once when something already waits for its end (a paused protocol, a close).
+                waiting = self._protocol_paused or self._closing or self._eof_requested
+                self._send_watched = waiting and lane.watch(token)
                 self._loop_lane.soon()
                 return
         view = native.ffi.from_buffer(chunk)
@@ -248,10 +253,19 @@ class KsvcTransport(asyncio.Transport):
         elif self._closing:
             self._finish(None)
 
+    def _send_idle(self) -> bool:
+        """True when no send is in flight. A quiet lane send still in flight is watched from here on (its end
+        is needed: something waits behind it); one that already went out whole is forgotten."""
+        token = self._send_token
+        if token is not None and not self._send_watched:
+            lane = self._loop_lane.lane
+            if lane is not None and lane.watch(token):
+                self._send_watched = True
+            else:
+                self._sending, self._send_data, self._send_token = 0, None, None
+        return not self._sending and self._send_w is None
+
     def _on_sent(self, res: int) -> None:
-        if res == self._sending and not (self._buffer or self._protocol_paused or self._closing or self._eof_requested):
-            self._sending, self._send_data, self._send_token, self._send_w = 0, None, None, None  # whole, no wait
-            return
         sent, chunk = self._sending, self._send_data
         self._sending, self._send_data = 0, None
         self._send_token = self._send_w = None
@@ -281,7 +295,7 @@ class KsvcTransport(asyncio.Transport):
         if self._eof_requested or self._closing:
             return
         self._eof_requested = True
-        if not self._send_busy():
+        if self._send_idle():
             self._send_next()
 
     def can_write_eof(self) -> bool:
@@ -290,10 +304,8 @@ class KsvcTransport(asyncio.Transport):
 
     def get_write_buffer_size(self) -> int:
         """Bytes queued and not yet sent."""
+        self._send_idle()
         return len(self._buffer) + self._sending
-
-    def _send_busy(self) -> bool:
-        return bool(self._sending) or self._send_w is not None
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         """High- and low-water marks for pausing the protocol (asyncio's defaults: 64 KiB, 16 KiB)."""
@@ -319,7 +331,7 @@ class KsvcTransport(asyncio.Transport):
             return
         self._closing = True
         self._cancel_receive()
-        if not self._send_busy():
+        if self._send_idle():
             self._loop.call_soon(self._finish, None)
 
     def _cancel_receive(self) -> None:
