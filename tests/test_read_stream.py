@@ -125,11 +125,12 @@ def test_the_window_is_cut_into_parts_only_for_a_kernel_sq_thread() -> None:
     assert (small.step, small.parts_in_flight) == (1, 2)
 
 
-def test_async_equals_os_pread_and_stops_at_the_failure(impl: str, data_fd: int) -> None:
+@pytest.mark.parametrize("lanes", [True, False], ids=["lane", "channel"])
+def test_async_equals_os_pread_and_stops_at_the_failure(impl: str, data_fd: int, lanes: bool) -> None:
     offs = _offsets(13, 900, 4096)
 
     async def main() -> tuple[list[bytes], list[bytes], int]:
-        async with ksvc.open_async() as k:
+        async with ksvc.open_async(lanes=lanes) as k:
             got = [b async for b in k.pread_iter(data_fd, 4096, offs, depth=32)]
             before = []
             err = 0
@@ -148,6 +149,50 @@ def test_async_equals_os_pread_and_stops_at_the_failure(impl: str, data_fd: int)
     assert got == [os.pread(data_fd, 4096, o) for o in offs]
     assert before == [os.pread(data_fd, 16, 0)]
     assert err == errno.EINVAL
+
+
+@pytest.mark.timeout(60)
+def test_async_stream_beyond_the_lane_cancelled_mid_way_and_on_a_pipe(data_fd: int) -> None:
+    offs = _offsets(23, 6000, 512)
+
+    async def main() -> None:
+        async with ksvc.open_async() as k:
+            # A window wider than the loop lane's slots: the reads past them take the shared channel, in order.
+            got = [b async for b in k.pread_iter(data_fd, 512, offs, depth=5000)]
+            assert got == [os.pread(data_fd, 512, o) for o in offs]
+
+            async def consume() -> None:
+                async for _ in k.pread_iter(data_fd, 4096, offs, depth=64):
+                    await asyncio.sleep(0)
+
+            task = asyncio.ensure_future(consume())
+            await asyncio.sleep(0.001)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # The cancelled stream's reads gave their slots back: another full stream still reads right.
+            lane = k.loop_lane.lane
+            for _ in range(50):
+                if lane is None or lane.inflight == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert lane is None or lane.inflight == 0
+            assert [b async for b in k.pread_iter(data_fd, 4096, offs[:300], depth=64)] == [
+                os.pread(data_fd, 4096, o) for o in offs[:300]
+            ]
+            r, w = os.pipe()
+            try:
+                with pytest.raises(OSError) as err:
+                    async for _ in k.pread_iter(r, 16, [0], depth=4):
+                        pass
+                with pytest.raises(OSError) as direct:
+                    os.pread(r, 16, 0)
+                assert err.value.errno == direct.value.errno == errno.ESPIPE
+            finally:
+                os.close(r)
+                os.close(w)
+
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize("preset", ["default", "server"])

@@ -158,6 +158,9 @@ struct slot {
     uint8_t cancelled; /* a callback entry whose cancel was asked: a receive loop delivers nothing more */
     uint8_t multi;     /* a receive loop as one multishot receive into the lane's provided buffers */
     uint8_t quiet;     /* a send whose callback runs only if it is short, fails, or was watched */
+    uint32_t group;    /* a read of a group (start_read_many): its leader's slot + 1 (0: none) */
+    uint32_t left;     /* a group's leader: reads of the group not yet answered */
+    PyObject *results; /* a group's leader: the list its future gets */
     int32_t fd;
     int32_t pos;       /* read_many: the entry's place in its chunk */
     uint32_t nr;       /* a receive loop's syscall */
@@ -414,6 +417,7 @@ static int slot_take(Lane *l)
     struct slot *s = &l->slots[i];
     s->busy = 1; s->gen++; s->raw = 0; s->reads = 0; s->stream = 0; s->ints = 0;
     s->call = 0; s->loop = 0; s->stopping = 0; s->cancelled = 0; s->multi = 0; s->quiet = 0;
+    s->group = 0; s->left = 0;
     l->inflight++;
     return (int)i;
 }
@@ -421,7 +425,7 @@ static int slot_take(Lane *l)
 static void slot_free(Lane *l, uint32_t i)
 {
     struct slot *s = &l->slots[i];
-    Py_CLEAR(s->fut); Py_CLEAR(s->obj); Py_CLEAR(s->orphan); Py_CLEAR(s->end);
+    Py_CLEAR(s->fut); Py_CLEAR(s->obj); Py_CLEAR(s->orphan); Py_CLEAR(s->end); Py_CLEAR(s->results);
     if (s->has_view) { PyBuffer_Release(&s->view); s->has_view = 0; }
     s->busy = 0;
     l->free_list[l->n_free++] = i;
@@ -1050,6 +1054,58 @@ static void end_loop(Lane *l, uint32_t i, PyObject *why)
     Py_XDECREF(why);
 }
 
+PyDoc_STRVAR(start_read_many_doc,
+    "start_read_many(fut, nr, fd, size, offsets) -> how many started (0: none taken): queue positioned reads\n"
+    "of size bytes at the first of offsets (as many as the lane has slots for); fut gets the list of their\n"
+    "results, in order, once all are answered: new bytes (a short read shorter) or -errno.");
+static PyObject *Lane_start_read_many(Lane *l, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) { PyErr_SetString(PyExc_TypeError, "start_read_many(fut, nr, fd, size, offsets)"); return NULL; }
+    uint32_t nr; uint64_t a[6]; Py_ssize_t size;
+    PyObject *seq = PySequence_Fast(args[4], "offsets must be a sequence");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    /* The descriptor and the arguments are checked once, with the first offset. */
+    if (!n || !usable(l) || !buffer_nr(l, args[1], &nr) || l->kind[nr] != K_POSITIONED
+        || !read_words(l, nr, (PyObject *const[]){args[2], args[3], items[0]}, a, &size)) {
+        Py_DECREF(seq);
+        return PyLong_FromLong(0);
+    }
+    if (n > (Py_ssize_t)l->n_free) n = (Py_ssize_t)l->n_free;
+    Py_ssize_t m = 0;
+    while (m < n && PyLong_CheckExact(items[m]) && PyLong_AsLongLong(items[m]) >= 0) m++;
+    PyErr_Clear();   /* an offset the lane does not take, and those after it: the caller's other path */
+    if (!m) { Py_DECREF(seq); return PyLong_FromLong(0); }
+    PyObject *results = PyList_New(m);
+    if (!results) { Py_DECREF(seq); return NULL; }
+    for (Py_ssize_t j = 0; j < m; j++) { Py_INCREF(Py_None); PyList_SET_ITEM(results, j, Py_None); }
+    int li = -1;
+    Py_ssize_t started = 0;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        int i = slot_take(l);
+        if (i < 0) break;
+        struct slot *s = &l->slots[i];
+        uint64_t w[6] = {a[0], 0, 0, (uint64_t)PyLong_AsLongLong(items[j]), 0, 0};
+        if (!slot_read_into_bytes(s, w, size, 0)) { slot_free(l, (uint32_t)i); break; }
+        if (li < 0) li = i;
+        s->group = (uint32_t)li + 1;
+        s->pos = (int32_t)j;
+        write_entry(l, token_of(l, (uint32_t)i), nr, w);
+        started++;
+    }
+    Py_DECREF(seq);
+    if (li < 0) { Py_DECREF(results); PyErr_Clear(); return PyLong_FromLong(0); }
+    struct slot *lead = &l->slots[li];
+    if (started < m && PyList_SetSlice(results, started, m, NULL) < 0) PyErr_Clear();   /* no memory for the rest */
+    PyErr_Clear();
+    lead->results = results;
+    lead->left = (uint32_t)started;
+    Py_INCREF(args[0]);
+    lead->fut = args[0];
+    return PyLong_FromSsize_t(started);
+}
+
 /* Callbacks (transports) ---------------------------------------------------------- */
 
 PyDoc_STRVAR(receive_doc,
@@ -1286,14 +1342,34 @@ static void deliver_multishot(Lane *l, uint32_t i, int64_t res, uint32_t flags)
     write_entry_flags(l, token_of(l, i), s->nr, a, ENTRY_MULTISHOT);
 }
 
+/* One read of a group: its value (bytes, or -errno) into the leader's list; the last one resolves the
+ * leader's future with the list (a cancelled future just lets it go). */
+static void deliver_group(Lane *l, uint32_t i, int64_t res)
+{
+    struct slot *s = &l->slots[i];
+    uint32_t li = s->group - 1;
+    struct slot *lead = &l->slots[li];
+    PyObject *v = res >= 0 ? value_of(s, res) : PyLong_FromLongLong(res);
+    if (!v) { PyErr_Clear(); v = PyLong_FromLong(-ENOMEM); }
+    if (lead->results) PyList_SetItem(lead->results, s->pos, v);   /* steals v */
+    else Py_DECREF(v);
+    s->group = 0;   /* answered (a leader's slot stays taken until the last) */
+    if (i != li) slot_free(l, i);
+    if (--lead->left) return;
+    PyObject *r = lead->fut && lead->results ? PyObject_CallMethodOneArg(lead->fut, str_set_result, lead->results) : NULL;
+    if (r) Py_DECREF(r); else PyErr_Clear();
+    slot_free(l, li);
+}
+
 /* Hand one completion to its future: the value, the OSError, or (result, value) for a settle. */
 static void resolve(Lane *l, uint64_t token, int64_t res, uint32_t flags)
 {
     uint32_t i = (uint32_t)(token & ((1u << GEN_SHIFT) - 1));
     if (i >= l->nslots) return;
     struct slot *s = &l->slots[i];
-    if (!s->busy || s->gen != (uint32_t)(token >> GEN_SHIFT) || !s->fut) return;
+    if (!s->busy || s->gen != (uint32_t)(token >> GEN_SHIFT) || (!s->fut && !s->group)) return;
     if (s->multi) { deliver_multishot(l, i, res, flags); return; }
+    if (s->group) { deliver_group(l, i, res); return; }
     if (s->call && !s->raw) { deliver_call(l, i, res); return; }
     PyObject *v;
     PyObject *meth = str_set_result;
@@ -1402,7 +1478,7 @@ static PyObject *Lane_cancel_all(Lane *l, PyObject *Py_UNUSED(ignored))
     lane_submit(l);
     long n = 0;
     for (uint32_t i = 0; i < l->nslots; i++)
-        if (l->slots[i].busy && l->slots[i].fut && submit_cancel(l, token_of(l, i))) n++;
+        if (l->slots[i].busy && (l->slots[i].fut || l->slots[i].group) && submit_cancel(l, token_of(l, i))) n++;
     return PyLong_FromLong(n);
 }
 
@@ -1503,6 +1579,7 @@ static PyMethodDef Lane_methods[] = {
     {"start", (PyCFunction)(void (*)(void))Lane_start, METH_FASTCALL, start_doc},
     {"start_read", (PyCFunction)(void (*)(void))Lane_start_read, METH_FASTCALL, start_read_doc},
     {"start_write", (PyCFunction)(void (*)(void))Lane_start_write, METH_FASTCALL, start_write_doc},
+    {"start_read_many", (PyCFunction)(void (*)(void))Lane_start_read_many, METH_FASTCALL, start_read_many_doc},
     {"write", (PyCFunction)(void (*)(void))Lane_write, METH_FASTCALL, write_doc},
     {"turn", (PyCFunction)Lane_turn, METH_NOARGS, turn_doc},
     {"receive", (PyCFunction)(void (*)(void))Lane_receive, METH_FASTCALL, receive_doc},

@@ -457,8 +457,48 @@ class AsyncKsvc(SharedPageReads, Operations):
         failed read raises its ``OSError`` when reached.
         """
         check_route(self.instance, _NR_PREAD64)
+        if self._lane is not None and not self._completer.pipelined:
+            return self._lane_stream(ReadStream(fd, size, offsets, depth), depth)
         parts = ReadStream.PIPELINED_PARTS if self._completer.pipelined else 1
         return self._stream(ReadStream(fd, size, offsets, depth, parts))
+
+    async def _lane_stream(self, stream: ReadStream, depth: int) -> AsyncIterator[bytes]:
+        """The stream on the loop's lane: two groups of half the window in flight, each one C call to start
+        and one future for all its reads, resolved by the lane's turns; while one group is handed back the
+        other is read. Offsets the lane does not take (a descriptor it cannot read exactly as os.pread
+        would, a negative offset, no free slot) and all after them go through the shared channel, in order."""
+        lane = self._lane
+        assert lane is not None
+        half = max(1, depth // 2)
+        groups: deque[asyncio.Future[list[Any]]] = deque()
+        rest: ReadStream | None = None
+        try:
+            while True:
+                while rest is None and len(groups) < 2:
+                    taken = stream.take(half)
+                    if not taken:
+                        break
+                    fut: asyncio.Future[list[Any]] = self.loop.create_future()
+                    started = lane.start_read_many(fut, _NR_PREAD64, stream.fd, stream.size, taken)
+                    if started < len(taken):
+                        rest = stream.rest(taken[started:])
+                    if started:
+                        groups.append(fut)
+                        self._loop_lane.soon()
+                if not groups:
+                    break
+                values = await groups[0]
+                groups.popleft()
+                for v in values:
+                    if v.__class__ is int:
+                        raise oserror(-v)
+                    yield v
+        finally:
+            for fut in groups:  # left early: the reads finish in the background, their bytes unseen
+                fut.cancel()
+        if rest is not None:
+            async for value in self._stream(rest):
+                yield value
 
     async def _stream(self, stream: ReadStream) -> AsyncIterator[bytes]:
         out: deque[asyncio.Future[Any]] = deque()

@@ -220,9 +220,18 @@ class ReadStream:
         self._free: list[bytearray] = []
         self._tables: list[Any] = []
 
+    def take(self, n: int) -> list[int]:
+        """The next *n* offsets (fewer at the end)."""
+        return list(itertools.islice(self._offsets, n))
+
+    def rest(self, first: list[int]) -> ReadStream:
+        """A stream of the same reads at offsets *first* (taken, not read), then at those not taken yet."""
+        depth = self.step * self.parts_in_flight
+        return ReadStream(self.fd, self.size, itertools.chain(first, self._offsets), depth)
+
     def next_op(self) -> BulkOp | None:
         """The next part's bulk operation, or ``None`` when every offset has been submitted."""
-        chunk = list(itertools.islice(self._offsets, self.step))
+        chunk = self.take(self.step)
         if not chunk:
             return None
         size, n = self.size, len(chunk)
