@@ -281,7 +281,7 @@ class LoopLane:
         self._scheduled = False
         lane = self.lane
         if lane is not None:
-            lane.turn()
+            lane.turn(False)  # submit what was started; what completes later, the eventfd reports
             if lane.queued:  # the SQ was full: the rest next iteration
                 self.soon()
 
@@ -292,8 +292,10 @@ class LoopLane:
             pass
         lane = self.lane
         if lane is not None and lane.turn():
-            # The turn's callbacks woke tasks (call_soon): a turn queued after them submits what they start
-            # in this same loop iteration, in one batch, instead of one iteration later.
+            if lane.queued:  # what the callbacks started (a protocol's sends): submitted now, in one batch
+                lane.turn(False)
+            # The turn's callbacks also woke tasks (call_soon): a turn queued behind them submits what they
+            # start in this same loop iteration, in one batch, instead of one iteration later.
             self.soon()
 
     async def settle(self, token: int) -> tuple[int, Any] | None:

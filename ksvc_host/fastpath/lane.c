@@ -1408,16 +1408,21 @@ static void resolve(Lane *l, uint64_t token, int64_t res, uint32_t flags)
     slot_free(l, i);
 }
 
-PyDoc_STRVAR(turn_doc, "turn() -> completions delivered: submit queued entries, reap, resolve futures.");
-static PyObject *Lane_turn(Lane *l, PyObject *Py_UNUSED(ignored))
+PyDoc_STRVAR(turn_doc,
+    "turn(run_work=True) -> completions delivered: submit queued entries, reap, deliver. run_work: with\n"
+    "nothing to submit, enter the kernel anyway to run deferred work (the lane's eventfd said there is some).");
+static PyObject *Lane_turn(Lane *l, PyObject *const *args, Py_ssize_t nargs)
 {
+    if (nargs > 1) { PyErr_SetString(PyExc_TypeError, "turn(run_work=True)"); return NULL; }
+    int run_work = nargs ? PyObject_IsTrue(args[0]) : 1;
+    if (run_work < 0) return NULL;
     if (l->ring_fd < 0 || thread_serial() != l->owner || l->in_turn) return PyLong_FromLong(0);
     long r = lane_submit(l);
     if (r < 0 && r != -EAGAIN && r != -EBUSY && r != -EINTR) {
         errno = (int)-r;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    if (!l->unsubmitted && l->inflight && *l->cq_head == load_acquire32(l->cq_tail))
+    if (run_work && !l->unsubmitted && l->inflight && *l->cq_head == load_acquire32(l->cq_tail))
         uring_enter(l, 0, 0, ENTER_GETEVENTS, -1);   /* deferred task work: run it here, now */
     long done = 0;
     l->in_turn = 1;
@@ -1581,7 +1586,7 @@ static PyMethodDef Lane_methods[] = {
     {"start_write", (PyCFunction)(void (*)(void))Lane_start_write, METH_FASTCALL, start_write_doc},
     {"start_read_many", (PyCFunction)(void (*)(void))Lane_start_read_many, METH_FASTCALL, start_read_many_doc},
     {"write", (PyCFunction)(void (*)(void))Lane_write, METH_FASTCALL, write_doc},
-    {"turn", (PyCFunction)Lane_turn, METH_NOARGS, turn_doc},
+    {"turn", (PyCFunction)(void (*)(void))Lane_turn, METH_FASTCALL, turn_doc},
     {"receive", (PyCFunction)(void (*)(void))Lane_receive, METH_FASTCALL, receive_doc},
     {"send", (PyCFunction)(void (*)(void))Lane_send, METH_FASTCALL, send_doc},
     {"stop", (PyCFunction)Lane_stop, METH_O, stop_doc},
