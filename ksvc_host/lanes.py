@@ -271,6 +271,11 @@ class LoopLane:
         self._build()
         return self.lane
 
+    @property
+    def scheduled(self) -> bool:
+        """A turn is already scheduled (what is started now goes out with it)."""
+        return self._scheduled
+
     def soon(self) -> None:
         """Run a turn in this loop iteration's callbacks (once, however many entries were written)."""
         if not self._scheduled:

@@ -214,6 +214,21 @@ class KsvcTransport(asyncio.Transport):
             raise RuntimeError("Cannot call write() after write_eof()")
         if self._closing or not data:
             return
+        lane = self._loop_lane.lane
+        if lane is not None and not self._buffer and data.__class__ is bytes and len(data) <= self._high:
+            # The common case in one frame: the previous send went out whole (or there was none), so this
+            # one is sent now, quietly (see _send).
+            token = self._send_token
+            if token is None or not (self._send_watched or lane.watch(token)):
+                token = lane.send(self._on_sent, self._fd, data, _SEND_FLAGS)
+                if token is not None:
+                    self._send_token, self._send_watched, self._sending, self._send_data = token, False, len(data), data
+                    if not self._loop_lane.scheduled:
+                        self._loop_lane.soon()
+                    return
+                self._send_token, self._sending, self._send_data = None, 0, None
+            else:
+                self._send_watched = True
         if not self._buffer and self._send_idle():
             self._send(data if data.__class__ is bytes else bytes(data))  # the caller may reuse its buffer
         else:
