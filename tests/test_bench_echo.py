@@ -261,3 +261,8 @@ def test_echo_run_records_the_generator(binary: Path, monkeypatch: pytest.Monkey
         assert m.status == "ok", m.note
         conns, msgs, _size = echo.WORKLOADS[m.case]
         assert m.extra["generator"] == "c" and m.ops == conns * max(1, msgs // 100)
+        # The target workloads are measured in every round and reported as the median, with the spread.
+        assert m.extra.get("runs") == (echo.ROUNDS if m.case in echo.TARGET_WORKLOADS else None)
+        if m.case in echo.TARGET_WORKLOADS:
+            low, high = (float(x.replace(",", "")) for x in m.extra["spread"].split()[0].split("-"))
+            assert low <= (m.ops_per_s or 0) <= high
