@@ -1,6 +1,6 @@
 """The dispatcher's express lane: plain reads and writes, ring to SQE to ring, in one C call.
 
-The generic loop (:mod:`ksvc_host.dispatcher`) costs microseconds of Python
+The generic loop (:mod:`ksvc_host.dispatch.turn`) costs microseconds of Python
 per entry. Most entries of a busy channel are the simplest kind: ``read``,
 ``write``, ``pread64``, ``pwrite64``, or ``recvfrom``/``sendto`` without an
 address, with no flags, routed to io_uring.

@@ -129,7 +129,7 @@ def test_inline_ring_reads_and_writes_equal_os(data_fd: tuple[int, bytes], backl
     fd, _ = data_fd
     offs = [(i * 7919 * 512) % ((1 << 20) + 4096) for i in range(3000)]  # some past the end: short reads
     with ksvc.open(io_backend="sqpoll", options={"sq_inline_backlog": backlog}) as k:
-        lane = k.instance.dispatcher._express
+        lane = k.instance.dispatcher.turn.express
         assert lane is not None
         assert list(k.pread_iter(fd, 4096, offs, depth=64)) == [os.pread(fd, 4096, o) for o in offs]
         assert k.pread_many(fd, 512, offs[:300]) == [os.pread(fd, 512, o) for o in offs[:300]]
@@ -161,7 +161,7 @@ def test_streams_and_bulks_beside_the_sq_thread_equal_os_pread(data_fd: tuple[in
     fd, _ = data_fd
     offs = [(i * 7919 * 4096) % (1 << 20) for i in range(20000)]
     with ksvc.open(io_backend="sqpoll", options={"sq_inline_backlog": 0}) as k:
-        lane = k.instance.dispatcher._express
+        lane = k.instance.dispatcher.turn.express
         assert lane is not None
         assert list(k.pread_iter(fd, 4096, offs, depth=64)) == [os.pread(fd, 4096, o) for o in offs]
         assert k.pread_many(fd, 4096, offs[:64]) == [os.pread(fd, 4096, o) for o in offs[:64]]
@@ -176,7 +176,7 @@ def test_an_inline_quota_runs_that_many_reads_on_the_caller(data_fd: tuple[int, 
     fd, _ = data_fd
     try:
         with ksvc.open(io_backend="sqpoll", dispatcher="inline", lanes=False) as k:
-            lane = k.instance.dispatcher._express
+            lane = k.instance.dispatcher.turn.express
             assert lane is not None and lane.has_inline_ring
             before = lane.inline_entries
             lane.set_inline_quota(3)
@@ -193,7 +193,7 @@ def test_bulk_calls_beside_the_sq_thread_equal_os_pread(data_fd: tuple[int, byte
     fd, data = data_fd
     offs = [(i * 7919 * 512) % ((1 << 20) + 4096) for i in range(64)]  # some past the end: short reads
     with ksvc.open(io_backend="sqpoll") as k:
-        lane = k.instance.dispatcher._express
+        lane = k.instance.dispatcher.turn.express
         assert lane is not None
         for _ in range(50):
             assert k.pread_many(fd, 4096, offs) == [os.pread(fd, 4096, o) for o in offs]
@@ -219,7 +219,7 @@ def test_only_the_main_thread_reads_through_the_plain_ring(data_fd: tuple[int, b
     # Inline dispatcher: each caller runs the turns itself; a backlog of 1 would send nearly
     # every read to the plain ring.
     with ksvc.open(io_backend="sqpoll", dispatcher="inline", lanes=False, options={"sq_inline_backlog": 1}) as k:
-        lane = k.instance.dispatcher._express
+        lane = k.instance.dispatcher.turn.express
         assert lane is not None
         before = lane.inline_entries
         got: list[object] = []
