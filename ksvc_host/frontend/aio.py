@@ -538,7 +538,7 @@ class AsyncKsvc(SharedPageReads, Operations):
     def cancel(self, w: Waiter) -> None:
         """Ask the kernel to stop the operation of *w* (from :meth:`submit_callback`); best effort."""
         if w.corr_id and not w.done:
-            self.instance.dispatcher.request_cancel(w.corr_id)
+            self._completer.dispatcher.request_cancel(w.corr_id)
             self._kick()
 
     # Lifetime ----------------------------------------------------------------------------------
