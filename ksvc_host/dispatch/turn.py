@@ -168,7 +168,7 @@ class Turn:
         )
         self.multishot_accept = isinstance(io_backend, MultishotIoBackend) and bool(io_backend.multishot_accept)
         """ACCEPT may carry IORING_ACCEPT_MULTISHOT (the ``multishot-accept`` feature)."""
-        self._assist_ring = self.express is not None and self.express.has_inline_ring
+        self._assist_ring = self.express is not None and self.express.has_assist_ring
         """The express lane has a plain ring beside an SQ thread's (see :meth:`_mark_thread`)."""
         self._durable_threads = {threading.main_thread().ident}
         """Threads that outlive the instance's requests (see :meth:`keep_thread`)."""
