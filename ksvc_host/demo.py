@@ -50,7 +50,7 @@ def run_demo(*, io_backend: str | None = None, preset: str | None = None) -> int
 
     try:
         print(f"KSVC demo: {inst.selection.describe()}")
-        print(f"channel: {inst.channel.kind}; dispatcher: {'thread' if inst.dispatcher.threaded else 'inline'}\n")
+        print(f"channel: {inst.channel.kind}; dispatcher: {inst.dispatcher.mode}\n")
         row("getpid()", "getpid", k.getpid, os.getpid)
         row("getuid()", "getuid", k.getuid, os.getuid)
         row("getppid()", "getppid", k.getppid, os.getppid)

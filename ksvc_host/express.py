@@ -1,6 +1,6 @@
 """The dispatcher's express lane: plain reads and writes, ring to SQE to ring, in one C call.
 
-The generic loop (:mod:`ksvc_host.dispatcher`) costs microseconds of Python
+The generic loop (:mod:`ksvc_host.dispatch.turn`) costs microseconds of Python
 per entry. Most entries of a busy channel are the simplest kind: ``read``,
 ``write``, ``pread64``, ``pwrite64``, or ``recvfrom``/``sendto`` without an
 address, with no flags, routed to io_uring.
@@ -13,9 +13,9 @@ the generic loop then handles, so order and every rule (LINKED, DRAIN,
 O_NONBLOCK and seekability checks, back-pressure) are kept. The loops are
 ``ksvc_host.fastpath`` (compiled, or the pure-Python reference).
 
-Beside an SQPOLL ring the backend may offer a plain one
-(``ExpressRing.inline``): the lane then sends a quota of positioned reads
-and writes there (:meth:`ExpressLane.set_inline_quota`, set by a stream or
+Beside an SQPOLL ring the backend may offer a plain one, the assist ring
+(``ExpressRing.assist``): the lane then sends a quota of positioned reads
+and writes there (:meth:`ExpressLane.set_assist_quota`, set by a stream or
 a bulk call whose caller would otherwise wait), and the thread running the
 turn executes them in its own ``io_uring_enter`` while the kernel's SQ
 thread reads the rest.
@@ -88,9 +88,9 @@ class ExpressLane:
         x.excl_lo, x.excl_hi = ring.exclude_lo, ring.exclude_hi
         x.tag = TAG
         x.a_ring_fd = -1
-        if ring.inline is not None:  # an SQPOLL ring's inline partner: see fastpath.c
-            a = ring.inline
-            x.a_ring_fd, x.a_backlog = a.ring_fd, ring.inline_backlog
+        if ring.assist is not None:  # an SQPOLL ring's assist ring: see fastpath.c (its "inline ring")
+            a = ring.assist
+            x.a_ring_fd, x.a_backlog = a.ring_fd, ring.assist_backlog
             x.a_sq_head, x.a_sq_tail = ptr("uint32_t *", a.sq_head), ptr("uint32_t *", a.sq_tail)
             x.a_sq_array, x.a_sq_mask, x.a_sq_entries = ptr("uint32_t *", a.sq_array), a.sq_mask, a.sq_entries
             x.a_cq_head, x.a_cq_tail = ptr("uint32_t *", a.cq_head), ptr("uint32_t *", a.cq_tail)
@@ -181,7 +181,7 @@ class ExpressLane:
         self.inflight -= 1
 
     @property
-    def has_inline_ring(self) -> bool:
+    def has_assist_ring(self) -> bool:
         """True when positioned entries can run on the submitting thread (an SQPOLL ring's partner)."""
         return int(self._x.a_ring_fd) >= 0
 
@@ -191,16 +191,16 @@ class ExpressLane:
         return (int(x.sq_tail[0]) - int(x.sq_head[0])) & 0xFFFF_FFFF
 
     def set_ephemeral(self, ephemeral: bool) -> None:
-        """The thread running the next turns may exit before their work ends: no inline ring for it."""
+        """The thread running the next turns may exit before their work ends: no assist ring for it."""
         self._x.ephemeral = int(ephemeral)
 
-    def set_inline_quota(self, n: int) -> None:
+    def set_assist_quota(self, n: int) -> None:
         """Run up to *n* positioned entries of the lane's next submit on the submitting thread."""
         self._x.a_quota = n
 
     @property
-    def inline_entries(self) -> int:
-        """Entries the lane ran on the submitting thread (an SQPOLL ring's inline partner)."""
+    def assist_entries(self) -> int:
+        """Entries the lane ran on the submitting thread (an SQPOLL ring's assist ring)."""
         return int(self._x.a_total)
 
     @property

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from ksvc_host.abi import layout as L
 from ksvc_host.channel import Channel, open_channel
-from ksvc_host.dispatcher import Dispatcher
+from ksvc_host.dispatch import MODES, Dispatcher
 from ksvc_host.errors import ClosedError, KsvcError, SelectionError
 from ksvc_host.plugins import Implementation, PluginManager, get_plugin_manager
 from ksvc_host.selection import Selection, resolve
@@ -126,7 +126,7 @@ class Instance:
         return {
             "preset": self.selection.preset,
             "channel": self.channel.kind,
-            "dispatcher": "thread" if self.dispatcher.threaded else "inline",
+            "dispatcher": self.dispatcher.mode,
             "implementations": {
                 t: {"name": self.selection.names[t], "distribution": impl.distribution}
                 for t, impl in self.implementations.items()
@@ -223,7 +223,7 @@ def build_instance(
     fastpath.note_once()  # the compiled loops failed to build: say so, once per process
     if not isinstance(lanes, bool):
         raise SelectionError(f"lanes must be True or False, got {lanes!r}")
-    if dispatcher not in ("thread", "inline"):
+    if dispatcher not in MODES:
         raise SelectionError(f"dispatcher must be 'thread' or 'inline', got {dispatcher!r}")
     unknown = set(names) - set(TRAITS)
     if unknown:
@@ -265,6 +265,7 @@ def build_instance(
             io_backend=inst.io_backend,
             worker_pool=inst.worker_pool,
             sink=inst.completion_sink,
+            mode=dispatcher,
             on_batch=_batch_observer(pm, inst),
         )
     except BaseException:
@@ -272,8 +273,7 @@ def build_instance(
             _release(trait, obj)
         inst.channel.close()
         raise
-    if dispatcher == "thread":
-        inst.dispatcher.start()
+    inst.dispatcher.start()
     _INSTANCES.add(inst)
     pm.pm.hook.ksvc_instance_created(instance=inst)
     return inst

@@ -230,8 +230,8 @@ def _same_as_os(k: Any, fd: int) -> None:
 def test_the_shipped_stack_resolves_its_capabilities_at_build(data_file: int) -> None:
     with ksvc.open(io_backend="basic", completion_sink="ring") as k:
         d = k.instance.dispatcher
-        assert d._quiet is k.instance.io_backend and d._cancel_all is k.instance.io_backend
-        assert d._multishot_accept is False and k.fixed_files is None
+        assert d.quiet is k.instance.io_backend and d.turn.cancel_all is k.instance.io_backend
+        assert d.turn.multishot_accept is False and k.fixed_files is None
         _same_as_os(k, data_file)
 
 
@@ -241,7 +241,7 @@ def test_a_backend_without_capabilities_takes_the_plain_path(dispatcher: str, da
     with ksvc.open(plugins=pm, io_backend="plain", dispatcher=dispatcher) as k:
         assert _has(k.instance.io_backend, IO_CAPABILITIES) == set()
         d = k.instance.dispatcher
-        assert d._quiet is None and d._cancel_all is None and d._express is None and not d._multishot_accept
+        assert d.quiet is None and d.turn.cancel_all is None and d.turn.express is None and not d.turn.multishot_accept
         assert k._completer.pipelined is False and k.fixed_files is None
         _same_as_os(k, data_file)
 
@@ -251,7 +251,7 @@ def test_a_sink_without_capabilities_takes_the_plain_path(dispatcher: str, data_
     pm = PluginManager(extra_plugins=[_plugin("completion_sink", "ring", PlainSink)])
     with ksvc.open(plugins=pm, completion_sink="plain", dispatcher=dispatcher) as k:
         assert _has(k.instance.completion_sink, SINK_CAPABILITIES) == set()
-        assert k.instance.dispatcher._express is None and not k._completer.direct
+        assert k.instance.dispatcher.turn.express is None and not k._completer.direct
         _same_as_os(k, data_file)
 
 

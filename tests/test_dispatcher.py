@@ -260,13 +260,13 @@ def test_only_the_dispatchers_thread_runs_turns(tmp_path: Path) -> None:
         with ksvc.open() as k:
             d = k.instance.dispatcher
             seen: set[int] = set()
-            turn = d.run_once
+            turn = d.turn.run
 
             def recorded() -> bool:
                 seen.add(threading.get_ident())
                 return turn()
 
-            d.run_once = recorded  # type: ignore[method-assign]
+            d.turn.run = recorded  # type: ignore[method-assign]
 
             def calls() -> None:
                 for i in range(50):
@@ -279,6 +279,6 @@ def test_only_the_dispatchers_thread_runs_turns(tmp_path: Path) -> None:
             calls()
             for t in threads:
                 t.join(10)
-            assert seen == {d._thread.ident}  # type: ignore[union-attr]
+            assert seen == {d.driver.thread.ident}  # type: ignore[union-attr]
     finally:
         os.close(fd)

@@ -64,7 +64,7 @@ def test_bulk_entries_take_the_express_lane(kx: ksvc.Ksvc, data_file: tuple[int,
     disp = kx.instance.dispatcher
     before = disp.express_entries
     assert kx.pread_many(fd, 4096, [0, 8192]) == [data[:4096], data[8192:12288]]
-    if not disp.threaded:  # a threaded dispatcher may meet entries mid-turn, after its lane ran: generic path
+    if disp.mode != "thread":  # a threaded dispatcher may meet entries mid-turn, after its lane ran: generic path
         assert disp.express_entries - before == 2
 
 
@@ -239,7 +239,7 @@ def test_socket_send_and_recv_take_the_lane(kx: ksvc.Ksvc) -> None:
         assert kx.recv(b.fileno(), 100) == b"x" * 10
         taken = in_c() - before
         # A threaded dispatcher may meet entries mid-turn, after its express lane ran; a thread's own lane has no turns.
-        if not disp.threaded or kx._lanes.entries():
+        if disp.mode != "thread" or kx._lanes.entries():
             assert taken == 5
         b.setblocking(False)
         with pytest.raises(BlockingIOError):
@@ -309,7 +309,7 @@ def test_generic_completions_beside_express_ones_are_never_stranded(
 def test_express_reap_says_whether_it_left_the_cq_empty(impl: str, data_file: tuple[int, bytes]) -> None:
     fd, _ = data_file
     with ksvc.open(dispatcher="inline", lanes=False) as k:
-        lane = k.instance.dispatcher._express
+        lane = k.instance.dispatcher.turn.express
         assert lane is not None
         assert k.pread_many(fd, 4096, [0, 4096]) == [os.pread(fd, 4096, 0), os.pread(fd, 4096, 4096)]
         assert lane.cq_clear  # the last reap took every CQE

@@ -139,7 +139,7 @@ def channel_addresses(k: ksvc.Ksvc) -> dict[str, int]:
 def uring_addresses(k: ksvc.Ksvc) -> dict[str, int]:
     backend: Any = k.instance.io_backend
     out = {}
-    for label, ring in (("ring", backend.ring), ("inline ring", getattr(backend, "inline", None))):
+    for label, ring in (("ring", backend.ring), ("assist ring", getattr(backend, "assist", None))):
         if ring is not None:
             out.update({f"{label} {name}": a for name, a in ring.addresses().items()})
     return out
@@ -159,8 +159,8 @@ def buffer_addresses(k: ksvc.Ksvc) -> dict[str, int]:
 def descriptors(k: ksvc.Ksvc) -> dict[str, tuple[int, tuple[str, str]]]:
     backend: Any = k.instance.io_backend
     fds = {"io_uring": backend.ring.fd, "dispatcher eventfd": k.instance.dispatcher.fileno()}
-    if getattr(backend, "inline", None) is not None:
-        fds["inline io_uring"] = backend.inline.fd
+    if getattr(backend, "assist", None) is not None:
+        fds["assist io_uring"] = backend.assist.fd
     return {name: (fd, identity(fd)) for name, fd in fds.items()}
 
 

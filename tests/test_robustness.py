@@ -32,7 +32,7 @@ def test_corrupted_submit_ring_is_detected_and_reported() -> None:
     ring = k.instance.channel.submit_ring
     ring.publish_tail(ring.tail + 10**6)
     with pytest.raises(ksvc.RingCorrupted, match="ring counters out of range"):
-        k.instance.dispatcher.run_once()
+        k.instance.dispatcher.turn.run()
     k.close()
     # Producer side: a consumer publishing a head beyond the tail (inline: no dispatcher thread that could
     # see the corruption first and fail the instance instead).

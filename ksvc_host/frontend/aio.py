@@ -2,8 +2,8 @@
 
 Completions wake the event loop through the notifier's descriptor
 (``loop.add_reader``); a notifier without one (a futex word) gets a small
-waiter thread. With the inline dispatcher the loop itself drives the
-dispatcher. Cancelling a task cancels the operation in the kernel where
+waiter thread. With the inline driver the loop itself runs the
+dispatcher's turns. Cancelling a task cancels the operation in the kernel where
 it can (io_uring); its buffers stay referenced until the kernel's
 completion arrives either way.
 """
@@ -18,7 +18,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import Any
 
-from ksvc_host import interrupts
 from ksvc_host.abi import layout as L
 from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.errors import DispatcherFailed
@@ -93,7 +92,7 @@ class AsyncKsvc(SharedPageReads, Operations):
         self._drive_scheduled = False
         self._backlog_timer: asyncio.TimerHandle | None = None
         self._runs = self._completer.inline
-        """This loop runs the (inline) dispatcher's turns: submissions need no wake-up."""
+        """This loop runs the inline driver's turns: submissions need no wake-up."""
         self._waiter_thread: threading.Thread | None = None
         self._late: dict[int, bytearray] = {}
         self._threadsafe = self._completer.direct and not self._completer.inline
@@ -107,9 +106,9 @@ class AsyncKsvc(SharedPageReads, Operations):
         self._loop_lane = LoopLane(instance, self.loop, settle_s=SETTLE_S)
         self._lane = self._loop_lane.lane
         """The loop thread's own lane (:mod:`ksvc_host.lanes`), or None: operations it takes skip the dispatcher."""
-        disp = instance.dispatcher
-        if self._completer.inline:
-            self._fd: int | None = disp.fileno()
+        inline = self._completer.inline_driver
+        if inline is not None:
+            self._fd: int | None = inline.fileno()
             self.loop.add_reader(self._fd, self._drive)
         elif self._completer.direct:
             self._fd = None  # results come through call_soon_threadsafe; nothing to watch
@@ -138,25 +137,24 @@ class AsyncKsvc(SharedPageReads, Operations):
 
     def _drive(self) -> None:
         self._drive_scheduled = False
-        disp = self.instance.dispatcher
-        disp.clear_wakeup()
+        driver = self._completer.inline_driver
+        assert driver is not None
+        driver.clear_wakeup()
         for _ in range(_DRIVE_TURNS):  # bounded: let other callbacks run
             try:
-                with interrupts.deferred(), disp.turn_lock:
-                    progressed = disp.run_once()
-            except Exception as exc:  # noqa: BLE001 - a broken component fails every pending operation
-                disp.fail(exc)
+                progressed = driver.run_turn()
+            except Exception:  # noqa: BLE001 - the driver failed the dispatcher: every pending operation failed
                 return
             self._completer.reap()
             if not progressed:
-                retry = disp.wait_timeout()
+                retry = driver.wait_timeout()
                 if retry is not None:  # a tier refused work and nothing will wake us: look again soon
                     self.loop.call_later(retry, self._schedule_drive)
                 return
         self._schedule_drive()
 
     def _kick(self) -> None:
-        """After submitting: an inline dispatcher runs its turns on this loop (the threaded one was woken)."""
+        """After submitting: the inline driver's turns run on this loop (the dispatcher's thread was woken)."""
         if self._completer.inline:
             self._schedule_drive()
 
@@ -580,7 +578,7 @@ class AsyncKsvc(SharedPageReads, Operations):
     def cancel(self, w: Waiter) -> None:
         """Ask the kernel to stop the operation of *w* (from :meth:`submit_callback`); best effort."""
         if w.corr_id and not w.done:
-            self.instance.dispatcher.request_cancel(w.corr_id)
+            self._completer.dispatcher.request_cancel(w.corr_id)
             self._kick()
 
     # Lifetime ----------------------------------------------------------------------------------

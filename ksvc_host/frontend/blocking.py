@@ -200,7 +200,7 @@ class Ksvc(SharedPageReads, Operations):
         if not w.corr_id:
             return  # never submitted
         w.callback = LateResult(self, op)
-        self.instance.dispatcher.request_cancel(w.corr_id)
+        self._completer.dispatcher.request_cancel(w.corr_id)
         deadline = time.monotonic() + SETTLE_S
         try:
             c.wait_until(lambda: w.done or time.monotonic() > deadline or c.failure is not None)
@@ -348,7 +348,7 @@ class Ksvc(SharedPageReads, Operations):
                         return
         finally:
             if not w.done:
-                self.instance.dispatcher.request_cancel(w.corr_id)
+                self._completer.dispatcher.request_cancel(w.corr_id)
                 self._completer.wait_until(lambda: w.done)
                 for res, _ in arrived:
                     if res >= 0:

@@ -1,13 +1,14 @@
 """Shared by every front end: writing submit entries and routing completions to waiters.
 
 Submitting takes the submit lock, writes entries, publishes the tail once
-and makes sure a turn of the dispatcher will run: with the threaded
-dispatcher it wakes the dispatcher's thread, which is the only thread that
-ever runs turns (so the only one that submits to io_uring); with the inline
-dispatcher the waiting caller runs the turns itself.
+and makes sure a turn of the dispatcher will run: with the thread driver
+it wakes the dispatcher's thread, which is the only thread that ever runs
+turns (so the only one that submits to io_uring); with the inline driver
+the waiting caller runs the turns itself. The dispatcher is reached only
+through :class:`~ksvc_host.dispatch.port.DispatcherPort`.
 
 Completions are reaped from the completion ring by whichever thread needs
-one: one *leader* waits on the notifier (or drives an inline dispatcher)
+one: one *leader* waits on the notifier (or runs the inline driver's turns)
 and resolves every waiter it reaps for; other blocked threads wait on a
 condition until their result arrives or the leader role is free. A waiting
 call therefore never holds up another: nobody waits for a turn that only a
@@ -24,8 +25,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ksvc_host import fastpath, interrupts
+from ksvc_host import fastpath
 from ksvc_host.abi import layout as L
+from ksvc_host.dispatch.port import DispatcherPort, InlineDriving
 from ksvc_host.errors import ChannelFull, DispatcherFailed, RingCorrupted
 from ksvc_host.instance import Instance
 from ksvc_host.traits.capabilities import AttachableCompletionSink, PipelinedIoBackend
@@ -121,7 +123,7 @@ class Completer:
 
     def __init__(self, instance: Instance) -> None:
         self.instance = instance
-        self.dispatcher = instance.dispatcher
+        self.dispatcher: DispatcherPort = instance.dispatcher
         self.notifier = instance.notifier
         self._sring = instance.channel.submit_ring
         self._cring = instance.channel.completion_ring
@@ -135,13 +137,14 @@ class Completer:
         self._leader = False
         self._blocked = 0
         self.failure: BaseException | None = None
-        self.inline = not self.dispatcher.threaded
-        self._caller_runs = self.inline
-        """The submitting caller runs the dispatcher's loop next (inline): no wake-up needed."""
+        self.inline_driver: InlineDriving | None = self.dispatcher.inline_driver
+        """How callers run the turns (the inline driver), or None: the dispatcher's thread runs them."""
+        self.inline = self.inline_driver is not None
+        """Callers run the turns (the inline driver): a submitting caller that waits next needs no wake-up."""
         backend = instance.io_backend
         self.pipelined = isinstance(backend, PipelinedIoBackend) and bool(backend.completes_asynchronously)
         """True when the kernel works on submissions on a thread of its own (SQPOLL): streams keep it fed."""
-        self.dispatcher.on_failure = self._on_dispatcher_failure
+        self.dispatcher.listen(self)
         self._pack = L.SUBMIT_ENTRY.pack_into
         self.on_reaped: Callable[[], None] | None = None
         self.on_failed: Callable[[], None] | None = None
@@ -185,7 +188,7 @@ class Completer:
             return None
         if not flags & L.COMPLETION_FLAG_MORE:
             del self._pending[corr]
-            if corr in self.dispatcher.still_in_kernel:
+            if self.dispatcher.kept_by_kernel(corr):
                 STILL_IN_KERNEL.append(w.keep)  # the syscall may still write there: never freed
             w.result, w.flags, w.done = res, flags, True
         elif w.results is not None:
@@ -273,7 +276,7 @@ class Completer:
                 raise _field_error(entries[i], exc) from None
             self._tail = tail
             ring.publish_tail(tail)
-        if wake or not self._caller_runs:
+        if wake or not self.inline:
             self.dispatcher.wake()
         return count
 
@@ -352,7 +355,7 @@ class Completer:
             )
             self._tail += count
             b.submitted += count
-        if wake or not self._caller_runs:
+        if wake or not self.inline:
             self.dispatcher.wake()
         return b.submitted >= b.n
 
@@ -396,8 +399,7 @@ class Completer:
             tail = ring.tail
             n = ring.check(head, tail)
             if not n:
-                if self.dispatcher.has_overflow:
-                    self.dispatcher.wake()
+                self.dispatcher.room_freed()
                 return 0
             consumed = 0
             bad = 0
@@ -418,8 +420,7 @@ class Completer:
                     self._finish_bulk(done[i])
             self._chead = head + n
             ring.publish_head(self._chead)
-        if self.dispatcher.has_overflow:
-            self.dispatcher.wake()  # room freed for completions the dispatcher holds
+        self.dispatcher.room_freed()  # for completions the dispatcher holds, if any
         # A follower counts itself in _blocked before it checks its waiter, and sleeps holding
         # the lock: so either it sees what was just reaped, or we see it and notify here.
         if self._blocked:
@@ -503,7 +504,7 @@ class Completer:
                 if not done():
                     self._check_alive()
                     if self.inline:
-                        # The leader may sleep in the inline dispatcher's wait: our entries need a turn.
+                        # The leader may sleep in the inline driver's wait: our entries need a turn.
                         self.dispatcher.wake()
                     self._cv.wait(_LEADER_RECHECK_S)  # bounded: done() may also be a deadline
             finally:
@@ -549,35 +550,34 @@ class Completer:
                     with self._cv:
                         self._cv.wait(_LEADER_RECHECK_S)
                     continue
-                self._inline_turn(done)
+                self._inline_turn(self.inline_driver, done)
             else:
                 # The dispatcher's thread runs every turn; it notifies once per batch it publishes. The
                 # bounded wait only matters when a broken notifier cannot tell us the dispatcher failed.
                 self.notifier.wait(_LEADER_RECHECK_S)
 
-    def _inline_turn(self, done: Callable[[], bool]) -> None:
-        """One turn of the inline dispatcher on this thread, then its wait when nothing moved.
+    def _inline_turn(self, driver: InlineDriving | None, done: Callable[[], bool]) -> None:
+        """One turn of the inline driver on this thread, then its wait when nothing moved.
 
         A component that fails here fails the dispatcher, exactly as on the
         dispatcher's thread: every pending caller gets DispatcherFailed.
         """
-        disp = self.dispatcher
+        assert driver is not None
         try:
-            with interrupts.deferred(), disp.turn_lock:
-                moved = disp.run_once()
-        except Exception as exc:  # noqa: BLE001 - a broken component: fail everything pending
-            disp.fail(exc)
+            moved = driver.run_turn()
+        except Exception:  # the driver failed the dispatcher: every pending caller gets DispatcherFailed
             self._check_alive()
             raise
         if not moved:
             self.reap()
             if not done():
-                timeout = disp.wait_timeout()
-                disp.wait(_LEADER_RECHECK_S if timeout is None else min(timeout, _LEADER_RECHECK_S))
+                timeout = driver.wait_timeout()
+                driver.wait(_LEADER_RECHECK_S if timeout is None else min(timeout, _LEADER_RECHECK_S))
 
     # Failure ----------------------------------------------------------------------------
 
-    def _on_dispatcher_failure(self, exc: BaseException) -> None:
+    def dispatcher_failed(self, exc: BaseException) -> None:
+        """The dispatcher failed (a :class:`~ksvc_host.dispatch.port.DispatcherListener`): fail every waiter."""
         self.failure = exc
         if self.on_failed is not None:
             self.on_failed()
@@ -594,7 +594,7 @@ class Completer:
             self._table.left[g] = 0
             self._finish_bulk(g)
         for w in waiters:
-            if w.corr_id in self.dispatcher.still_in_kernel:
+            if self.dispatcher.kept_by_kernel(w.corr_id):
                 STILL_IN_KERNEL.append(w.keep)
             w.result, w.flags, w.done = result, -1, True
             if w.event is not None:

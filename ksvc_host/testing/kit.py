@@ -557,7 +557,7 @@ def _diagnose_instance(k: Any, seconds: float) -> str | None:
     disp = inst.dispatcher
     cring = inst.channel.completion_ring
     unread = cring.check(cring.head, cring.tail)
-    if unread and disp.threaded:
+    if unread and disp.mode == "thread":
         return (f"notifier {names['notifier']!r}: no notification within {waited} of a completion "
                 f"({unread} published in the completion ring, never read): notify() must wake wait()")  # fmt: skip
     if unread:

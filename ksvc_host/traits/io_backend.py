@@ -148,8 +148,8 @@ class ExpressRing(NamedTuple):
     exclude_hi: int = 0
     rewritten_opcodes: frozenset[int] = frozenset()
     """Opcodes a feature rewrites on submit (send-zc: SEND): the lane does not take them."""
-    inline: ExpressRing | None = None
-    """Beside an SQPOLL ring: a plain ring whose submissions run on the submitting thread."""
-    inline_backlog: int = 0
-    """Positioned reads and writes go to ``inline`` once the SQPOLL ring has this many SQEs unconsumed (0: never;
+    assist: ExpressRing | None = None
+    """Beside an SQPOLL ring: the assist ring, a plain ring whose submissions run on the submitting thread."""
+    assist_backlog: int = 0
+    """Positioned reads and writes go to ``assist`` once the SQPOLL ring has this many SQEs unconsumed (0: never;
     a stream still sends part of a batch there when its caller had to wait)."""

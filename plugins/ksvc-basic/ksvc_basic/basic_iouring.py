@@ -49,11 +49,11 @@ class BasicIoUring:
         self._filters: list[Callable[[IoCompletion], IoCompletion | None]] = []
         self._opaque_filters = 0
         """Filters that may change completions of any request (not only of their own)."""
-        self.inline: IoUring | None = None
-        """A second ring without SQPOLL, beside an SQPOLL ring (:meth:`add_inline_ring`)."""
-        self.inline_backlog = 0
+        self.assist: IoUring | None = None
+        """A second ring without SQPOLL, beside an SQPOLL ring (:meth:`add_assist_ring`)."""
+        self.assist_backlog = 0
 
-    def add_inline_ring(self, backlog: int = 0) -> None:
+    def add_assist_ring(self, backlog: int = 0) -> None:
         """Beside the SQPOLL ring, a plain ring whose submissions run on the submitting thread.
 
         The express lane sends positioned reads and writes there when a
@@ -65,11 +65,11 @@ class BasicIoUring:
         ``pread``); both cores reading gave 2x in C.
         """
         # The CQ as large as the main ring's: the backend's in-flight guard then covers both.
-        self.inline = IoUring(self.ring.sq_entries, flags=U.SetupFlag.SUBMIT_ALL, cq_entries=self.ring.cq_entries)
-        self.inline_backlog = backlog
+        self.assist = IoUring(self.ring.sq_entries, flags=U.SetupFlag.SUBMIT_ALL, cq_entries=self.ring.cq_entries)
+        self.assist_backlog = backlog
 
     def _rings(self) -> tuple[IoUring, ...]:
-        return (self.ring,) if self.inline is None else (self.ring, self.inline)
+        return (self.ring,) if self.assist is None else (self.ring, self.assist)
 
     def add_completion_filter(
         self, fn: Callable[[IoCompletion], IoCompletion | None], *, own_requests_only: bool = False
@@ -107,8 +107,8 @@ class BasicIoUring:
 
     def flush(self) -> int:
         """io_uring_enter for everything queued (none with SQPOLL while the poller is awake)."""
-        if self.inline is not None and self.inline.pending_submit():
-            self.inline.submit()  # cancels queued for the inline ring
+        if self.assist is not None and self.assist.pending_submit():
+            self.assist.submit()  # cancels queued for the assist ring
         done = self.ring.submit()
         while self.ring.pending_submit():  # the kernel took only part (EAGAIN/EBUSY): try again
             n = self.ring.submit()
@@ -121,8 +121,8 @@ class BasicIoUring:
         """Reap CQEs, dropping those of internal requests."""
         out = []
         cqes = self.ring.reap(max_count)
-        if self.inline is not None:
-            cqes += self.inline.reap(max_count)
+        if self.assist is not None:
+            cqes += self.assist.reap(max_count)
         for c in cqes:
             if c.user_data & INTERNAL:
                 self._internal -= 1
@@ -158,10 +158,10 @@ class BasicIoUring:
                 lo, hi = declared.address_range
         if self._opaque_filters:
             return None
-        inline = None
-        if self.inline is not None:
-            inline = _express_ring(self.inline, 0, 0, frozenset())
-        return _express_ring(self.ring, lo, hi, frozenset(rewritten), inline, self.inline_backlog)
+        assist = None
+        if self.assist is not None:
+            assist = _express_ring(self.assist, 0, 0, frozenset())
+        return _express_ring(self.ring, lo, hi, frozenset(rewritten), assist, self.assist_backlog)
 
     def express_room(self) -> int:
         """Operations the express lane may add now: the same CQ-overflow guard as :meth:`submit`.
@@ -191,9 +191,9 @@ class BasicIoUring:
 
     def completions_ready(self) -> int:
         """CQEs posted and not yet reaped."""
-        if self.inline is None:
+        if self.assist is None:
             return self.ring.cq_ready()
-        return self.ring.cq_ready() + self.inline.cq_ready()
+        return self.ring.cq_ready() + self.assist.cq_ready()
 
     def _cancel(self, user_data: int, spec: SqeSpec) -> bool:
         ok = False
@@ -259,10 +259,10 @@ class BasicIoUring:
 
 
 def _express_ring(
-    r: IoUring, lo: int, hi: int, rewritten: frozenset[int], inline: ExpressRing | None = None, backlog: int = 0
+    r: IoUring, lo: int, hi: int, rewritten: frozenset[int], assist: ExpressRing | None = None, backlog: int = 0
 ) -> ExpressRing:
     a = r.addresses()
     return ExpressRing(
         r.fd, a["sq_head"], a["sq_tail"], a["sq_flags"], a["sq_array"], r._sq_mask, r.sq_entries,
-        a["cq_head"], a["cq_tail"], r._cq_mask, a["sqes"], a["cqes"], r._sqpoll, lo, hi, rewritten, inline, backlog,
+        a["cq_head"], a["cq_tail"], r._cq_mask, a["sqes"], a["cqes"], r._sqpoll, lo, hi, rewritten, assist, backlog,
     )  # fmt: skip

@@ -6,7 +6,7 @@ only when the SQ ring says NEED_WAKEUP (the poller slept after
 ``idle_ms`` without work). Combines with the other features:
 ``io_backend="sqpoll+fixed-files"``.
 
-Beside the poller's ring sits a plain one (``sq_inline``, on by default):
+Beside the poller's ring sits a plain one, the assist ring (``sq_inline``, on by default):
 a stream of file reads (``pread_iter``) runs a share of each batch on the
 calling thread, through that ring, so both cores read; the share follows
 the poller's backlog. ``sq_inline_backlog=N`` also sends any file read or
@@ -61,4 +61,4 @@ class SqpollFeature:
         if not backend.ring.flags & SetupFlag.SQPOLL:
             raise OSError(95, "io_uring accepted the ring but without SQPOLL; this kernel cannot poll the SQ")
         if self.inline:
-            backend.add_inline_ring(self.inline_backlog)
+            backend.add_assist_ring(self.inline_backlog)

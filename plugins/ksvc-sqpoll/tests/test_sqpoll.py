@@ -125,15 +125,15 @@ def test_stack_with_every_file_call_run_inline(dispatcher: str) -> None:
 
 
 @pytest.mark.parametrize("backlog", [1, 8])
-def test_inline_ring_reads_and_writes_equal_os(data_fd: tuple[int, bytes], backlog: int) -> None:
+def test_assist_ring_reads_and_writes_equal_os(data_fd: tuple[int, bytes], backlog: int) -> None:
     fd, _ = data_fd
     offs = [(i * 7919 * 512) % ((1 << 20) + 4096) for i in range(3000)]  # some past the end: short reads
     with ksvc.open(io_backend="sqpoll", options={"sq_inline_backlog": backlog}) as k:
-        lane = k.instance.dispatcher._express
+        lane = k.instance.dispatcher.turn.express
         assert lane is not None
         assert list(k.pread_iter(fd, 4096, offs, depth=64)) == [os.pread(fd, 4096, o) for o in offs]
         assert k.pread_many(fd, 512, offs[:300]) == [os.pread(fd, 512, o) for o in offs[:300]]
-        assert lane.inline_entries > 0  # the poller's backlog sent some to the inline ring
+        assert lane.assist_entries > 0  # the poller's backlog sent some to the assist ring
         payload = os.urandom(4096)
         assert k.pwrite_many(fd, payload * 8, 4096, [i * 4096 for i in range(8)]) == [4096] * 8
         assert all(os.pread(fd, 4096, i * 4096) == payload for i in range(8))
@@ -145,9 +145,9 @@ def test_inline_ring_reads_and_writes_equal_os(data_fd: tuple[int, bytes], backl
 
 def test_sq_inline_false_builds_no_second_ring_and_bad_options_are_refused() -> None:
     with ksvc.open(io_backend="sqpoll", options={"sq_inline": False}) as k:
-        assert k.instance.io_backend.inline is None  # type: ignore[attr-defined]
+        assert k.instance.io_backend.assist is None  # type: ignore[attr-defined]
     with ksvc.open(io_backend="sqpoll") as k:
-        assert k.instance.io_backend.inline is not None  # type: ignore[attr-defined]
+        assert k.instance.io_backend.assist is not None  # type: ignore[attr-defined]
     with pytest.raises(ksvc.KsvcError, match="sq_inline_backlog"):
         ksvc.open(io_backend="sqpoll", options={"sq_inline_backlog": -1})
     with pytest.raises(ksvc.KsvcError, match="sq_inline"):
@@ -161,7 +161,7 @@ def test_streams_and_bulks_beside_the_sq_thread_equal_os_pread(data_fd: tuple[in
     fd, _ = data_fd
     offs = [(i * 7919 * 4096) % (1 << 20) for i in range(20000)]
     with ksvc.open(io_backend="sqpoll", options={"sq_inline_backlog": 0}) as k:
-        lane = k.instance.dispatcher._express
+        lane = k.instance.dispatcher.turn.express
         assert lane is not None
         assert list(k.pread_iter(fd, 4096, offs, depth=64)) == [os.pread(fd, 4096, o) for o in offs]
         assert k.pread_many(fd, 4096, offs[:64]) == [os.pread(fd, 4096, o) for o in offs[:64]]
@@ -169,22 +169,22 @@ def test_streams_and_bulks_beside_the_sq_thread_equal_os_pread(data_fd: tuple[in
 
 
 @pytest.mark.parametrize("pure", [False, True])
-def test_an_inline_quota_runs_that_many_reads_on_the_caller(data_fd: tuple[int, bytes], pure: bool) -> None:
+def test_an_assist_quota_runs_that_many_reads_on_the_caller(data_fd: tuple[int, bytes], pure: bool) -> None:
     if not pure and fastpath.select() != "native":
         pytest.skip(f"compiled fast path unavailable: {fastpath.REASON}")
     fastpath.select(pure=pure)
     fd, _ = data_fd
     try:
         with ksvc.open(io_backend="sqpoll", dispatcher="inline", lanes=False) as k:
-            lane = k.instance.dispatcher._express
-            assert lane is not None and lane.has_inline_ring
-            before = lane.inline_entries
-            lane.set_inline_quota(3)
+            lane = k.instance.dispatcher.turn.express
+            assert lane is not None and lane.has_assist_ring
+            before = lane.assist_entries
+            lane.set_assist_quota(3)
             offs = [i * 4096 for i in range(5)]
             assert k.pread_many(fd, 4096, offs) == [os.pread(fd, 4096, o) for o in offs]
-            assert lane.inline_entries - before == 3  # the quota, then the SQ thread's ring
+            assert lane.assist_entries - before == 3  # the quota, then the SQ thread's ring
             assert k.pread_many(fd, 4096, offs) == [os.pread(fd, 4096, o) for o in offs]
-            assert lane.inline_entries - before == 3  # spent
+            assert lane.assist_entries - before == 3  # spent
     finally:
         fastpath.select()
 
@@ -193,7 +193,7 @@ def test_bulk_calls_beside_the_sq_thread_equal_os_pread(data_fd: tuple[int, byte
     fd, data = data_fd
     offs = [(i * 7919 * 512) % ((1 << 20) + 4096) for i in range(64)]  # some past the end: short reads
     with ksvc.open(io_backend="sqpoll") as k:
-        lane = k.instance.dispatcher._express
+        lane = k.instance.dispatcher.turn.express
         assert lane is not None
         for _ in range(50):
             assert k.pread_many(fd, 4096, offs) == [os.pread(fd, 4096, o) for o in offs]
@@ -219,9 +219,9 @@ def test_only_the_main_thread_reads_through_the_plain_ring(data_fd: tuple[int, b
     # Inline dispatcher: each caller runs the turns itself; a backlog of 1 would send nearly
     # every read to the plain ring.
     with ksvc.open(io_backend="sqpoll", dispatcher="inline", lanes=False, options={"sq_inline_backlog": 1}) as k:
-        lane = k.instance.dispatcher._express
+        lane = k.instance.dispatcher.turn.express
         assert lane is not None
-        before = lane.inline_entries
+        before = lane.assist_entries
         got: list[object] = []
 
         def worker() -> None:
@@ -232,6 +232,6 @@ def test_only_the_main_thread_reads_through_the_plain_ring(data_fd: tuple[int, b
         t.start()
         t.join()
         assert got == [want, want[:64]]
-        assert lane.inline_entries == before
+        assert lane.assist_entries == before
         assert k.pread_many(fd, 4096, offs[:64]) == want[:64]
-        assert lane.inline_entries > before  # the main thread may
+        assert lane.assist_entries > before  # the main thread may

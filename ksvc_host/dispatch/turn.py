@@ -1,22 +1,23 @@
-"""The dispatcher: one generic loop over the traits (docs/design.md §5).
+"""The turn: one pass of the dispatcher's loop (docs/design.md §5).
 
-Each turn of :meth:`Dispatcher.run_once`:
+Each :meth:`Turn.run`:
 
-1. reap io_uring and worker completions into the completion sink;
-2. take up to 64 submit entries from the submit ring;
-3. route each: Tier 0 answered here, Tier 1 to an SQE, Tier 2 to a worker,
+1. reaps io_uring and worker completions into the completion sink;
+2. takes up to 64 submit entries from the submit ring;
+3. routes each: Tier 0 answered here, Tier 1 to an SQE, Tier 2 to a worker,
    Tier 3 completed with an error;
-4. flush the io_uring once for the batch and notify the consumer once.
+4. flushes the io_uring once for the batch and notifies the consumer once.
 
 LINKED chains and DRAIN barriers follow io_uring's IOSQE_IO_LINK and
-IOSQE_IO_DRAIN, across tiers, because the dispatcher sequences them
-itself. Back-pressure (a full SQ, worker queue or completion ring) keeps
-entries and completions here until there is room: nothing is dropped.
+IOSQE_IO_DRAIN, across tiers, because the turn sequences them itself.
+Back-pressure (a full SQ, worker queue or completion ring) keeps entries
+and completions here until there is room: nothing is dropped.
 
-It runs on its own thread (:meth:`start`) or inline, driven by the caller
-(:meth:`run_once` and :meth:`wait`). Idle, it sleeps on one eventfd that
-io_uring (registered eventfd), the workers and submitters write, and only
-while the dispatcher says it is sleeping: no spinning, no fixed sleep.
+The turn knows nothing of who runs it: a driver
+(:mod:`ksvc_host.dispatch.drivers`) calls :meth:`Turn.run`, one call at a
+time, on its own thread or on a caller's. Shutdown is a drain
+(:meth:`Turn.begin_drain`, :meth:`Turn.drained`) the driver runs turns
+for until it is over.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import select
 import struct
 import threading
 import time
@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ksvc_host import forksafety, native
+from ksvc_host import native
 from ksvc_host.abi import layout as L
 from ksvc_host.abi.io_uring import IORING_ACCEPT_MULTISHOT, CqeFlag, IoringOp
 from ksvc_host.abi.syscalls import SYSCALLS
@@ -47,7 +47,6 @@ from ksvc_host.traits import (
     CompletionSink,
     IoBackend,
     MultishotIoBackend,
-    QuietIoBackend,
     SyscallRouter,
     Tier,
     WorkerPool,
@@ -93,10 +92,6 @@ _STATS_BLOCK = struct.Struct("<8Q")
 assert [L.SHARED_PAGE_FIELDS[f].offset for f in _STATS_FIELDS] == [_STATS_OFFSET + 8 * i for i in range(8)]
 
 
-def _no_backlog() -> int:
-    return 0
-
-
 class _Op:
     """One issued entry awaiting its completion."""
 
@@ -112,8 +107,13 @@ class _Op:
         self.full_length = -1
 
 
-class Dispatcher:
-    """Drains the submit ring and routes entries to the tiers."""
+class Turn:
+    """The state of the loop and one pass of it (:meth:`run`); see the module doc.
+
+    Not thread-safe: whoever runs turns runs one at a time (the drivers
+    hold a lock around :meth:`run`). The other methods are safe from any
+    thread where their docstring says so.
+    """
 
     def __init__(
         self,
@@ -133,11 +133,6 @@ class Dispatcher:
         self.sink = sink
         self.batch_size = max(1, min(batch_size, L.MAX_BATCH))
         self._on_batch = on_batch
-        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._wake_guard = forksafety.close_in_child(self._wake_fd)  # a forked child must not ring it
-        forksafety.register(self)
-        io_backend.set_wakeup_fd(self._wake_fd)
-        worker_pool.set_wakeup(self.wake)
         self._cancellable_pool: CancellableWorkerPool | None = (
             worker_pool if isinstance(worker_pool, CancellableWorkerPool) else None
         )
@@ -145,110 +140,57 @@ class Dispatcher:
         """Correlation ids completed with -ECANCELED at shutdown while a worker was still inside their syscall:
         whoever owns their memory must keep it (the front end does)."""
 
-        self.sleeping = True  # inline mode: workers always ring; the thread clears it while busy
-        self._wake_pending = False
+        self.worker_state = L.WORKER_STATE_IDLE
+        """What the shared page's ``worker_state`` says while turns run (set by the driver)."""
         self._inflight: dict[int, _Op] = {}
         self._held: deque[list[L.SubmitEntry]] = deque()  # chains taken from the ring, not yet issued
         self._overflow: deque[tuple[int, int, int]] = deque()  # completions the sink had no room for
-        self._barrier = False
+        self._drain_in_flight = False
+        """A DRAIN entry is in flight: nothing after it is issued until it completes."""
         self._cancels: deque[int] = deque()
         self._tokens = itertools.count(1)
-        self._pushed = False
+        self._unpublished = False
+        """Completions were pushed to the sink since it was last flushed and notified."""
         self._issued_io = 0
         self._ring_head = channel.submit_ring.head
         self._last_identity = 0
 
         self.entries_processed = 0
         self.batches_processed = 0
-        self.failure: BaseException | None = None
-        self.on_failure: Callable[[BaseException], None] | None = None
-        self._thread: threading.Thread | None = None
-        self._turn = threading.Lock()
-        """Held while a turn of the loop runs: by the dispatcher's thread, or by a caller helping (:meth:`help`)."""
-        self._stop = False
         self._drain_deadline: float | None = None
-        self._cancelled = False
-        self._express = express_lane(channel, router, io_backend, sink)
+        """Set by :meth:`begin_drain`: when work still running gets cancelled."""
+        self._drain_cancelled = False
+        """The drain deadline passed once and what was in flight was cancelled."""
+        self.express = express_lane(channel, router, io_backend, sink)
         """The express lane for plain reads and writes (``None`` when this stack cannot have one)."""
-        self._quiet: QuietIoBackend | None = io_backend if isinstance(io_backend, QuietIoBackend) else None
-        """Wake-ups muted while a turn runs (the turn reaps itself); ``None``: left on."""
-        self._cancel_all: CancelAllIoBackend | None = (
+        self.cancel_all: CancelAllIoBackend | None = (
             io_backend if isinstance(io_backend, CancelAllIoBackend) else None
         )
-        self._multishot_accept = isinstance(io_backend, MultishotIoBackend) and bool(io_backend.multishot_accept)
+        self.multishot_accept = isinstance(io_backend, MultishotIoBackend) and bool(io_backend.multishot_accept)
         """ACCEPT may carry IORING_ACCEPT_MULTISHOT (the ``multishot-accept`` feature)."""
-        self._muted = False
-        self._inline_ring = self._express is not None and self._express.has_inline_ring
-        self.poller_backlog: Callable[[], int] = (
-            self._express.poller_backlog if self._express is not None else _no_backlog
-        )
-        """SQEs the kernel's SQ thread has not consumed yet (0 without an express lane)."""
-        self._thread_ident: int | None = None
-        self._marked: int | None = None
-        self._main_ident = threading.main_thread().ident
+        self._assist_ring = self.express is not None and self.express.has_assist_ring
+        """The express lane has a plain ring beside an SQ thread's (see :meth:`_mark_thread`)."""
+        self._durable_threads = {threading.main_thread().ident}
+        """Threads that outlive the instance's requests (see :meth:`keep_thread`)."""
+        self._last_thread: int | None = None
 
-    @property
-    def turn_lock(self) -> threading.Lock:
-        """Held while a turn runs: callers of the inline dispatcher take it around :meth:`run_once`."""
-        return self._turn
+    def keep_thread(self, ident: int | None) -> None:
+        """Declare thread *ident* one that runs turns and outlives the instance's requests (a driver's own)."""
+        self._durable_threads.add(ident)
+        self._last_thread = None
 
     @property
     def express_entries(self) -> int:
         """Entries the express lane took (0 without one)."""
-        return self._express.entries if self._express is not None else 0
+        return self.express.entries if self.express is not None else 0
 
     def _express_inflight(self) -> int:
-        return self._express.inflight if self._express is not None else 0
+        return self.express.inflight if self.express is not None else 0
 
     # Wake-ups -------------------------------------------------------------------
-
-    def wake(self) -> None:
-        """Tell the dispatcher there is work; costs a syscall only if it sleeps."""
-        self._wake_pending = True
-        if self.sleeping:
-            try:
-                os.eventfd_write(self._wake_fd, 1)
-            except BlockingIOError:  # counter saturated: it is awake anyway
-                pass
-            except OSError:
-                pass  # closed during shutdown
-
-    def wait(self, timeout: float | None) -> None:
-        """Sleep until woken or *timeout* seconds pass (inline mode and the thread)."""
-        if self._wake_pending:
-            return
-        ms = -1 if timeout is None else max(0, int(timeout * 1000))
-        poller = select.poll()  # one per call: a closing thread may wait while a caller does (inline)
-        poller.register(self._wake_fd, select.POLLIN)
-        if poller.poll(ms):
-            try:
-                os.eventfd_read(self._wake_fd)
-            except BlockingIOError:
-                pass
-
-    def fileno(self) -> int:
-        """The wake-up eventfd (readable when the inline dispatcher has work)."""
-        return self._wake_fd
-
-    def clear_wakeup(self) -> None:
-        """Consume a pending wake-up without blocking (inline mode driven by an event loop)."""
-        try:
-            os.eventfd_read(self._wake_fd)
-        except BlockingIOError:
-            pass
-
-    def request_cancel(self, corr_id: int) -> None:
-        """Ask for the entry *corr_id* to be cancelled (thread-safe, best effort).
-
-        An io_uring operation gets ASYNC_CANCEL; one on a worker runs to its
-        end. Either way the entry still gets exactly one completion.
-        """
-        self._cancels.append(corr_id)
-        self.wake()
-
     @property
     def has_overflow(self) -> bool:
-        """True while completions wait for room in the sink."""
+        """True while completions wait for room in the sink (safe from any thread)."""
         return bool(self._overflow)
 
     def idle(self) -> bool:
@@ -259,21 +201,22 @@ class Dispatcher:
         )  # fmt: skip
 
     # The loop ----------------------------------------------------------------------
+    # The turn ------------------------------------------------------------------------
 
-    def run_once(self) -> bool:
+    def run(self) -> bool:
         """One turn of the loop; True when anything moved."""
-        self._wake_pending = False
-        lane = self._express
-        if self._inline_ring:
+        lane = self.express
+        if self._assist_ring:
             self._mark_thread(lane)
         if lane is not None and not (
-            self._cancels or self._overflow or self._held or self._barrier or self._inflight or self._pushed
-        ):
+            self._cancels or self._overflow or self._held or self._drain_in_flight or self._inflight
+            or self._unpublished
+        ):  # fmt: skip
             return self._express_turn(lane)
         if self._cancels:
             self._process_cancels()
         progress = self._reap()
-        if self._pushed:
+        if self._unpublished:
             self._publish_completions()
         taken = self._take()
         progress = self._issue() or progress or taken > 0
@@ -283,7 +226,7 @@ class Dispatcher:
         return progress
 
     def _express_turn(self, lane: Any) -> bool:
-        """:meth:`run_once` while only express entries are in flight: the lane's reap and submit in one call.
+        """:meth:`run` while only express entries are in flight: the lane's reap and submit in one call.
 
         Profiled: a streaming read's turn cost ~6 us in the generic steps,
         most of it Python around two C calls. Whatever the lane leaves (a
@@ -295,7 +238,7 @@ class Dispatcher:
         progress = bool(completed or taken)
         if completed:
             self.entries_processed += completed
-            self._pushed = True
+            self._unpublished = True
         if not lane.cq_clear:
             progress = self._reap() or progress
         if not lane.drained:
@@ -309,7 +252,7 @@ class Dispatcher:
 
     def _end_turn(self, taken: int) -> None:
         """Publish what the turn completed (waking whoever waits) and count the batch."""
-        if self._pushed:
+        if self._unpublished:
             self._publish_completions()
         if taken:
             self.batches_processed += 1
@@ -317,20 +260,20 @@ class Dispatcher:
                 self._on_batch(taken)
 
     def _mark_thread(self, lane: Any) -> None:
-        """Keep threads that may exit off the plain ring beside an SQ thread (inline dispatcher).
+        """Keep threads that may exit off the plain ring beside an SQ thread (the assist ring).
 
         The kernel ties an io_uring request to the thread whose io_uring_enter
         submitted it and ends what is pending when that thread exits. The SQ
         thread's ring is submitted by the kernel's thread; the plain ring
-        beside it by whoever runs the turn: with the inline dispatcher, only
-        the main thread takes reads there.
+        beside it by whoever runs the turn: only the main thread and the
+        threads declared with :meth:`keep_thread` take reads there.
         """
         ident = threading.get_ident()
-        if ident == self._marked:
+        if ident == self._last_thread:
             return  # the same thread as the last turn (the common case): nothing changes
-        self._marked = ident
+        self._last_thread = ident
         if lane is not None:
-            lane.set_ephemeral(ident != self._main_ident and ident != self._thread_ident)
+            lane.set_ephemeral(ident not in self._durable_threads)
 
     def _flush_io(self) -> None:
         """Hand the SQEs this turn prepared to the kernel."""
@@ -338,64 +281,17 @@ class Dispatcher:
         self._issued_io = 0
 
     def _publish_completions(self) -> None:
-        self._pushed = False
+        self._unpublished = False
         self._publish_stats()  # before the wake-up, so a woken caller reads current statistics
         self.sink.flush_and_notify()
 
-    def start(self) -> None:
-        """Run the loop on a thread of its own."""
-        self.sleeping = False
-        self._thread = threading.Thread(target=self._thread_main, name="ksvc-dispatcher", daemon=True)
-        self._thread.start()
-        self._thread_ident = self._thread.ident
-        self._marked = None
-
-    @property
-    def threaded(self) -> bool:
-        """True when the loop runs on its own thread."""
-        return self._thread is not None
-
-    def _mute_completions(self, mute: bool) -> None:
-        """Whether io_uring's completions write the wake-up eventfd (call with ``_turn`` held).
-
-        Only a sleeping dispatcher needs them: awake, its thread reaps what
-        completed on its next turn, and an eventfd write
-        per batch would wake the dispatcher's thread for nothing (a context
-        switch and a GIL hand-over each time, profiled).
-        """
-        if self._quiet is not None and self._muted != mute:
-            self._quiet.set_completion_wakeups(not mute)
-            self._muted = mute
-
-    def _thread_main(self) -> None:
-        try:
-            while True:
-                with self._turn:
-                    self._mute_completions(True)
-                    progressed = self.run_once()
-                if progressed:
-                    continue
-                if self._stop and self._stopping_done():
-                    break
-                self.sleeping = True
-                with self._turn:
-                    self._mute_completions(False)
-                ready = self._quiet is not None and self._quiet.completions_ready()
-                if self._wake_pending or ready or self._ready_without_wakeup():
-                    self.sleeping = False
-                    continue
-                self.wait(self.wait_timeout())
-                self.sleeping = False
-        except BaseException as exc:  # noqa: BLE001 - report any failure to the callers
-            self._fail(exc)
-
-    def _ready_without_wakeup(self) -> bool:
-        # Entries in the ring that we can take, or overflow the sink may now accept.
+    def ready_without_wakeup(self) -> bool:
+        """Entries wait in the ring that a turn can take (they may have come without a wake-up)."""
         return self.channel.submit_ring.used() > 0 and len(self._held) < self.batch_size
 
     def wait_timeout(self) -> float | None:
-        """How long an idle dispatcher may sleep: ``None`` (until woken) unless it must retry or drain."""
-        if self._stop and self._drain_deadline is not None:
+        """How long an idle driver may sleep: ``None`` (until woken) unless it must retry or drain."""
+        if self._drain_deadline is not None:
             return max(0.0, min(0.05, self._drain_deadline - time.monotonic()))
         if (self._held and not (self._inflight or self._express_inflight())) or self._overflow:
             # A tier refused work while nothing of ours is in flight to wake us when it frees up,
@@ -403,6 +299,10 @@ class Dispatcher:
             # a sink or tier full for reasons of its own. Never a spin.
             return 0.001
         return None
+
+    def cancel(self, corr_id: int) -> None:
+        """Queue a cancel of the entry *corr_id* for the next turn (safe from any thread; see ``request_cancel``)."""
+        self._cancels.append(corr_id)
 
     def _process_cancels(self) -> None:
         wanted = set()
@@ -418,7 +318,7 @@ class Dispatcher:
                 self._issued_io += 1
             elif op.tier is Tier.WORKER and pool is not None:
                 pool.cancel(token)  # queued: dropped; running: its syscall is interrupted
-        if self._express is not None and self._express.inflight:
+        if self.express is not None and self.express.inflight:
             for corr in wanted:  # perhaps an express entry; a cancel that finds nothing is harmless
                 self.io_backend.cancel(_EXPRESS_TAG | corr)
                 self._issued_io += 1
@@ -432,12 +332,12 @@ class Dispatcher:
             if not self.sink.push(corr, res, flags):
                 break
             self._overflow.popleft()
-            self._pushed = progress = True
-        express = self._express
+            self._unpublished = progress = True
+        express = self.express
         if express is not None and not self._overflow:
             moved = express.reap()
             if moved:
-                self._pushed = progress = True
+                self._unpublished = progress = True
                 self.entries_processed += moved
             if express.cq_clear and not self._inflight:
                 # Only express entries were in flight and the lane emptied the CQ: no CQE or worker
@@ -447,8 +347,8 @@ class Dispatcher:
             progress = True
             op = self._inflight.get(user_data)
             if op is None:
-                if user_data & _EXPRESS_TAG and self._express is not None:
-                    self._express.completed_elsewhere()  # behind a CQE of ours: reaped here
+                if user_data & _EXPRESS_TAG and self.express is not None:
+                    self.express.completed_elsewhere()  # behind a CQE of ours: reaped here
                     self._emit(corr_of(user_data), res, 0)
                 continue
             if flags & _CQE_MORE:  # a multishot series goes on
@@ -472,7 +372,7 @@ class Dispatcher:
         op.keep = None
         self._emit(op.corr_id, res, 0)
         if op.drain:
-            self._barrier = False
+            self._drain_in_flight = False
         if op.chain:
             ok = res >= 0 and (op.full_length < 0 or res == op.full_length)
             if ok:
@@ -485,7 +385,7 @@ class Dispatcher:
         if self._overflow or not self.sink.push(corr_id, result, flags):
             self._overflow.append((corr_id, result, flags))
         else:
-            self._pushed = True
+            self._unpublished = True
         if not flags & L.COMPLETION_FLAG_MORE:
             self.entries_processed += 1
 
@@ -494,8 +394,8 @@ class Dispatcher:
     def _take(self) -> int:
         """Take entries from the submit ring: the express lane's run first, then the generic loop's."""
         express = 0
-        lane = self._express
-        if lane is not None and not (self._held or self._barrier or self._overflow):
+        lane = self.express
+        if lane is not None and not (self._held or self._drain_in_flight or self._overflow):
             express = lane.submit(self._ring_head, self.channel.submit_ring.size)
             self._ring_head += express
             if lane.drained:
@@ -534,13 +434,13 @@ class Dispatcher:
     def _issue(self) -> bool:
         progress = False
         while self._held:
-            if self._barrier:
+            if self._drain_in_flight:
                 break
             chain = self._held[0]
             entry = chain[0]
             if entry.flags & L.SUBMIT_FLAG_DRAIN and (self._inflight or self._express_inflight()):
                 break
-            # Pop first: completing inline may push a chain continuation to the front.
+            # Pop first: completing at once may push a chain continuation to the front.
             self._held.popleft()
             if not self._issue_one(entry, chain[1:]):
                 self._held.appendleft(chain)
@@ -570,7 +470,7 @@ class Dispatcher:
                 op.finish, op.keep, op.full_length = tr.finish, tr.keep, tr.full_length
                 self._inflight[token] = op
                 self._issued_io += 1
-                self._barrier = drain
+                self._drain_in_flight = drain
                 return True
             route = route._replace(tier=Tier.WORKER)  # no exact SQE for these arguments
         if route.tier is Tier.WORKER:
@@ -578,7 +478,7 @@ class Dispatcher:
             if not self.worker_pool.enqueue(token, nr, entry.args):
                 return False
             self._inflight[token] = _Op(entry.corr_id, Tier.WORKER, rest, drain)
-            self._barrier = drain
+            self._drain_in_flight = drain
             return True
         if route.tier is Tier.SHARED_PAGE:
             self._complete_now(entry, self._tier0(nr, entry.args), rest)
@@ -602,7 +502,7 @@ class Dispatcher:
     def _issue_multishot(self, entry: L.SubmitEntry, rest: list[L.SubmitEntry], route: Any) -> bool:
         """An accept that yields a completion per connection, when the backend offers it."""
         tr = translate(entry.syscall_nr, entry.args) if route.tier is Tier.IO_URING else None
-        if tr is None or tr.sqe.opcode != IoringOp.ACCEPT or not self._multishot_accept:
+        if tr is None or tr.sqe.opcode != IoringOp.ACCEPT or not self.multishot_accept:
             self._complete_now(entry, -errno.EOPNOTSUPP, rest)
             return True
         tr.sqe.ioprio |= IORING_ACCEPT_MULTISHOT
@@ -642,7 +542,7 @@ class Dispatcher:
             ch.completion_ring.tail,
         )
         w = ch.write_page_field
-        w("worker_state", L.WORKER_STATE_IDLE if self.sleeping else L.WORKER_STATE_BUSY)
+        w("worker_state", self.worker_state)
         now = time.monotonic_ns()
         w("clock_monotonic_ns", now)
         if now - self._last_identity > _IDENTITY_REFRESH_NS:
@@ -652,30 +552,22 @@ class Dispatcher:
 
     # Shutdown and failure ---------------------------------------------------------------
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Complete everything submitted, then stop the loop.
+    # Shutdown: drain, cancel, abandon ------------------------------------------------------
 
-        Work still running after *timeout* seconds is cancelled (io_uring)
-        or completed with ``-ECANCELED`` (workers that never return), so
-        every entry still gets exactly one completion.
-        """
+    def begin_drain(self, timeout: float) -> None:
+        """Start shutting down: what is submitted still completes; after *timeout* seconds it is cancelled."""
         self._drain_deadline = time.monotonic() + timeout
-        self._stop = True
-        if self._thread is not None:
-            self.wake()
-            os.eventfd_write(self._wake_fd, 1)
-            self._thread.join(timeout + 5.0)
-        else:
-            try:
-                while not self._stopping_done():
-                    with self._turn:
-                        moved = self.run_once()
-                    if not moved:
-                        self.wait(self.wait_timeout())
-            except Exception as exc:  # a broken component or ring: fail what is pending, and stop
-                self._fail(exc)
 
-    def _stopping_done(self) -> bool:
+    @property
+    def draining(self) -> bool:
+        """True once :meth:`begin_drain` was called."""
+        return self._drain_deadline is not None
+
+    def drained(self) -> bool:
+        """Whether the drain is over; past its deadline, cancel what is in flight, then abandon it.
+
+        Called by the driver between turns while :attr:`draining`.
+        """
         # Completions held for a full sink do not keep us running: the front end takes them
         # with abandoned() once we have stopped.
         try:
@@ -687,24 +579,24 @@ class Dispatcher:
         deadline = self._drain_deadline
         if deadline is None or time.monotonic() < deadline:
             return False
-        if not self._cancelled:
-            self._cancelled = True
+        if not self._drain_cancelled:
+            self._drain_cancelled = True
             pool = self._cancellable_pool
             for token, op in list(self._inflight.items()):
                 if op.tier is Tier.IO_URING:
                     self.io_backend.cancel(token)
                 elif op.tier is Tier.WORKER and pool is not None:
                     pool.cancel(token)
-            cancel_all = self._cancel_all
+            cancel_all = self.cancel_all
             if self._express_inflight() and cancel_all is not None:
                 cancel_all.cancel_all()  # express entries have no token of ours: cancel them all at once
             self.io_backend.flush()
             self._drain_deadline = time.monotonic() + 1.0
             return False
-        self._abandon(-errno.ECANCELED)
+        self.abandon(-errno.ECANCELED)
         return True
 
-    def _abandon(self, result: int) -> None:
+    def abandon(self, result: int) -> None:
         """Complete everything not yet completed with *result*."""
         chains = list(self._held)
         self._held.clear()
@@ -737,37 +629,9 @@ class Dispatcher:
         except Exception:
             pass
 
-    def abandoned(self) -> list[tuple[int, int, int]]:
+    def take_overflow(self) -> list[tuple[int, int, int]]:
         """Completions that never fit in the sink (returned to the caller after a stop)."""
         out = list(self._overflow)
         self._overflow.clear()
         return out
 
-    def fail(self, exc: BaseException) -> None:
-        """Fail the dispatcher: *exc* is what broke; every pending entry completes with -EIO."""
-        self._fail(exc)
-
-    def _fail(self, exc: BaseException) -> None:
-        if self.failure is not None:
-            return  # failed already: everything pending was completed then
-        self.failure = exc
-        # Tell the front end first, so its waiters fail with the dispatcher's error rather
-        # than a bare EIO; then complete everything through the ring for raw consumers.
-        try:
-            if self.on_failure is not None:
-                self.on_failure(exc)
-        finally:
-            self._abandon(-errno.EIO)
-
-    def drop_after_fork(self) -> None:
-        """In a forked child: the wake-up eventfd was closed there; this copy never rings it."""
-        self._wake_fd = -1
-
-    def close(self) -> None:
-        """Release the wake-up eventfd (after :meth:`stop`)."""
-        self._wake_guard.release()
-        forksafety.unregister(self)
-        try:
-            os.close(self._wake_fd)
-        except OSError:
-            pass
