@@ -14,8 +14,8 @@ Every scenario is bounded, so a regression fails instead of hanging the run:
   there prints ``HUNG: ...`` and every thread's traceback, and the child exits non-zero.
 
 Every scenario runs on every installed stack: the default preset and, when their plugins import, the
-server preset, the futex notifier and the direct-wake completion sink; each with the threaded and the
-inline dispatcher. A stack whose plugin is missing is skipped, with the reason.
+server preset, the SQPOLL backend, the futex notifier and the direct-wake completion sink; each with the
+threaded and the inline dispatcher. A stack whose plugin is missing is skipped, with the reason.
 """
 
 from __future__ import annotations
@@ -101,12 +101,13 @@ class Stack:
         return out
 
 
-_SERVER_PLUGINS = ("ksvc_sqpoll", "ksvc_lazypool", "ksvc_futex", "ksvc_regbuf")
+_SERVER_PLUGINS = ("ksvc_lazypool", "ksvc_futex")
 STACKS = [
     Stack(name, dispatcher, choice, needs)
     for name, choice, needs in (
         ("default", (), ()),
         ("server", (("preset", "server"),), _SERVER_PLUGINS),
+        ("sqpoll", (("io_backend", "sqpoll"),), ("ksvc_sqpoll",)),
         ("futex", (("notifier", "futex"),), ("ksvc_futex",)),
         ("direct-wake", (("completion_sink", "direct-wake"),), ("ksvc_futex",)),
     )
