@@ -169,6 +169,30 @@ def test_end_of_file_while_paused_comes_after_the_held_data() -> None:
     run(main)
 
 
+def test_tcp_connections_send_without_delay_as_asyncio_does() -> None:
+    async def main() -> None:
+        server, port, made = await _serve(Recorder)
+        async with server:
+            peer = _peer(port)
+            p = await _first(made)
+            fd = p.transport.fileno()
+            view = socket.socket(fileno=fd)
+            try:
+                assert view.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            finally:
+                view.detach()
+            _, writer = await ksvc.open_connection("127.0.0.1", port)
+            view = socket.socket(fileno=writer.transport.fileno())
+            try:
+                assert view.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            finally:
+                view.detach()
+            writer.close()
+            peer.close()
+
+    run(main)
+
+
 def test_an_exception_in_data_received_is_reported_and_closes_the_connection() -> None:
     class Failing(Recorder):
         def data_received(self, data: bytes) -> None:

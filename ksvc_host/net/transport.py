@@ -44,6 +44,19 @@ _NR_SHUTDOWN = SYSCALLS["shutdown"]
 _SEND_FLAGS = int(socket.MSG_NOSIGNAL)  # a reset peer gives EPIPE, not SIGPIPE (a plain int: the lane takes no enums)
 
 
+def _no_delay(fd: int) -> None:
+    """TCP_NODELAY on a TCP socket, as asyncio's and uvloop's transports set it: small writes go out at once,
+    not held back by Nagle's algorithm until the peer's (possibly delayed) acknowledgement."""
+    view = socket.socket(fileno=fd)
+    try:
+        if view.family in (socket.AF_INET, socket.AF_INET6) and view.type == socket.SOCK_STREAM:
+            view.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass  # a peer already gone: the first receive reports it
+    finally:
+        view.detach()  # the transport owns the descriptor
+
+
 class KsvcTransport(asyncio.Transport):
     """A connected stream socket served through a KSVC instance (``AsyncKsvc``)."""
 
@@ -86,6 +99,7 @@ class KsvcTransport(asyncio.Transport):
         self._loop.call_soon(self._start, waiter)
 
     def _start(self, waiter: asyncio.Future[None] | None) -> None:
+        _no_delay(self._fd)
         registry = self._k.fixed_files
         if registry is not None:  # the fixed-files feature: SQEs on this socket skip the fd table lookup
             try:
