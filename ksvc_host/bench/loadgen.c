@@ -15,7 +15,8 @@
  *
  * On success it prints one line of JSON on stdout:
  *
- *     {"msgs": N, "seconds": S, "msgs_per_s": R, "p50_us": X, "p99_us": Y, "cpu_s": C}
+ *     {"msgs": N, "seconds": S, "msgs_per_s": R, "p50_us": X, "p99_us": Y, "p999_us": Z, "max_us": M,
+ *      "mean_us": A, "cpu_s": C}
  *
  * where cpu_s is this process's user + system CPU over the timed part.
  *
@@ -333,10 +334,14 @@ int main(int argc, char **argv)
     if (p99_index > done - 1)
         p99_index = done - 1;
     double seconds = (double)(t1 - t0) / 1e9;
+    double mean = 0;
+    for (uint64_t i = 0; i < done; i++) mean += (double)lat[i];
+    mean = done ? mean / (double)done : 0;
     printf("{\"msgs\": %llu, \"seconds\": %.6f, \"msgs_per_s\": %.1f, \"p50_us\": %.3f, \"p99_us\": %.3f, "
-           "\"cpu_s\": %.6f}\n",
+           "\"p999_us\": %.3f, \"max_us\": %.3f, \"mean_us\": %.3f, \"cpu_s\": %.6f}\n",
            (unsigned long long)done, seconds, (double)done / seconds, (double)lat[done / 2] / 1e3,
-           (double)lat[p99_index] / 1e3, cpu);
+           (double)lat[p99_index] / 1e3, (double)lat[(uint64_t)((double)(done - 1) * 0.999)] / 1e3,
+           (double)lat[done - 1] / 1e3, mean / 1e3, cpu);
     for (long i = 0; i < conns; i++) {
         close(cs[i].fd);
         free(cs[i].base);

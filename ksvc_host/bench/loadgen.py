@@ -152,4 +152,4 @@ def generate(port: int, conns: int, msgs: int, size: int, *, say: Callable[[str]
     r = run_c(path, port, conns, msgs, size, seed)
     seconds = float(r["seconds"]) or 1e-9
     return {"msgs_per_s": float(r["msgs_per_s"]), "p50_us": float(r["p50_us"]), "p99_us": float(r["p99_us"]),
-            "generator_cpu": float(r["cpu_s"]) / seconds, "generator": "c"}  # fmt: skip
+            "max_us": float(r["max_us"]), "generator_cpu": float(r["cpu_s"]) / seconds, "generator": "c"}  # fmt: skip

@@ -659,7 +659,7 @@ static int words(PyObject *const *args, Py_ssize_t n, uint64_t *out)
     for (Py_ssize_t i = 0; i < 6; i++) {
         if (i >= n) { out[i] = 0; continue; }
         PyObject *v = args[i];
-        if (!PyLong_CheckExact(v)) return 0;
+        if (!PyLong_Check(v)) return 0;
         int overflow = 0;
         long long s = PyLong_AsLongLongAndOverflow(v, &overflow);
         if (overflow) {
@@ -790,7 +790,7 @@ PyDoc_STRVAR(call_doc,
 static PyObject *Lane_call(Lane *l, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs < 1 || nargs > 7) { PyErr_SetString(PyExc_TypeError, "call(nr, *args): 1 to 7 arguments"); return NULL; }
-    if (!usable(l) || !PyLong_CheckExact(args[0])) Py_RETURN_NONE;
+    if (!usable(l) || !PyLong_Check(args[0])) Py_RETURN_NONE;
     unsigned long nr = PyLong_AsUnsignedLong(args[0]);
     if (PyErr_Occurred()) { PyErr_Clear(); Py_RETURN_NONE; }
     uint64_t a[6];
@@ -801,7 +801,7 @@ static PyObject *Lane_call(Lane *l, PyObject *const *args, Py_ssize_t nargs)
 /* A syscall number argument the lane routes to a read or write into a buffer; 0 otherwise. */
 static int buffer_nr(const Lane *l, PyObject *obj, uint32_t *nr)
 {
-    if (!PyLong_CheckExact(obj)) return 0;
+    if (!PyLong_Check(obj)) return 0;
     long v = PyLong_AsLong(obj);
     if (PyErr_Occurred()) { PyErr_Clear(); return 0; }
     if (v < 0 || v >= NR_TABLE) return 0;
@@ -814,7 +814,7 @@ static int buffer_nr(const Lane *l, PyObject *obj, uint32_t *nr)
 /* (fd, n, a3) of a read of syscall nr into new bytes; 0 when they are not plain ints in range. */
 static int read_words(Lane *l, uint32_t nr, PyObject *const *args, uint64_t *a, Py_ssize_t *n)
 {
-    if (!PyLong_CheckExact(args[0]) || !PyLong_CheckExact(args[1]) || !PyLong_CheckExact(args[2])) return 0;
+    if (!PyLong_Check(args[0]) || !PyLong_Check(args[1]) || !PyLong_Check(args[2])) return 0;
     long fd = PyLong_AsLong(args[0]);
     Py_ssize_t len = PyLong_AsSsize_t(args[1]);
     long long a3 = PyLong_AsLongLong(args[2]);
@@ -893,7 +893,7 @@ static PyObject *Lane_read_many(Lane *l, PyObject *const *args, Py_ssize_t nargs
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject **items = PySequence_Fast_ITEMS(seq);
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (!PyLong_CheckExact(items[i])) { Py_DECREF(seq); Py_RETURN_NONE; }
+        if (!PyLong_Check(items[i])) { Py_DECREF(seq); Py_RETURN_NONE; }
         long long off = PyLong_AsLongLong(items[i]);
         if (off < 0) { PyErr_Clear(); Py_DECREF(seq); Py_RETURN_NONE; }   /* the generic path gives EINVAL */
     }
@@ -945,7 +945,7 @@ static PyObject *Lane_read_many(Lane *l, PyObject *const *args, Py_ssize_t nargs
 /* (fd, data, a3) of a write of syscall nr from a buffer: the view is taken into *view; 0 when not taken. */
 static int write_words(Lane *l, uint32_t nr, PyObject *const *args, uint64_t *a, Py_buffer *view)
 {
-    if (!PyLong_CheckExact(args[0]) || !PyLong_CheckExact(args[2])) return 0;
+    if (!PyLong_Check(args[0]) || !PyLong_Check(args[2])) return 0;
     long fd = PyLong_AsLong(args[0]);
     long long a3 = PyLong_AsLongLong(args[2]);
     if (PyErr_Occurred()) { PyErr_Clear(); return 0; }
@@ -1007,7 +1007,7 @@ PyDoc_STRVAR(start_doc,
 static PyObject *Lane_start(Lane *l, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs < 3 || nargs > 9) { PyErr_SetString(PyExc_TypeError, "start(fut, keep, nr, *args)"); return NULL; }
-    if (!usable(l) || !PyLong_CheckExact(args[2])) Py_RETURN_NONE;
+    if (!usable(l) || !PyLong_Check(args[2])) Py_RETURN_NONE;
     unsigned long nr = PyLong_AsUnsignedLong(args[2]);
     if (PyErr_Occurred()) { PyErr_Clear(); Py_RETURN_NONE; }
     uint64_t a[6];
@@ -1074,7 +1074,7 @@ static PyObject *Lane_start_read_many(Lane *l, PyObject *const *args, Py_ssize_t
     }
     if (n > (Py_ssize_t)l->n_free) n = (Py_ssize_t)l->n_free;
     Py_ssize_t m = 0;
-    while (m < n && PyLong_CheckExact(items[m]) && PyLong_AsLongLong(items[m]) >= 0) m++;
+    while (m < n && PyLong_Check(items[m]) && PyLong_AsLongLong(items[m]) >= 0) m++;
     PyErr_Clear();   /* an offset the lane does not take, and those after it: the caller's other path */
     if (!m) { Py_DECREF(seq); return PyLong_FromLong(0); }
     PyObject *results = PyList_New(m);
@@ -1154,7 +1154,7 @@ static PyObject *Lane_send(Lane *l, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "send(on_sent, fd, data, flags)"); return NULL; }
     uint32_t nr = l->send_nr;
-    if (nr >= NR_TABLE || !usable(l) || !PyLong_CheckExact(args[1]) || !PyLong_CheckExact(args[3])) Py_RETURN_NONE;
+    if (nr >= NR_TABLE || !usable(l) || !PyLong_Check(args[1]) || !PyLong_Check(args[3])) Py_RETURN_NONE;
     long fd = PyLong_AsLong(args[1]);
     long long fl = PyLong_AsLongLong(args[3]);
     if (PyErr_Occurred()) { PyErr_Clear(); Py_RETURN_NONE; }

@@ -29,6 +29,8 @@ log = logging.getLogger("ksvc.net")
 
 _OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_RETRY = 0.1
+ACCEPTS_IN_FLIGHT = 16
+"""Accepts each listening socket keeps in flight (without the multishot-accept feature)."""
 _NR_ACCEPT4 = SYSCALLS["accept4"]
 _shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 
@@ -70,8 +72,8 @@ class Server(asyncio.AbstractServer):
         for sock in self._sockets:
             if self._k.multishot_accept:
                 self._multishot(sock)
-            else:
-                self._accepting.append(self._loop.create_task(self._accept_loop(sock)))
+            else:  # several accepts in flight: a burst of connections is taken in a few loop iterations
+                self._accepting += [self._loop.create_task(self._accept_loop(sock)) for _ in range(ACCEPTS_IN_FLIGHT)]
 
     # One accept submission for every connection (multishot-accept feature) ---------------------
 
