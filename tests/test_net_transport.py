@@ -193,6 +193,34 @@ def test_tcp_connections_send_without_delay_as_asyncio_does() -> None:
     run(main)
 
 
+def test_a_burst_of_connections_is_accepted_and_every_one_served() -> None:
+    class Echo(Recorder):
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)
+
+    async def main() -> None:
+        server, port, made = await _serve(Echo)
+        loop = asyncio.get_running_loop()
+        async with server:
+
+            def burst(n: int) -> list[bytes]:
+                socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]  # all queued at once
+                try:
+                    for i, c in enumerate(socks):
+                        c.settimeout(10)
+                        c.sendall(i.to_bytes(4, "little"))
+                    return [_recv_exactly(c, 4) for c in socks]
+                finally:
+                    for c in socks:
+                        c.close()
+
+            got = await loop.run_in_executor(None, burst, 300)
+            assert got == [i.to_bytes(4, "little") for i in range(300)]
+            assert server.accepted == 300
+
+    run(main)
+
+
 def test_an_exception_in_data_received_is_reported_and_closes_the_connection() -> None:
     class Failing(Recorder):
         def data_received(self, data: bytes) -> None:

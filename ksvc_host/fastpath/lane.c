@@ -85,6 +85,7 @@
 #define FSYNC_DATASYNC (1u << 0)
 #define RECVSEND_POLL_FIRST (1u << 0)   /* in sqe.ioprio: arm the poll before trying */
 #define RECV_MULTISHOT (1u << 1)        /* in sqe.ioprio: one receive SQE, a CQE per arrival */
+#define ACCEPT_MULTISHOT (1u << 0)      /* in sqe.ioprio of an accept: a CQE per connection */
 #define SQE_BUFFER_SELECT (1u << 5)     /* sqe.flags: the kernel picks a provided buffer */
 #define CQE_F_BUFFER (1u << 0)          /* cqe.flags: a provided buffer was used; its id is flags >> 16 */
 #define CQE_F_MORE (1u << 1)            /* cqe.flags: a multishot request goes on */
@@ -110,6 +111,7 @@ struct kernel_ts { int64_t tv_sec; int64_t tv_nsec; };
 #define COMPLETE_SIZE 32
 #define ENTRY_POLL_FIRST (1u << 0)   /* a submit entry's flags (lane-internal): a receive that polls first */
 #define ENTRY_MULTISHOT (1u << 1)    /* a multishot receive into the lane's provided buffers */
+#define ENTRY_ACCEPTS (1u << 2)      /* a multishot accept */
 
 /* Syscall numbers (x86-64) the lane can translate, and what kind of call each is. */
 enum kind {
@@ -159,6 +161,7 @@ struct slot {
     uint8_t cancelled; /* a callback entry whose cancel was asked: a receive loop delivers nothing more */
     uint8_t multi;     /* a receive loop as one multishot receive into the lane's provided buffers */
     uint8_t quiet;     /* a send whose callback runs only if it is short, fails, or was watched */
+    uint8_t accepts;   /* an accept loop: one multishot accept, a callback per connection */
     uint32_t group;    /* a read of a group (start_read_many): its leader's slot + 1 (0: none) */
     uint32_t left;     /* a group's leader: reads of the group not yet answered */
     PyObject *results; /* a group's leader: the list its future gets */
@@ -202,6 +205,7 @@ typedef struct {
     uint8_t kind[NR_TABLE];
     uint8_t opcode[NR_TABLE];
     uint32_t recv_nr, send_nr;   /* the syscalls routed to RECV and SEND on a socket (NR_TABLE: none) */
+    uint32_t accept_nr;          /* the syscall routed to ACCEPT with flags (accept4) */
     /* in flight */
     struct slot *slots;
     uint32_t *free_list;
@@ -305,6 +309,7 @@ static void translate(const Lane *l, const uint64_t *w, uint8_t *s)
     uint8_t sqe_flags = 0;
     uint16_t buf_group = 0;
     if (eflags & ENTRY_MULTISHOT) { ioprio = RECV_MULTISHOT; sqe_flags = SQE_BUFFER_SELECT; buf_group = PBUF_GROUP; }
+    if (eflags & ENTRY_ACCEPTS) ioprio = ACCEPT_MULTISHOT;
     const uint64_t *a = w + 2;
     int kind = l->kind[nr];
     uint8_t op = l->opcode[nr];
@@ -418,7 +423,7 @@ static int slot_take(Lane *l)
     struct slot *s = &l->slots[i];
     s->busy = 1; s->gen++; s->raw = 0; s->reads = 0; s->stream = 0; s->ints = 0;
     s->call = 0; s->loop = 0; s->stopping = 0; s->cancelled = 0; s->multi = 0; s->quiet = 0;
-    s->group = 0; s->left = 0;
+    s->group = 0; s->left = 0; s->accepts = 0;
     l->inflight++;
     return (int)i;
 }
@@ -572,7 +577,7 @@ static int Lane_init(Lane *l, PyObject *args, PyObject *kw)
     l->cring = PyMem_Calloc(nslots, COMPLETE_SIZE);
     if (!l->slots || !l->free_list || !l->sring || !l->cring) { PyErr_NoMemory(); return -1; }
     l->nslots = nslots;
-    l->recv_nr = l->send_nr = NR_TABLE;
+    l->recv_nr = l->send_nr = l->accept_nr = NR_TABLE;
     l->slot_mask = nslots - 1;
     l->owner = thread_serial();
     l->settle_ns = (int64_t)(settle * 1e9);
@@ -1147,6 +1152,31 @@ static PyObject *Lane_receive(Lane *l, PyObject *const *args, Py_ssize_t nargs)
     return t;
 }
 
+PyDoc_STRVAR(accept_loop_doc,
+    "accept_loop(on_conn, on_end, fd, flags) -> token, or None: one multishot accept on a blocking listening\n"
+    "socket (kernels from 6.0): on_conn(new_fd) for every connection, until an error or cancel(); then\n"
+    "on_end(-errno) once. The new descriptors are the callback's to own.");
+static PyObject *Lane_accept_loop(Lane *l, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "accept_loop(on_conn, on_end, fd, flags)"); return NULL; }
+    uint32_t nr = l->accept_nr;
+    if (nr >= NR_TABLE || !usable(l) || !l->poll_first || !PyLong_Check(args[2]) || !PyLong_Check(args[3])) Py_RETURN_NONE;
+    long fd = PyLong_AsLong(args[2]);
+    long flags = PyLong_AsLong(args[3]);
+    if (PyErr_Occurred()) { PyErr_Clear(); Py_RETURN_NONE; }
+    uint64_t a[6] = {(uint64_t)fd, 0, 0, (uint64_t)(uint32_t)flags, 0, 0};
+    if (fd < 0 || fd > INT32_MAX || flags < 0 || !lane_accepts(l, nr, a)) Py_RETURN_NONE;
+    int i = slot_take(l);
+    if (i < 0) Py_RETURN_NONE;
+    struct slot *s = &l->slots[i];
+    s->call = 1; s->accepts = 1; s->nr = nr; s->fd = (int32_t)fd; s->len = (uint32_t)flags;
+    Py_INCREF(args[0]); s->fut = args[0];
+    Py_INCREF(args[1]); s->end = args[1];
+    uint64_t t = token_of(l, (uint32_t)i);
+    write_entry_flags(l, t, nr, a, ENTRY_ACCEPTS);
+    return PyLong_FromUnsignedLongLong(t);
+}
+
 PyDoc_STRVAR(send_doc,
     "send(on_sent, fd, data, flags) -> token, or None: send data's buffer on fd, a blocking socket the caller\n"
     "owns (not checked again: a transport's). on_sent(result) is called with the count sent or -errno only\n"
@@ -1292,6 +1322,35 @@ static void deliver_call(Lane *l, uint32_t i, int64_t res)
     write_entry_flags(l, token_of(l, i), s->nr, a, l->poll_first ? ENTRY_POLL_FIRST : 0);
 }
 
+/* One completion of an accept loop: a connection's descriptor for on_conn, or the series' end, after
+ * which the loop re-arms (the kernel ended it while all was well) or ends with on_end(why). */
+static void deliver_accepts(Lane *l, uint32_t i, int64_t res, uint32_t flags)
+{
+    struct slot *s = &l->slots[i];
+    if (res >= 0) {
+        if (s->cancelled) {
+            close((int)res);   /* accepted as the loop was being stopped: nobody takes it */
+        } else {
+            PyObject *fd = PyLong_FromLongLong(res);
+            PyObject *fn = s->fut;
+            uint32_t gen = s->gen;
+            Py_INCREF(fn);
+            PyObject *r = fd ? PyObject_CallOneArg(fn, fd) : NULL;
+            Py_XDECREF(fd);
+            if (!r) PyErr_WriteUnraisable(fn);   /* the server's own handler reports its failures */
+            Py_XDECREF(r);
+            Py_DECREF(fn);
+            if (!s->busy || s->gen != gen) return;   /* the callback forked, and the child dropped the lane */
+        }
+    }
+    if (flags & CQE_F_MORE) return;
+    if (s->cancelled || (res == -ECANCELED && s->stopping)) { end_loop(l, i, PyLong_FromLong(-ECANCELED)); return; }
+    if (res < 0) { end_loop(l, i, PyLong_FromLongLong(res)); return; }
+    if (s->stopping || !usable(l)) { end_loop(l, i, (Py_INCREF(Py_None), Py_None)); return; }
+    uint64_t a[6] = {(uint64_t)(int64_t)s->fd, 0, 0, s->len, 0, 0};
+    write_entry_flags(l, token_of(l, i), s->nr, a, ENTRY_ACCEPTS);
+}
+
 /* One completion of a multishot receive: data in a provided buffer (copied into new bytes for on_data,
  * the buffer handed straight back), or the end of the series, after which the loop re-arms or ends. */
 static void deliver_multishot(Lane *l, uint32_t i, int64_t res, uint32_t flags)
@@ -1370,6 +1429,7 @@ static void resolve(Lane *l, uint64_t token, int64_t res, uint32_t flags)
     struct slot *s = &l->slots[i];
     if (!s->busy || s->gen != (uint32_t)(token >> GEN_SHIFT) || (!s->fut && !s->group)) return;
     if (s->multi) { deliver_multishot(l, i, res, flags); return; }
+    if (s->accepts) { deliver_accepts(l, i, res, flags); return; }
     if (s->group) { deliver_group(l, i, res); return; }
     if (s->call && !s->raw) { deliver_call(l, i, res); return; }
     PyObject *v;
@@ -1555,6 +1615,7 @@ static PyObject *Lane_route(Lane *l, PyObject *args)
     l->kind[nr] = (uint8_t)kind;
     if (kind == K_SOCKET && op == OP_RECV) l->recv_nr = nr;
     if (kind == K_SOCKET && op == OP_SEND) l->send_nr = nr;
+    if (kind == K_ACCEPT && op == OP_ACCEPT) l->accept_nr = nr;
     Py_RETURN_NONE;
 }
 
@@ -1593,6 +1654,7 @@ static PyMethodDef Lane_methods[] = {
     {"turn", (PyCFunction)(void (*)(void))Lane_turn, METH_FASTCALL, turn_doc},
     {"receive", (PyCFunction)(void (*)(void))Lane_receive, METH_FASTCALL, receive_doc},
     {"send", (PyCFunction)(void (*)(void))Lane_send, METH_FASTCALL, send_doc},
+    {"accept_loop", (PyCFunction)(void (*)(void))Lane_accept_loop, METH_FASTCALL, accept_loop_doc},
     {"stop", (PyCFunction)Lane_stop, METH_O, stop_doc},
     {"watch", (PyCFunction)Lane_watch, METH_O, watch_doc},
     {"retarget", (PyCFunction)(void (*)(void))Lane_retarget, METH_FASTCALL, retarget_doc},

@@ -60,6 +60,7 @@ class Server(asyncio.AbstractServer):
         self._transports: set[KsvcTransport] = set()
         self._accepting: list[asyncio.Task[None]] = []
         self._multishots: list[Any] = []
+        self._lane_tokens: list[tuple[Any, int]] = []
         self._warned = False
         self._closed = False
         self._idle = asyncio.Event()
@@ -70,10 +71,51 @@ class Server(asyncio.AbstractServer):
 
     def _start(self) -> None:
         for sock in self._sockets:
-            if self._k.multishot_accept:
-                self._multishot(sock)
-            else:  # several accepts in flight: a burst of connections is taken in a few loop iterations
-                self._accepting += [self._loop.create_task(self._accept_loop(sock)) for _ in range(ACCEPTS_IN_FLIGHT)]
+            self._accept_on(sock)
+
+    def _accept_on(self, sock: socket.socket) -> None:
+        if self._closed:
+            return
+        if self._lane_accepts(sock):
+            return
+        if self._k.multishot_accept:
+            self._multishot(sock)
+        else:  # several accepts in flight: a burst of connections is taken in a few loop iterations
+            self._accepting += [self._loop.create_task(self._accept_loop(sock)) for _ in range(ACCEPTS_IN_FLIGHT)]
+
+    # One multishot accept on the loop's lane: the kernel accepts every connection of a burst -----
+
+    def _lane_accepts(self, sock: socket.socket) -> bool:
+        lane = self._k.loop_lane.lane
+        if lane is None:
+            return False
+        on_conn = lambda fd: self._on_lane_accept(sock, fd)  # noqa: E731 - one per listening socket
+        on_end = lambda why: self._lane_accepts_ended(sock, why)  # noqa: E731
+        token = lane.accept_loop(on_conn, on_end, sock.fileno(), socket.SOCK_CLOEXEC)
+        if token is None:
+            return False
+        self._lane_tokens.append((lane, token))
+        self._k.loop_lane.soon()
+        return True
+
+    def _on_lane_accept(self, sock: socket.socket, fd: int) -> None:
+        if self._closed:
+            socket.close(fd)
+            return
+        try:
+            self._connection(sock, fd, _name(fd, peer=True))
+        except Exception:  # noqa: BLE001 - a failing connection must not stop the server
+            log.exception("ksvc server: setting up a connection failed; connection closed")
+
+    def _lane_accepts_ended(self, sock: socket.socket, why: int) -> None:
+        self._lane_tokens = [(lane, t) for lane, t in self._lane_tokens if lane.inflight]
+        if self._closed:
+            return
+        if -why in _OUT_OF_DESCRIPTORS:
+            self._out_of_descriptors(sock, OSError(-why, os.strerror(-why)))
+        elif why != -errno.ECANCELED:
+            log.warning("ksvc server %s: accept failed: %s", sock.getsockname(), os.strerror(-why))
+        self._loop.call_later(_ACCEPT_RETRY, self._accept_on, sock)
 
     # One accept submission for every connection (multishot-accept feature) ---------------------
 
@@ -176,6 +218,8 @@ class Server(asyncio.AbstractServer):
             task.cancel()
         for w in self._multishots:
             self._k.cancel(w)
+        for lane, token in self._lane_tokens:
+            lane.cancel(token)
         for sock in self._sockets:
             sock.close()
         for tr in list(self._transports):
