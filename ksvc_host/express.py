@@ -183,16 +183,17 @@ class ExpressLane:
     @property
     def has_assist_ring(self) -> bool:
         """True when positioned entries can run on the submitting thread (an SQPOLL ring's partner)."""
-        return int(self._x.a_ring_fd) >= 0
+        return int(self._x.a_ring_fd) >= 0 and not int(self._x.ephemeral)
 
     def poller_backlog(self) -> int:
         """SQEs in the io_uring's SQ that the kernel has not consumed (an SQ thread's backlog)."""
         x = self._x
         return (int(x.sq_tail[0]) - int(x.sq_head[0])) & 0xFFFF_FFFF
 
-    def set_ephemeral(self, ephemeral: bool) -> None:
-        """The thread running the next turns may exit before their work ends: no assist ring for it."""
-        self._x.ephemeral = int(ephemeral)
+    def forgo_assist_ring(self) -> None:
+        """Never use the assist ring: the turns run on callers' threads (the inline driver), any of which may
+        exit before its requests end, and the kernel ends a request when its submitter exits."""
+        self._x.ephemeral = 1
 
     def set_assist_quota(self, n: int) -> None:
         """Run up to *n* positioned entries of the lane's next submit on the submitting thread."""

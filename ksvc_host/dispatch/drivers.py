@@ -61,7 +61,6 @@ class ThreadDriver:
 
     def _main(self) -> None:
         turn, wakeup, quiet = self._turn, self._wakeup, self._quiet
-        turn.keep_thread(threading.get_ident())
         try:
             while True:
                 self._mute_completions(True)
@@ -101,6 +100,11 @@ class InlineDriver:
         self._fail = fail
         self._lock = threading.Lock()
         """Held while a turn runs: one caller at a time."""
+        if turn.express is not None:
+            # By construction, not by a rule per turn: the plain ring beside an SQ thread is submitted by
+            # whoever runs the turn, and any caller's thread may exit before its requests end. Only the
+            # thread driver, whose one thread runs every turn, uses it.
+            turn.express.forgo_assist_ring()
 
     def start(self) -> None:
         """Nothing to start: turns run when callers run them."""

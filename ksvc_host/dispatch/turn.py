@@ -26,7 +26,6 @@ import errno
 import itertools
 import os
 import struct
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -168,16 +167,6 @@ class Turn:
         )
         self.multishot_accept = isinstance(io_backend, MultishotIoBackend) and bool(io_backend.multishot_accept)
         """ACCEPT may carry IORING_ACCEPT_MULTISHOT (the ``multishot-accept`` feature)."""
-        self._assist_ring = self.express is not None and self.express.has_assist_ring
-        """The express lane has a plain ring beside an SQ thread's (see :meth:`_mark_thread`)."""
-        self._durable_threads = {threading.main_thread().ident}
-        """Threads that outlive the instance's requests (see :meth:`keep_thread`)."""
-        self._last_thread: int | None = None
-
-    def keep_thread(self, ident: int | None) -> None:
-        """Declare thread *ident* one that runs turns and outlives the instance's requests (a driver's own)."""
-        self._durable_threads.add(ident)
-        self._last_thread = None
 
     @property
     def express_entries(self) -> int:
@@ -206,8 +195,6 @@ class Turn:
     def run(self) -> bool:
         """One turn of the loop; True when anything moved."""
         lane = self.express
-        if self._assist_ring:
-            self._mark_thread(lane)
         if lane is not None and not (
             self._cancels or self._overflow or self._held or self._drain_in_flight or self._inflight
             or self._unpublished
@@ -258,22 +245,6 @@ class Turn:
             self.batches_processed += 1
             if self._on_batch is not None:
                 self._on_batch(taken)
-
-    def _mark_thread(self, lane: Any) -> None:
-        """Keep threads that may exit off the plain ring beside an SQ thread (the assist ring).
-
-        The kernel ties an io_uring request to the thread whose io_uring_enter
-        submitted it and ends what is pending when that thread exits. The SQ
-        thread's ring is submitted by the kernel's thread; the plain ring
-        beside it by whoever runs the turn: only the main thread and the
-        threads declared with :meth:`keep_thread` take reads there.
-        """
-        ident = threading.get_ident()
-        if ident == self._last_thread:
-            return  # the same thread as the last turn (the common case): nothing changes
-        self._last_thread = ident
-        if lane is not None:
-            lane.set_ephemeral(ident not in self._durable_threads)
 
     def _flush_io(self) -> None:
         """Hand the SQEs this turn prepared to the kernel."""

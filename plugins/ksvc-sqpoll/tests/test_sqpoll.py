@@ -169,13 +169,13 @@ def test_streams_and_bulks_beside_the_sq_thread_equal_os_pread(data_fd: tuple[in
 
 
 @pytest.mark.parametrize("pure", [False, True])
-def test_an_assist_quota_runs_that_many_reads_on_the_caller(data_fd: tuple[int, bytes], pure: bool) -> None:
+def test_an_assist_quota_runs_that_many_reads_on_the_submitting_thread(data_fd: tuple[int, bytes], pure: bool) -> None:
     if not pure and fastpath.select() != "native":
         pytest.skip(f"compiled fast path unavailable: {fastpath.REASON}")
     fastpath.select(pure=pure)
     fd, _ = data_fd
     try:
-        with ksvc.open(io_backend="sqpoll", dispatcher="inline", lanes=False) as k:
+        with ksvc.open(io_backend="sqpoll", dispatcher="thread", lanes=False) as k:
             lane = k.instance.dispatcher.turn.express
             assert lane is not None and lane.has_assist_ring
             before = lane.assist_entries
@@ -210,28 +210,32 @@ def test_bulk_calls_beside_the_sq_thread_equal_os_pread(data_fd: tuple[int, byte
     asyncio.run(main())
 
 
-def test_only_the_main_thread_reads_through_the_plain_ring(data_fd: tuple[int, bytes]) -> None:
-    # A request belongs to the thread that submitted it and is cancelled when that thread exits:
-    # threads that may exit before a cold read completes leave the reads to the SQ thread.
+def test_only_the_thread_driver_reads_through_the_assist_ring(data_fd: tuple[int, bytes]) -> None:
+    # A request belongs to the thread that submitted it and is cancelled when that thread exits. The
+    # assist ring is submitted by whoever runs the turn: with the thread driver, its one thread; with the
+    # inline driver any caller's, which may exit before a cold read completes, so that driver forgoes it
+    # when it is built and every read goes through the SQ thread's ring.
     fd, _ = data_fd
     offs = [(i * 7919 * 4096) % (1 << 20) for i in range(3000)]
     want = [os.pread(fd, 4096, o) for o in offs]
-    # Inline dispatcher: each caller runs the turns itself; a backlog of 1 would send nearly
-    # every read to the plain ring.
-    with ksvc.open(io_backend="sqpoll", dispatcher="inline", lanes=False, options={"sq_inline_backlog": 1}) as k:
-        lane = k.instance.dispatcher.turn.express
-        assert lane is not None
-        before = lane.assist_entries
-        got: list[object] = []
+    for dispatcher in ("inline", "thread"):
+        options = {"sq_inline_backlog": 1}
+        with ksvc.open(io_backend="sqpoll", dispatcher=dispatcher, lanes=False, options=options) as k:
+            lane = k.instance.dispatcher.turn.express
+            assert lane is not None
+            assert lane.has_assist_ring is (dispatcher == "thread")
+            got: list[object] = []
 
-        def worker() -> None:
-            got.append(list(k.pread_iter(fd, 4096, offs)))
-            got.append(k.pread_many(fd, 4096, offs[:64]))
+            def worker(k: ksvc.Ksvc = k, got: list[object] = got) -> None:
+                got.append(list(k.pread_iter(fd, 4096, offs)))
+                got.append(k.pread_many(fd, 4096, offs[:64]))
 
-        t = threading.Thread(target=worker)
-        t.start()
-        t.join()
-        assert got == [want, want[:64]]
-        assert lane.assist_entries == before
-        assert k.pread_many(fd, 4096, offs[:64]) == want[:64]
-        assert lane.assist_entries > before  # the main thread may
+            t = threading.Thread(target=worker)
+            t.start()
+            t.join()
+            assert got == [want, want[:64]]
+            assert k.pread_many(fd, 4096, offs[:64]) == want[:64]
+            if dispatcher == "inline":
+                assert lane.assist_entries == 0
+            else:
+                assert lane.assist_entries > 0  # a backlog of 1 sends nearly every read there
