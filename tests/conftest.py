@@ -9,6 +9,7 @@ import pytest
 
 import ksvc_host as ksvc
 from ksvc_host import fastpath
+from ksvc_host import lanes as ksvc_lanes
 
 
 def _require_fixture_plugins() -> bool:
@@ -27,6 +28,17 @@ def fixture_plugins_installed() -> None:
         if _require_fixture_plugins():
             pytest.fail(msg)
         pytest.skip(msg)
+
+
+@pytest.fixture(params=["lane", "channel"])
+def transport_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Networking twice: on the loop's lane (receive and accept loops in C), and on the shared channel
+    (no lanes built, every receive and send an entry through the dispatcher)."""
+    if request.param == "channel":
+        monkeypatch.setattr(ksvc_lanes, "plan", lambda instance: None)
+    elif ksvc_lanes.available():
+        pytest.skip(f"no lanes here: {ksvc_lanes.available()}")
+    return str(request.param)
 
 
 @pytest.fixture(params=["thread", "inline"])

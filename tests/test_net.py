@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 
 import ksvc_host as ksvc
-from ksvc_host import lanes as ksvc_lanes
 from ksvc_host.net import Server
 from ksvc_host.net.echo import echo_handler
+
+pytestmark = pytest.mark.usefixtures("transport_path")
 
 
 def run(coro_fn: Callable[..., Awaitable[Any]], *args: Any, timeout: float = 30) -> Any:
@@ -37,22 +38,12 @@ async def _echo_server(**kw: Any) -> tuple[Server, int]:
     return server, server.sockets[0].getsockname()[1]
 
 
-@pytest.fixture(autouse=True, params=["lane", "channel"])
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test twice: transports on the loop's lane, and on the shared channel (no lanes built)."""
-    if request.param == "channel":
-        monkeypatch.setattr(ksvc_lanes, "plan", lambda instance: None)
-    elif ksvc_lanes.available():
-        pytest.skip(f"no lanes here: {ksvc_lanes.available()}")
-    return str(request.param)
-
-
 @pytest.mark.parametrize("dispatcher", ["thread", "inline"])
-def test_echo_round_trips_through_ksvc(dispatcher: str, path: str) -> None:
+def test_echo_round_trips_through_ksvc(dispatcher: str, transport_path: str) -> None:
     async def main() -> None:
         server, port = await _echo_server(dispatcher=dispatcher)
         lane = server._k.loop_lane.lane
-        lanes = path == "lane"
+        lanes = transport_path == "lane"
         assert (lane is not None) is lanes
         async with server:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)  # a plain asyncio client

@@ -19,18 +19,8 @@ from typing import Any
 import pytest
 
 import ksvc_host as ksvc
-from ksvc_host import lanes as ksvc_lanes
 
-pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(autouse=True, params=["lane", "channel"])
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "channel":
-        monkeypatch.setattr(ksvc_lanes, "plan", lambda instance: None)
-    elif ksvc_lanes.available():
-        pytest.skip(f"no lanes here: {ksvc_lanes.available()}")
-    return str(request.param)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("transport_path")]
 
 
 def run(coro_fn: Callable[[], Awaitable[Any]], timeout: float = 30) -> Any:

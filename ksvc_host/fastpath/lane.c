@@ -1043,6 +1043,40 @@ static PyObject *Lane_start_read(Lane *l, PyObject *const *args, Py_ssize_t narg
     return start_entry(l, nr, a, args[0], NULL, n, l->kind[nr] != K_POSITIONED, NULL, 0);
 }
 
+/* The exception a call left set, as a new reference with its traceback (None if there is none). */
+static PyObject *take_error(void)
+{
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (exc && tb) PyException_SetTraceback(exc, tb);
+    Py_XDECREF(type); Py_XDECREF(tb);
+    if (!exc) { Py_INCREF(Py_None); exc = Py_None; }
+    return exc;
+}
+
+/* Call slot i's callable with arg (a new reference; NULL: making it failed, the error is set). 1: it
+ * returned; 0: it raised (the exception stays set); -1: it forked and the child dropped the lane, so the
+ * slot is no longer this lane's to touch (the caller returns at once). */
+static int call_slot(Lane *l, uint32_t i, PyObject *arg)
+{
+    struct slot *s = &l->slots[i];
+    PyObject *fn = s->fut;
+    uint32_t gen = s->gen;
+    Py_INCREF(fn);
+    PyObject *r = arg ? PyObject_CallOneArg(fn, arg) : NULL;
+    Py_XDECREF(arg);
+    int ok = r != NULL;
+    Py_XDECREF(r);
+    if (!s->busy || s->gen != gen) {
+        if (!ok) PyErr_WriteUnraisable(fn);
+        Py_DECREF(fn);
+        return -1;
+    }
+    Py_DECREF(fn);
+    return ok;
+}
+
 /* A receive loop ends: on_end(why) (why: 0 at end of file, -errno, the exception on_data raised,
  * or None when stop() was asked), then the slot is free. */
 static void end_loop(Lane *l, uint32_t i, PyObject *why)
@@ -1114,6 +1148,33 @@ static PyObject *Lane_start_read_many(Lane *l, PyObject *const *args, Py_ssize_t
 
 /* Callbacks (transports) ---------------------------------------------------------- */
 
+/* The slot of a token still in flight, or NULL. */
+static struct slot *slot_of(Lane *l, PyObject *token)
+{
+    unsigned long long t = PyLong_AsUnsignedLongLong(token);
+    if (PyErr_Occurred()) { PyErr_Clear(); return NULL; }
+    uint32_t i = (uint32_t)(t & ((1u << GEN_SHIFT) - 1));
+    if (i >= l->nslots) return NULL;
+    struct slot *s = &l->slots[i];
+    return s->busy && s->gen == (uint32_t)(t >> GEN_SHIFT) ? s : NULL;
+}
+
+/* A callback slot for a multishot entry (a receive or accept loop): on and end held, the entry queued
+ * with eflags. NULL: no free slot. */
+static struct slot *start_multishot(Lane *l, uint32_t nr, const uint64_t *a, PyObject *on, PyObject *end,
+                                    uint32_t eflags)
+{
+    int i = slot_take(l);
+    if (i < 0) return NULL;
+    struct slot *s = &l->slots[i];
+    s->call = 1; s->nr = nr; s->fd = (int32_t)a[0];
+    Py_INCREF(on); s->fut = on;
+    Py_INCREF(end); s->end = end;
+    write_entry_flags(l, token_of(l, (uint32_t)i), nr, a, eflags);
+    return s;
+}
+
+
 PyDoc_STRVAR(receive_doc,
     "receive(on_data, on_end, fd, size) -> token, or None: a receive loop on a blocking socket. Each time\n"
     "data arrives, on_data(bytes) is called with new bytes (at most size, or the lane's provided-buffer\n"
@@ -1131,20 +1192,15 @@ static PyObject *Lane_receive(Lane *l, PyObject *const *args, Py_ssize_t nargs)
     if (!ok) Py_RETURN_NONE;
     if (pbuf_ready(l)) {
         /* One multishot receive: the kernel keeps its poll armed and picks a provided buffer per arrival. */
-        int i = slot_take(l);
-        if (i < 0) Py_RETURN_NONE;
-        struct slot *s = &l->slots[i];
-        s->call = 1; s->loop = 1; s->multi = 1; s->nr = nr; s->fd = (int32_t)a[0];
-        Py_INCREF(args[0]); s->fut = args[0];
-        Py_INCREF(args[1]); s->end = args[1];
         a[1] = a[2] = 0;
-        uint64_t t = token_of(l, (uint32_t)i);
-        write_entry_flags(l, t, nr, a, ENTRY_MULTISHOT);
-        return PyLong_FromUnsignedLongLong(t);
+        struct slot *s = start_multishot(l, nr, a, args[0], args[1], ENTRY_MULTISHOT);
+        if (!s) Py_RETURN_NONE;
+        s->loop = 1; s->multi = 1;
+        return PyLong_FromUnsignedLongLong(token_of(l, (uint32_t)(s - l->slots)));
     }
     PyObject *t = start_entry(l, nr, a, args[0], NULL, n, 1, NULL, 0);
-    if (t && t != Py_None) {
-        struct slot *s = &l->slots[PyLong_AsUnsignedLongLong(t) & ((1u << GEN_SHIFT) - 1)];
+    struct slot *s = t && t != Py_None ? slot_of(l, t) : NULL;
+    if (s) {
         s->call = 1; s->loop = 1; s->nr = nr;
         Py_INCREF(args[1]);
         s->end = args[1];
@@ -1166,15 +1222,11 @@ static PyObject *Lane_accept_loop(Lane *l, PyObject *const *args, Py_ssize_t nar
     if (PyErr_Occurred()) { PyErr_Clear(); Py_RETURN_NONE; }
     uint64_t a[6] = {(uint64_t)fd, 0, 0, (uint64_t)(uint32_t)flags, 0, 0};
     if (fd < 0 || fd > INT32_MAX || flags < 0 || !lane_accepts(l, nr, a)) Py_RETURN_NONE;
-    int i = slot_take(l);
-    if (i < 0) Py_RETURN_NONE;
-    struct slot *s = &l->slots[i];
-    s->call = 1; s->accepts = 1; s->nr = nr; s->fd = (int32_t)fd; s->len = (uint32_t)flags;
-    Py_INCREF(args[0]); s->fut = args[0];
-    Py_INCREF(args[1]); s->end = args[1];
-    uint64_t t = token_of(l, (uint32_t)i);
-    write_entry_flags(l, t, nr, a, ENTRY_ACCEPTS);
-    return PyLong_FromUnsignedLongLong(t);
+    struct slot *s = start_multishot(l, nr, a, args[0], args[1], ENTRY_ACCEPTS);
+    if (!s) Py_RETURN_NONE;
+    s->accepts = 1;
+    s->len = (uint32_t)flags;   /* for the re-armed accept */
+    return PyLong_FromUnsignedLongLong(token_of(l, (uint32_t)(s - l->slots)));
 }
 
 PyDoc_STRVAR(send_doc,
@@ -1196,7 +1248,7 @@ static PyObject *Lane_send(Lane *l, PyObject *const *args, Py_ssize_t nargs)
     uint64_t a[6] = {(uint64_t)fd, (uint64_t)(uintptr_t)view.buf, (uint64_t)view.len, (uint64_t)fl, 0, 0};
     PyObject *t = start_entry(l, nr, a, args[0], NULL, -1, 0, &view, 1);
     if (!t || t == Py_None) { PyBuffer_Release(&view); return t; }
-    struct slot *s = &l->slots[PyLong_AsUnsignedLongLong(t) & ((1u << GEN_SHIFT) - 1)];
+    struct slot *s = slot_of(l, t);
     s->call = 1;
     s->quiet = 1;
     s->len = (uint32_t)view.len;
@@ -1207,25 +1259,10 @@ PyDoc_STRVAR(watch_doc,
     "watch(token) -> bool: have a send's on_sent called when it ends; False: it already ended whole.");
 static PyObject *Lane_watch(Lane *l, PyObject *arg)
 {
-    unsigned long long t = PyLong_AsUnsignedLongLong(arg);
-    if (PyErr_Occurred()) return NULL;
-    uint32_t i = (uint32_t)(t & ((1u << GEN_SHIFT) - 1));
-    if (i >= l->nslots) Py_RETURN_FALSE;
-    struct slot *s = &l->slots[i];
-    if (!s->busy || s->gen != (uint32_t)(t >> GEN_SHIFT) || !s->call) Py_RETURN_FALSE;
+    struct slot *s = slot_of(l, arg);
+    if (!s || !s->call) Py_RETURN_FALSE;
     s->quiet = 0;
     Py_RETURN_TRUE;
-}
-
-/* The slot of a token still in flight, or NULL. */
-static struct slot *slot_of(Lane *l, PyObject *token)
-{
-    unsigned long long t = PyLong_AsUnsignedLongLong(token);
-    if (PyErr_Occurred()) { PyErr_Clear(); return NULL; }
-    uint32_t i = (uint32_t)(t & ((1u << GEN_SHIFT) - 1));
-    if (i >= l->nslots) return NULL;
-    struct slot *s = &l->slots[i];
-    return s->busy && s->gen == (uint32_t)(t >> GEN_SHIFT) ? s : NULL;
 }
 
 PyDoc_STRVAR(stop_doc, "stop(token) -> bool: a receive loop queues no next receive (the one in flight still delivers).");
@@ -1278,45 +1315,16 @@ static void deliver_call(Lane *l, uint32_t i, int64_t res)
         end_loop(l, i, PyLong_FromLongLong(res <= 0 ? res : -ECANCELED));
         return;
     }
-    PyObject *v = s->reads && res > 0 ? value_of(s, res) : PyLong_FromLongLong(res);
-    PyObject *fn = s->fut;
-    uint32_t gen = s->gen;
-    Py_INCREF(fn);
-    PyObject *r = v ? PyObject_CallOneArg(fn, v) : NULL;
-    Py_XDECREF(v);
-    if (!s->busy || s->gen != gen) {   /* the callback forked, and the child dropped the lane */
-        if (!r) PyErr_WriteUnraisable(fn);
-        Py_XDECREF(r);
-        Py_DECREF(fn);
-        return;
+    int called = call_slot(l, i, s->reads && res > 0 ? value_of(s, res) : PyLong_FromLongLong(res));
+    if (called < 0) return;
+    if (!called) {
+        if (s->loop) { end_loop(l, i, take_error()); return; }
+        PyErr_WriteUnraisable(s->fut);
     }
-    if (!r) {
-        if (s->loop) {
-            PyObject *type, *exc, *tb;
-            PyErr_Fetch(&type, &exc, &tb);
-            PyErr_NormalizeException(&type, &exc, &tb);
-            if (exc && tb) PyException_SetTraceback(exc, tb);
-            Py_XDECREF(type); Py_XDECREF(tb);
-            Py_DECREF(fn);
-            end_loop(l, i, exc ? exc : (Py_INCREF(Py_None), Py_None));
-            return;
-        }
-        PyErr_WriteUnraisable(fn);
-    } else {
-        Py_DECREF(r);
-    }
-    Py_DECREF(fn);
     if (!s->loop) { slot_free(l, i); return; }
     if (s->stopping || !usable(l)) { end_loop(l, i, (Py_INCREF(Py_None), Py_None)); return; }
     uint64_t a[6] = {(uint64_t)(int64_t)s->fd, 0, s->len, 0, 0, 0};
-    if (!slot_read_into_bytes(s, a, s->len, 1)) {
-        PyObject *type, *exc, *tb;
-        PyErr_Fetch(&type, &exc, &tb);
-        PyErr_NormalizeException(&type, &exc, &tb);
-        Py_XDECREF(type); Py_XDECREF(tb);
-        end_loop(l, i, exc ? exc : (Py_INCREF(Py_None), Py_None));
-        return;
-    }
+    if (!slot_read_into_bytes(s, a, s->len, 1)) { end_loop(l, i, take_error()); return; }
     /* Data was just taken: the next is likely not there yet, so the kernel arms its poll at once
      * rather than trying a receive that would fail first. */
     write_entry_flags(l, token_of(l, i), s->nr, a, l->poll_first ? ENTRY_POLL_FIRST : 0);
@@ -1331,16 +1339,9 @@ static void deliver_accepts(Lane *l, uint32_t i, int64_t res, uint32_t flags)
         if (s->cancelled) {
             close((int)res);   /* accepted as the loop was being stopped: nobody takes it */
         } else {
-            PyObject *fd = PyLong_FromLongLong(res);
-            PyObject *fn = s->fut;
-            uint32_t gen = s->gen;
-            Py_INCREF(fn);
-            PyObject *r = fd ? PyObject_CallOneArg(fn, fd) : NULL;
-            Py_XDECREF(fd);
-            if (!r) PyErr_WriteUnraisable(fn);   /* the server's own handler reports its failures */
-            Py_XDECREF(r);
-            Py_DECREF(fn);
-            if (!s->busy || s->gen != gen) return;   /* the callback forked, and the child dropped the lane */
+            int called = call_slot(l, i, PyLong_FromLongLong(res));
+            if (called < 0) return;
+            if (!called) PyErr_WriteUnraisable(s->fut);   /* the server's own handler reports its failures */
         }
     }
     if (flags & CQE_F_MORE) return;
@@ -1363,28 +1364,12 @@ static void deliver_multishot(Lane *l, uint32_t i, int64_t res, uint32_t flags)
             v = PyBytes_FromStringAndSize((const char *)l->pbufs + (size_t)bid * PBUF_SIZE, (Py_ssize_t)res);
         if (bid < PBUF_COUNT) pbuf_put(l, bid);
         if (res > 0 && !s->cancelled) {
-            PyObject *fn = s->fut;
-            uint32_t gen = s->gen;
-            Py_INCREF(fn);
-            PyObject *r = v ? PyObject_CallOneArg(fn, v) : NULL;
-            Py_XDECREF(v);
-            Py_DECREF(fn);
-            if (!s->busy || s->gen != gen) {   /* the callback forked, and the child dropped the lane */
-                if (!r) PyErr_WriteUnraisable(NULL);
-                Py_XDECREF(r);
-                return;
-            }
-            if (r) {
-                Py_DECREF(r);
-            } else {
+            int called = call_slot(l, i, v);
+            if (called < 0) return;
+            if (!called) {
                 /* on_data failed: deliver nothing more, and end the loop with its exception once the
                  * kernel has ended the series. */
-                PyObject *type, *exc, *tb;
-                PyErr_Fetch(&type, &exc, &tb);
-                PyErr_NormalizeException(&type, &exc, &tb);
-                if (exc && tb) PyException_SetTraceback(exc, tb);
-                Py_XDECREF(type); Py_XDECREF(tb);
-                Py_XSETREF(s->orphan, exc);
+                Py_XSETREF(s->orphan, take_error());
                 s->cancelled = s->stopping = 1;
                 if (flags & CQE_F_MORE) submit_cancel(l, token_of(l, i));
             }
@@ -1441,10 +1426,7 @@ static void resolve(Lane *l, uint64_t token, int64_t res, uint32_t flags)
     } else {
         v = s->ints ? PyLong_FromLongLong(res) : value_of(s, res);
         if (!v) {
-            PyObject *type, *tb;
-            PyErr_Fetch(&type, &v, &tb);
-            PyErr_NormalizeException(&type, &v, &tb);
-            Py_XDECREF(type); Py_XDECREF(tb);
+            v = take_error();
             meth = str_set_exception;
         }
     }
