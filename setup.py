@@ -41,12 +41,6 @@ def _fastpath_extension() -> list[Extension]:
                       extra_compile_args=["-O2", "-std=gnu11"])]
 
 
-def _lane_extension() -> list[Extension]:
-    # Thread lanes: a channel and io_uring per submitting thread; makes and resolves Python objects.
-    return [Extension("ksvc_host._lane", sources=["ksvc_host/fastpath/lane.c"],
-                      extra_compile_args=["-O2", "-std=gnu11"])]
-
-
 def _bytes_alloc_extension() -> list[Extension]:
     # The one helper that needs the CPython API (bytes objects the kernel reads into); cffi cannot return objects.
     return [Extension("ksvc_host._bytes_alloc", sources=["ksvc_host/fastpath/bytes_alloc.c"],
@@ -71,5 +65,5 @@ class OptionalBuildExt(build_ext):
                   file=sys.stderr)
 
 
-setup(ext_modules=_fastpath_extension() + _bytes_alloc_extension() + _lane_extension(),
+setup(ext_modules=_fastpath_extension() + _bytes_alloc_extension(),
       cmdclass={"build_ext": OptionalBuildExt})

@@ -1,22 +1,23 @@
-"""Thread lanes: each calling thread's own channel and io_uring (docs/design.md §12).
+"""Lanes: each calling thread's own channel and io_uring (docs/design.md §12).
 
-A lane (``ksvc_host._lane.Lane``, in ``fastpath/lane.c``) carries a call
-from the caller to the kernel and back in one C call: the submit entry, the
-turn (route, translate, SQE, ``io_uring_enter``), the completion entry and
-the result. It belongs to the thread that built it, and only that thread
-submits to its io_uring, so a request can never be ended by another
+A lane (:class:`~ksvc_host.traits.Lane`, built by the io backend's
+:class:`~ksvc_host.traits.OwnRings` capability; ksvc-basic's is C) carries a
+call from the caller to the kernel and back in one call: the submit entry,
+the turn (route, translate, SQE, ``io_uring_enter``), the completion entry
+and the result. It belongs to the thread that built it, and only that
+thread submits to its io_uring, so a request can never be ended by another
 thread's exit and no caller waits for another's turn.
 
 :class:`ThreadLanes` gives each thread of a blocking front end its lane on
 first use; :class:`LoopLane` makes the one lane of an event loop's thread
 (asyncio). A lane takes only what it can run exactly as the direct syscall
-would (its table comes from the router and the backend's
-:class:`~ksvc_host.traits.OwnRings` spec); for anything else it returns
-``None`` and the caller takes the shared channel and the dispatcher.
+would, and only the syscalls the router sends to io_uring; for anything else
+it returns ``None`` and the caller takes the shared channel and the
+dispatcher.
 
-Lanes exist only with the compiled fast path and a backend that offers
-:class:`~ksvc_host.traits.OwnRings`; otherwise every call takes the shared
-channel (the reference path), with the same results.
+Without a backend that offers lanes (or with the pure-Python loops
+selected), every call takes the shared channel (the reference path), with
+the same results.
 """
 
 from __future__ import annotations
@@ -30,76 +31,40 @@ import weakref
 from typing import Any, Final, NamedTuple
 
 from ksvc_host import fastpath, forksafety
-from ksvc_host.abi.io_uring import IoringOp
-from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.instance import Instance
-from ksvc_host.traits import OwnRings, OwnRingSpec, Tier
-
-try:
-    from ksvc_host import _lane  # type: ignore[attr-defined]
-except ImportError:  # not built: every call takes the shared channel
-    _lane = None
-
-LANE_CALLS: Final[dict[str, tuple[IoringOp, str]]] = {
-    "read": (IoringOp.READ, "stream"),
-    "write": (IoringOp.WRITE, "stream"),
-    "pread64": (IoringOp.READ, "positioned"),
-    "pwrite64": (IoringOp.WRITE, "positioned"),
-    "recvfrom": (IoringOp.RECV, "socket"),
-    "sendto": (IoringOp.SEND, "socket"),
-    "close": (IoringOp.CLOSE, "close"),
-    "fsync": (IoringOp.FSYNC, "fsync"),
-    "fdatasync": (IoringOp.FSYNC, "fdatasync"),
-    "openat": (IoringOp.OPENAT, "openat"),
-    "accept4": (IoringOp.ACCEPT, "accept"),
-    "accept": (IoringOp.ACCEPT, "accept_plain"),
-    "connect": (IoringOp.CONNECT, "connect"),
-}
-"""The syscalls a lane translates in C: io_uring opcode and the kind of call (see lane.c)."""
-
-Lane = Any
-"""``ksvc_host._lane.Lane`` (a C type)."""
+from ksvc_host.traits import Lane, LaneBuilder, OwnRings, Tier
 
 
 def available() -> str:
-    """Empty when lanes can be built; otherwise why not."""
-    if _lane is None:
-        return "the compiled lane module is not built"
+    """Empty when lanes may be built; otherwise why not."""
     if fastpath.IMPLEMENTATION != "native":
         return fastpath.REASON or "the pure-Python loops are selected"
     return ""
 
 
 class LanePlan(NamedTuple):
-    """How this instance's lanes are built, resolved once: the backend's ring spec and the routing table."""
+    """How this instance's lanes are built, resolved once: the backend's builder and the routes."""
 
-    spec: OwnRingSpec
-    routes: tuple[tuple[int, int, int], ...]
-    """``(syscall nr, io_uring opcode, kind)`` for each call a lane takes."""
+    builder: LaneBuilder
+    routes: tuple[int, ...]
+    """The syscalls a lane takes: those the builder can carry and the router sends to io_uring."""
 
-    def build(self, *, settle_s: float, entries: int | None = None, slots: int | None = None) -> Lane:
+    def build(self, *, settle_s: float, entries: int = 0, slots: int = 0) -> Lane:
         """A lane owned by the calling thread (``OSError`` when the kernel gives no ring).
 
         *entries*: SQ entries (the batch one turn can submit); *slots*: entries in flight at once."""
-        lane = _lane.Lane(entries or self.spec.entries, self.spec.setup_flags, settle_s, slots or _THREAD_SLOTS)
-        for nr, opcode, kind in self.routes:
-            lane.route(nr, opcode, kind)
-        return lane
+        return self.builder.build(self.routes, entries=entries or _THREAD_ENTRIES, slots=slots or _THREAD_SLOTS,
+                                  settle_s=settle_s)
 
 
 def plan(instance: Instance) -> LanePlan | None:
     """This instance's lane plan, or ``None`` when it cannot have lanes."""
     backend = instance.io_backend
-    spec = backend.own_ring_spec() if isinstance(backend, OwnRings) and instance.lanes else None
-    if spec is None or available():
+    builder = backend.lane_builder() if isinstance(backend, OwnRings) and instance.lanes else None
+    if builder is None or available():
         return None
-    kinds = _lane.KINDS
-    routes = tuple(
-        (SYSCALLS[name], int(opcode), kinds[kind])
-        for name, (opcode, kind) in LANE_CALLS.items()
-        if instance.router.route(SYSCALLS[name]).tier is Tier.IO_URING and int(opcode) in spec.opcodes
-    )
-    return LanePlan(spec, routes)
+    routes = tuple(sorted(nr for nr in builder.calls if instance.router.route(nr).tier is Tier.IO_URING))
+    return LanePlan(builder, routes)
 
 
 def _release(guards: dict[int, forksafety.ChildCloses], key: int) -> None:
@@ -354,6 +319,8 @@ class LoopLane:
         self.lane = None
 
 
+_THREAD_ENTRIES: Final = 64
+"""SQ entries of a thread's lane."""
 _THREAD_SLOTS: Final = 256
 """Entries a thread's lane may have in flight at once (one blocking call, or a bulk chunk)."""
 _LOOP_ENTRIES: Final = 256

@@ -1,4 +1,4 @@
-"""Thread lanes: a calling thread's own channel and io_uring (ksvc_host/lanes.py, fastpath/lane.c).
+"""Thread lanes: a calling thread's own channel and io_uring (ksvc_host/lanes.py, ksvc_basic/lane.c).
 
 Differential against ``os``, the ABI constants pinned against the Python
 tables, ownership by one thread, thread exit, close while a call waits,
@@ -46,7 +46,7 @@ def _entries(k: ksvc.Ksvc) -> int:
 
 
 def test_constants_are_the_kernels_and_the_channels() -> None:
-    from ksvc_host import _lane  # type: ignore[attr-defined]
+    from ksvc_basic import _lane  # type: ignore[attr-defined]
 
     c = _lane.CONSTANTS
     for name in ("FSYNC", "ACCEPT", "ASYNC_CANCEL", "CONNECT", "OPENAT", "CLOSE", "READ", "WRITE", "SEND", "RECV"):

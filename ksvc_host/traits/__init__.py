@@ -32,7 +32,7 @@ from ksvc_host.traits.capabilities import (
 from ksvc_host.traits.completion_sink import CompletionSink
 from ksvc_host.traits.io_backend import IoBackend, IoCompletion, SqeSpec
 from ksvc_host.traits.notifier import Notifier
-from ksvc_host.traits.own_rings import OwnRings, OwnRingSpec
+from ksvc_host.traits.own_rings import Lane, LaneBuilder, OwnRings
 from ksvc_host.traits.router import Route, SyscallRouter, Tier
 from ksvc_host.traits.shared_page import SharedPage
 from ksvc_host.traits.worker_pool import CancellableWorkerPool, WorkerPool
@@ -70,7 +70,8 @@ __all__ = [
     "IoFeature",
     "MultishotIoBackend",
     "Notifier",
-    "OwnRingSpec",
+    "Lane",
+    "LaneBuilder",
     "OwnRings",
     "PipelinedIoBackend",
     "QuietIoBackend",

@@ -1,34 +1,184 @@
-"""OwnRings: an io backend that lets each submitting thread have an io_uring of its own.
+"""OwnRings: an io backend that gives each submitting thread an io_uring of its own.
 
 A capability of :class:`~ksvc_host.traits.IoBackend`, resolved once when a
 front end is built. Where the backend offers it, the front end gives each
-calling thread a *lane* (:mod:`ksvc_host.lanes`): a channel and an io_uring
-that only that thread submits to, so ordinary calls are made on the
-caller's thread with no hand-over to the dispatcher (docs/design.md §12).
-The backend owns the policy (which setup flags, which opcodes); the host
-owns the mechanism.
+calling thread (and each event loop) a *lane* (:mod:`ksvc_host.lanes`): a
+channel and an io_uring that only that thread submits to, so ordinary calls
+are made on the caller's thread with no hand-over to the dispatcher
+(docs/design.md §12).
+
+The lane is the backend's: its ring, its setup flags, its translation of
+syscalls to SQEs. The host owns when lanes are built, which thread owns
+each, and which syscalls the router lets them take.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol, runtime_checkable
+from collections.abc import Iterable
+from typing import Any, Protocol, runtime_checkable
 
 
-class OwnRingSpec(NamedTuple):
-    """How to build a thread's own io_uring."""
+class Lane(Protocol):
+    """One thread's channel and io_uring, driven from that thread only.
 
-    setup_flags: int
-    """io_uring setup flags to ask for; the lane drops those the kernel lacks (newest first)."""
-    opcodes: frozenset[int]
-    """Opcodes the lane may use (those the kernel supports)."""
-    entries: int = 64
-    """SQ entries of each ring."""
+    Every entry point returns ``None`` (or 0) when the lane does not take
+    the call (a syscall it is not routed, a descriptor or arguments whose
+    io_uring operation would not give the direct syscall's result, another
+    thread than the owner, a full lane, a closing one): the caller then
+    takes the shared channel. Results equal the direct syscall's.
+
+    Tokens name entries in flight; futures are asyncio futures (or any
+    object with ``set_result``/``set_exception``), resolved by :meth:`turn`.
+    """
+
+    # Blocking: write the entry, submit, wait in the kernel for its answer.
+    def call(self, nr: int, *args: int) -> int | None:
+        """The syscall's result (``-errno`` on failure)."""
+        ...
+
+    def read(self, nr: int, fd: int, n: int, offset_or_flags: int) -> bytes | None:
+        """``read``/``pread64``/``recvfrom`` into new bytes; a failure raises ``OSError``."""
+        ...
+
+    def read_many(self, nr: int, fd: int, size: int, offsets: Any) -> list[bytes | int] | None:
+        """Positioned reads of *size* at each offset: bytes (a short read shorter) or ``-errno`` each."""
+        ...
+
+    def write(self, nr: int, fd: int, data: Any, offset_or_flags: int) -> int | None:
+        """``write``/``pwrite64``/``sendto`` from *data*'s buffer; a failure raises ``OSError``."""
+        ...
+
+    # Loop: queue entries with a future or callback each; turn() submits and delivers.
+    def start(self, fut: Any, keep: Any, nr: int, *args: int) -> int | None:
+        """Queue a call; *fut* gets its result (``-errno`` on failure); *keep* lives until then."""
+        ...
+
+    def start_read(self, fut: Any, nr: int, fd: int, n: int, offset_or_flags: int) -> int | None:
+        """Queue a read into new bytes."""
+        ...
+
+    def start_write(self, fut: Any, nr: int, fd: int, data: Any, offset_or_flags: int) -> int | None:
+        """Queue a write from *data*'s buffer."""
+        ...
+
+    def start_read_many(self, fut: Any, nr: int, fd: int, size: int, offsets: Any) -> int:
+        """Queue positioned reads at the first offsets (how many started); *fut* gets their results."""
+        ...
+
+    def receive(self, on_data: Any, on_end: Any, fd: int, size: int) -> int | None:
+        """A receive loop: ``on_data(bytes)`` per arrival, then ``on_end(why)`` once (0, -errno, exception, None)."""
+        ...
+
+    def accept_loop(self, on_conn: Any, on_end: Any, fd: int, flags: int) -> int | None:
+        """One multishot accept: ``on_conn(new_fd)`` per connection, then ``on_end(-errno)`` once."""
+        ...
+
+    def send(self, on_sent: Any, fd: int, data: Any, flags: int) -> int | None:
+        """Send *data*; ``on_sent(result)`` only when short, failed, or watched."""
+        ...
+
+    def watch(self, token: int) -> bool:
+        """Have a send's ``on_sent`` called when it ends (False: it already ended whole)."""
+        ...
+
+    def stop(self, token: int) -> bool:
+        """A receive loop queues no next receive."""
+        ...
+
+    def retarget(self, token: int, on_data: Any) -> bool:
+        """A receive loop delivers to *on_data* from now on."""
+        ...
+
+    def cancel(self, token: int) -> bool:
+        """Ask the kernel to cancel a callback entry (its callback still runs once)."""
+        ...
+
+    def turn(self, run_work: bool = True) -> int:
+        """Submit queued entries, reap, deliver every completion in one call; how many were delivered."""
+        ...
+
+    def abandon(self, token: int, fut: Any) -> bool:
+        """The entry's future was cancelled: cancel it in the kernel, give ``(result, value)`` to *fut*."""
+        ...
+
+    def register_eventfd(self, fd: int) -> None:
+        """The kernel signals *fd* when it posts a completion."""
+        ...
+
+    # Lifetime.
+    def cancel_all(self) -> int:
+        """Ask the kernel to cancel every entry in flight."""
+        ...
+
+    def take_late(self) -> tuple[int, int, bytes | None] | None:
+        """``(fd, result, bytes or None)`` of the call an exception interrupted, once the kernel answered."""
+        ...
+
+    def closing(self, deadline_s: float) -> None:
+        """Take no new calls; one still waiting after monotonic *deadline_s* is cancelled."""
+        ...
+
+    def close(self) -> bool:
+        """Release the ring (False, nothing done, while entries are in flight)."""
+        ...
+
+    def forget(self) -> None:
+        """In a forked child: drop the parent's ring without touching it."""
+        ...
+
+    @property
+    def fileno(self) -> int:
+        """The io_uring descriptor (-1 once closed)."""
+        ...
+
+    @property
+    def dead(self) -> bool:
+        """True once the lane takes nothing more."""
+        ...
+
+    @property
+    def inflight(self) -> int:
+        """Entries not yet answered."""
+        ...
+
+    @property
+    def queued(self) -> int:
+        """Entries written, not yet submitted."""
+        ...
+
+    @property
+    def entries(self) -> int:
+        """Entries the lane ran."""
+        ...
+
+    @property
+    def mine(self) -> bool:
+        """True on the thread that owns the lane."""
+        ...
+
+
+class LaneBuilder(Protocol):
+    """Builds lanes on one backend's kernel features."""
+
+    @property
+    def calls(self) -> frozenset[int]:
+        """The syscall numbers a lane can carry (the host passes those the router sends to io_uring)."""
+        ...
+
+    def build(self, routes: Iterable[int], *, entries: int, slots: int, settle_s: float) -> Lane:
+        """A lane owned by the calling thread, taking the syscalls *routes* (``OSError``: no ring here).
+
+        *entries*: SQ entries (the batch one turn submits at most); *slots*:
+        entries in flight at once; *settle_s*: how long an interrupted call
+        waits for the kernel's answer to its cancellation.
+        """
+        ...
 
 
 @runtime_checkable
 class OwnRings(Protocol):
-    """An io backend whose operations may also run on per-thread rings (``None``: not now)."""
+    """An io backend whose operations may also run on per-thread rings."""
 
-    def own_ring_spec(self) -> OwnRingSpec | None:
-        """The spec of a thread's own ring, or ``None`` when operations must go through the shared ring."""
+    def lane_builder(self) -> LaneBuilder | None:
+        """What builds this backend's lanes, or ``None`` when every operation must use the shared ring."""
         ...

@@ -7,11 +7,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ksvc_basic import own_rings
+from ksvc_basic.own_rings import UringLanes
 from ksvc_basic.uring import IoUring
 from ksvc_host.abi import io_uring as U
 from ksvc_host.traits.capabilities import ExpressRewrites
 from ksvc_host.traits.io_backend import ExpressRing, IoCompletion, SqeSpec
-from ksvc_host.traits.own_rings import OwnRingSpec
 
 _CQE_MORE = int(U.CqeFlag.MORE)  # plain int on the per-completion path
 DEFAULT_CQ_ENTRIES = 32768
@@ -222,20 +223,15 @@ class BasicIoUring:
             self._opcodes = self.ring.probe()
         return self._opcodes
 
-    def own_ring_spec(self) -> OwnRingSpec | None:
+    def lane_builder(self) -> UringLanes | None:
         """Each calling thread may have a ring of its own (:class:`~ksvc_host.traits.OwnRings`).
 
-        Such a ring has exactly one submitter, so the kernel's single-issuer
-        mode applies, and deferred task running: completions are processed
-        when that thread asks for them, not by interrupting it. Not when a
-        component rewrites this ring's SQEs or completions (registered or
-        provided buffers): those run only here.
+        Not when a component rewrites this ring's SQEs or completions
+        (registered or provided buffers): those run only here.
         """
         if self._preparers or self._filters:
             return None
-        F = U.SetupFlag
-        flags = F.SINGLE_ISSUER | F.DEFER_TASKRUN | F.COOP_TASKRUN | F.SUBMIT_ALL
-        return OwnRingSpec(int(flags), self.probe_opcodes())
+        return own_rings.lane_builder(self.probe_opcodes())
 
     def set_wakeup_fd(self, fd: int) -> None:
         """Have the kernel write eventfd *fd* on every CQE."""

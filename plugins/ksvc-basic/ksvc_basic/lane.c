@@ -1,4 +1,4 @@
-/* KSVC thread lane: a channel owned by one thread, with an io_uring of its own.
+/* KSVC lane (ksvc-basic): a channel owned by one thread, with an io_uring of its own.
  *
  * A lane is the whole data flow of docs/design.md §5 for the calls programs
  * make in loops, in C, for the one thread that owns it:
@@ -15,8 +15,8 @@
  * takes the shared channel) on any other. So no request can be ended by the
  * exit of a thread that did not wait for it, and the kernel's single-issuer
  * and deferred task-run modes apply (IORING_SETUP_SINGLE_ISSUER and
- * DEFER_TASKRUN, when the kernel has them; the host asks for the flags the
- * io backend plugin chose).
+ * DEFER_TASKRUN, when the kernel has them; ksvc_basic/own_rings.py chooses
+ * the flags).
  *
  * Two ways of driving a lane:
  *   blocking   call()/read(): write the entry, run the turn, wait in the
@@ -1654,7 +1654,7 @@ static PyMethodDef Lane_methods[] = {
 
 static PyTypeObject LaneType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "ksvc_host._lane.Lane",
+    .tp_name = "ksvc_basic._lane.Lane",
     .tp_basicsize = sizeof(Lane),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "A channel owned by one thread, with an io_uring of its own (see lane.c).",

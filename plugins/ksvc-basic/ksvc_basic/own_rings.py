@@ -1,0 +1,90 @@
+"""The lanes of the basic io backend: a per-thread io_uring each (:class:`~ksvc_host.traits.OwnRings`).
+
+A lane (``ksvc_basic._lane.Lane``, compiled from ``lane.c``) carries a call
+from the caller to the kernel and back in one C call: the submit entry, the
+turn (route, translate to an SQE, ``io_uring_enter``), the completion entry
+and the result. Only its owning thread submits to its ring, so the kernel's
+single-issuer mode applies, and deferred task running: completions are
+processed when that thread asks for them, not by interrupting it.
+
+:data:`LANE_CALLS` is the translation table: which syscalls a lane turns
+into which io_uring operation, and what kind of call each is (the checks
+lane.c makes before taking one).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from typing import Any, Final
+
+from ksvc_host.abi import io_uring as U
+from ksvc_host.abi.syscalls import SYSCALLS
+from ksvc_host.traits import Lane
+
+try:
+    from ksvc_basic import _lane  # type: ignore[attr-defined]
+except ImportError as exc:  # not built: calls take the shared channel
+    _lane = None
+    _WHY_NOT = f"the compiled lane (ksvc_basic._lane) is not built ({exc})"
+else:
+    _WHY_NOT = ""
+
+LANE_CALLS: Final[dict[str, tuple[U.IoringOp, str]]] = {
+    "read": (U.IoringOp.READ, "stream"),
+    "write": (U.IoringOp.WRITE, "stream"),
+    "pread64": (U.IoringOp.READ, "positioned"),
+    "pwrite64": (U.IoringOp.WRITE, "positioned"),
+    "recvfrom": (U.IoringOp.RECV, "socket"),
+    "sendto": (U.IoringOp.SEND, "socket"),
+    "close": (U.IoringOp.CLOSE, "close"),
+    "fsync": (U.IoringOp.FSYNC, "fsync"),
+    "fdatasync": (U.IoringOp.FSYNC, "fdatasync"),
+    "openat": (U.IoringOp.OPENAT, "openat"),
+    "accept4": (U.IoringOp.ACCEPT, "accept"),
+    "accept": (U.IoringOp.ACCEPT, "accept_plain"),
+    "connect": (U.IoringOp.CONNECT, "connect"),
+}
+"""The syscalls a lane translates: io_uring opcode and the kind of call (see lane.c)."""
+
+_F = U.SetupFlag
+SETUP_FLAGS: Final = _F.SINGLE_ISSUER | _F.DEFER_TASKRUN | _F.COOP_TASKRUN | _F.SUBMIT_ALL
+"""Asked of every lane's ring; the lane drops those the kernel lacks, newest first."""
+
+_warned = False
+
+
+def unavailable() -> str:
+    """Empty when lanes can be built here; otherwise why not."""
+    return _WHY_NOT
+
+
+class UringLanes:
+    """Builds lanes for the kernel's supported opcodes (:class:`~ksvc_host.traits.LaneBuilder`)."""
+
+    def __init__(self, opcodes: frozenset[int]) -> None:
+        self._table = {
+            SYSCALLS[name]: (int(opcode), kind) for name, (opcode, kind) in LANE_CALLS.items() if int(opcode) in opcodes
+        }
+        self.calls: frozenset[int] = frozenset(self._table)
+
+    def build(self, routes: Iterable[int], *, entries: int, slots: int, settle_s: float) -> Lane:
+        """A lane owned by the calling thread taking *routes* (``OSError`` when the kernel gives no ring)."""
+        assert _lane is not None
+        lane: Any = _lane.Lane(entries, int(SETUP_FLAGS), settle_s, slots)
+        kinds = _lane.KINDS
+        for nr in routes:
+            opcode, kind = self._table[nr]
+            lane.route(nr, opcode, kinds[kind])
+        return lane
+
+
+def lane_builder(opcodes: frozenset[int]) -> UringLanes | None:
+    """The builder for this kernel, or ``None`` (said once) when the compiled lane is missing."""
+    global _warned
+    if _lane is None:
+        if not _warned:
+            _warned = True
+            print(f"ksvc-basic: {_WHY_NOT}; every call takes the shared channel", file=sys.stderr)
+        return None
+    return UringLanes(opcodes)
