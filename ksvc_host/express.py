@@ -14,11 +14,10 @@ O_NONBLOCK and seekability checks, back-pressure) are kept. The loops are
 ``ksvc_host.fastpath`` (compiled, or the pure-Python reference).
 
 Beside an SQPOLL ring the backend may offer a plain one, the assist ring
-(``ExpressRing.assist``): the lane then sends a quota of positioned reads
-and writes there (:meth:`ExpressLane.set_assist_quota`, set by a stream or
-a bulk call whose caller would otherwise wait), and the thread running the
-turn executes them in its own ``io_uring_enter`` while the kernel's SQ
-thread reads the rest.
+(``ExpressRing.assist``): the lane sends positioned reads and writes there
+once the SQ thread has the backend's ``assist_backlog`` SQEs unconsumed, or
+when its SQ is full, and the thread running the turn executes them in its
+own ``io_uring_enter`` while the kernel's SQ thread reads the rest.
 """
 
 from __future__ import annotations
@@ -194,10 +193,6 @@ class ExpressLane:
         """Never use the assist ring: the turns run on callers' threads (the inline driver), any of which may
         exit before its requests end, and the kernel ends a request when its submitter exits."""
         self._x.ephemeral = 1
-
-    def set_assist_quota(self, n: int) -> None:
-        """Run up to *n* positioned entries of the lane's next submit on the submitting thread."""
-        self._x.a_quota = n
 
     @property
     def assist_entries(self) -> int:

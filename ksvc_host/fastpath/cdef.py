@@ -28,7 +28,6 @@ struct ksvc_express {
     uint32_t *a_sq_head; uint32_t *a_sq_tail; uint32_t *a_sq_array; uint32_t a_sq_mask; uint32_t a_sq_entries;
     uint32_t *a_cq_head; uint32_t *a_cq_tail; uint32_t a_cq_mask;
     uint8_t *a_sqes; uint8_t *a_cqes;
-    uint32_t a_quota;
     uint32_t ephemeral;
     uint32_t a_pending;
     uint32_t a_taken;

@@ -68,15 +68,14 @@ struct ksvc_express {
     int32_t error; uint64_t enter_calls;
     uint32_t cq_left;   /* CQEs the last reap left in the CQs (not ours, or no room) */
     uint32_t s_left;    /* submit entries the last submit left in the ring (for the generic loop) */
-    /* The inline ring beside an SQPOLL ring (a_ring_fd < 0: none). Positioned entries go to it
-     * while a_quota lasts (a stream whose caller waited for the poller sets it), once the poller
-     * has a_backlog SQEs it has not consumed yet (0: never), or when the poller's SQ is full; the
-     * submitting thread's own io_uring_enter then runs them (page-cached data: before it returns). */
+    /* The assist ring beside an SQPOLL ring (a_ring_fd < 0: none). Positioned entries go to it
+     * once the poller has a_backlog SQEs it has not consumed yet (0: never), or when the poller's
+     * SQ is full; the submitting thread's own io_uring_enter then runs them (page-cached data:
+     * before it returns). */
     int32_t a_ring_fd; uint32_t a_backlog;
     uint32_t *a_sq_head; uint32_t *a_sq_tail; uint32_t *a_sq_array; uint32_t a_sq_mask; uint32_t a_sq_entries;
     uint32_t *a_cq_head; uint32_t *a_cq_tail; uint32_t a_cq_mask;
     uint8_t *a_sqes; uint8_t *a_cqes;
-    uint32_t a_quota;    /* positioned entries of the next submit that run inline whatever the backlog */
     uint32_t ephemeral;  /* nonzero: the thread running this turn may exit before the work ends (the
                           * kernel ends a request when its submitter exits): no inline ring */
     uint32_t a_pending;  /* published to the inline ring, not yet entered (EAGAIN/EBUSY) */
@@ -167,13 +166,12 @@ int ksvc_express_submit(struct ksvc_express *x, uint32_t max_take)
         }
         /* Only positioned calls run inline: a file read or write always finishes, a stream may wait. */
         int inline_ok = pos && assist && na < a_free;
-        int to_inline = inline_ok && (x->a_quota || (x->a_backlog && backlog + nm >= x->a_backlog) || nm >= sq_free);
+        int to_inline = inline_ok && ((x->a_backlog && backlog + nm >= x->a_backlog) || nm >= sq_free);
         if (!to_inline && nm >= sq_free) break;
         if (!fd_ok(&cache, (int32_t)fd, pos)) break;
         uint8_t opcode = (uint8_t)(x->opcode[nr] - 1);
         uint64_t ud = x->tag | w[0];
         if (to_inline) {
-            if (x->a_quota) x->a_quota--;
             uint32_t idx = (a_tail + na) & x->a_sq_mask;
             fill_sqe(x->a_sqes + (size_t)idx * SQE_SIZE, opcode, kind, fd, addr, len, off, msg_flags, ud);
             x->a_sq_array[idx] = idx;
@@ -187,7 +185,6 @@ int ksvc_express_submit(struct ksvc_express *x, uint32_t max_take)
         n++;
     }
     x->s_left = (uint32_t)(avail - n);
-    x->a_quota = 0;   /* a quota is for one submit: what it did not place runs on the SQ thread as usual */
     if (!n) return 0;
     x->shead = head + n;
     store_release64(x->sring + RING_HEAD, x->shead);

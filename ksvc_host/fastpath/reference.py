@@ -127,7 +127,7 @@ def express_submit(x: Any, max_take: int) -> int:
                 break
             msg_flags = off
         inline_ok = pos and assist and na < a_free  # only positioned calls: a file read or write always ends
-        to_inline = inline_ok and (x.a_quota or (x.a_backlog and backlog + nm >= x.a_backlog) or nm >= sq_free)
+        to_inline = inline_ok and ((x.a_backlog and backlog + nm >= x.a_backlog) or nm >= sq_free)
         if not to_inline and nm >= sq_free:
             break
         if not _fd_ok(cache, fd, pos):
@@ -135,8 +135,6 @@ def express_submit(x: Any, max_take: int) -> int:
         sqe_off = off if pos else (0 if kind == 2 else 0xFFFF_FFFF_FFFF_FFFF)
         fields = (x.opcode[nr] - 1, 0, 0, fd, sqe_off, addr, length, msg_flags, x.tag | corr, 0, 0, 0, 0, 0)
         if to_inline:
-            if x.a_quota:
-                x.a_quota -= 1
             idx = (a_tail + na) & x.a_sq_mask
             _SQE.pack_into(a_sqes, idx * _SQE_SIZE, *fields)
             x.a_sq_array[idx] = idx
@@ -148,7 +146,6 @@ def express_submit(x: Any, max_take: int) -> int:
             nm += 1
         n += 1
     x.s_left = avail - n
-    x.a_quota = 0  # a quota is for one submit
     if not n:
         return 0
     x.shead = head + n

@@ -57,10 +57,10 @@ class BasicIoUring:
     def add_assist_ring(self, backlog: int = 0) -> None:
         """Beside the SQPOLL ring, a plain ring whose submissions run on the submitting thread.
 
-        The express lane sends positioned reads and writes there when a
-        stream's caller had to wait for the kernel's SQ thread (it does part
-        of the next batch itself, in its own io_uring_enter), and, with
-        *backlog* > 0, whenever the SQ thread has that many SQEs unconsumed.
+        The express lane sends positioned reads and writes there when the
+        SQ thread's ring is full and, with *backlog* > 0, whenever the SQ
+        thread has that many SQEs unconsumed; the submitting thread runs them
+        in its own io_uring_enter.
         Profiled: a stream of page-cached reads through the SQ thread alone
         was bound by that thread (0.79 us per read in C, slower than a plain
         ``pread``); both cores reading gave 2x in C.

@@ -7,10 +7,10 @@ only when the SQ ring says NEED_WAKEUP (the poller slept after
 ``io_backend="sqpoll+fixed-files"``.
 
 Beside the poller's ring sits a plain one, the assist ring (``sq_inline``, on by default):
-a stream of file reads (``pread_iter``) runs a share of each batch on the
-calling thread, through that ring, so both cores read; the share follows
-the poller's backlog. ``sq_inline_backlog=N`` also sends any file read or
-write there whenever the poller has N SQEs unconsumed.
+file reads and writes the dispatcher's thread submits go there, and run on
+that thread, when the poller's SQ is full, and with ``sq_inline_backlog=N``
+whenever the poller has N SQEs unconsumed, so both cores read. (Calls
+made on a caller's own lane never reach the poller's ring.)
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from ksvc_basic.composite import CompositeIoUring
 from ksvc_sqpoll.feature import SqpollFeature
 
 import ksvc_host as ksvc
-from ksvc_host import fastpath, testing
+from ksvc_host import testing
 from ksvc_host.abi.io_uring import SetupFlag
 
 
@@ -166,27 +166,6 @@ def test_streams_and_bulks_beside_the_sq_thread_equal_os_pread(data_fd: tuple[in
         assert list(k.pread_iter(fd, 4096, offs, depth=64)) == [os.pread(fd, 4096, o) for o in offs]
         assert k.pread_many(fd, 4096, offs[:64]) == [os.pread(fd, 4096, o) for o in offs[:64]]
         assert k.instance.io_backend.inflight() == 0  # type: ignore[attr-defined]
-
-
-@pytest.mark.parametrize("pure", [False, True])
-def test_an_assist_quota_runs_that_many_reads_on_the_submitting_thread(data_fd: tuple[int, bytes], pure: bool) -> None:
-    if not pure and fastpath.select() != "native":
-        pytest.skip(f"compiled fast path unavailable: {fastpath.REASON}")
-    fastpath.select(pure=pure)
-    fd, _ = data_fd
-    try:
-        with ksvc.open(io_backend="sqpoll", dispatcher="thread", lanes=False) as k:
-            lane = k.instance.dispatcher.turn.express
-            assert lane is not None and lane.has_assist_ring
-            before = lane.assist_entries
-            lane.set_assist_quota(3)
-            offs = [i * 4096 for i in range(5)]
-            assert k.pread_many(fd, 4096, offs) == [os.pread(fd, 4096, o) for o in offs]
-            assert lane.assist_entries - before == 3  # the quota, then the SQ thread's ring
-            assert k.pread_many(fd, 4096, offs) == [os.pread(fd, 4096, o) for o in offs]
-            assert lane.assist_entries - before == 3  # spent
-    finally:
-        fastpath.select()
 
 
 def test_bulk_calls_beside_the_sq_thread_equal_os_pread(data_fd: tuple[int, bytes]) -> None:
