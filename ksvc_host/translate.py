@@ -1,11 +1,23 @@
 """Tier 1: turning a syscall's raw arguments into an io_uring SQE.
 
-One small function per syscall, registered in :data:`TRANSLATORS` by
-syscall number. A translator returns ``None`` when these particular
-arguments have no exact io_uring equivalent (for example ``pread64`` with
-a negative offset, which io_uring would read as "current position"); the
-dispatcher then runs the call on a worker instead, so results always equal
-the direct call's.
+The router sends a syscall *number* to io_uring; :func:`translate` decides
+for *this call* whether io_uring gives exactly the direct call's answer, and
+if so builds the SQE. ``None`` means it does not, and the dispatcher runs
+the call on a worker instead, so results always equal the direct call's.
+That happens for two reasons:
+
+* the arguments: ``pread64`` with a negative offset, which io_uring would
+  read as "current position"; a descriptor or length that does not fit the
+  SQE's field (one small function per syscall, in :data:`TRANSLATORS`);
+* the descriptors (:func:`waits_where_the_syscall_would_not`): a positioned
+  call on a pipe or socket fails with ``ESPIPE`` while io_uring ignores the
+  offset and waits; a call on an ``O_NONBLOCK`` descriptor returns ``EAGAIN``
+  at once while io_uring waits for readiness.
+
+These are the only rules. The compiled lanes carry the same rules for the
+calls they take (``lane_accepts`` in ksvc-basic's ``lane.c``, ``fd_ok`` in
+``fastpath/fastpath.c`` and its reference); the differential tests check
+each against the direct syscall.
 
 The old calls map to their ``*at`` opcodes. ``stat``, ``lstat``, ``fstat``
 and ``newfstatat`` run as STATX into a private buffer and the result is
@@ -15,6 +27,7 @@ gives ``EFAULT``, as the kernel would).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -24,6 +37,25 @@ from ksvc_host.abi.io_uring import IORING_FSYNC_DATASYNC, IoringOp
 from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.traits.io_backend import SqeSpec
 
+_NR_FCNTL = SYSCALLS["fcntl"]
+_NR_LSEEK = SYSCALLS["lseek"]
+_F_GETFL = 3
+_SEEK_CUR = 1
+_O_NONBLOCK = os.O_NONBLOCK
+_NONBLOCK_FDS: dict[int, tuple[int, ...]] = {
+    SYSCALLS[name]: fds
+    for name, fds in {
+        "read": (0,), "write": (0,), "readv": (0,), "writev": (0,), "recvfrom": (0,), "sendto": (0,),
+        "recvmsg": (0,), "sendmsg": (0,), "accept": (0,), "accept4": (0,), "connect": (0,),
+        "splice": (0, 2), "tee": (0, 1), "preadv2": (0,), "pwritev2": (0,),
+    }.items()
+}  # fmt: skip
+"""Calls whose blocking depends on ``O_NONBLOCK``: which of their arguments are descriptors."""
+_POSITIONED: dict[int, tuple[int, int]] = {
+    SYSCALLS[name]: (0, 3) for name in ("pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2")
+}
+"""Positioned calls: (descriptor argument, offset argument); an offset of -1 (the ``*v2`` calls) means
+"the file position", which a stream has."""
 _EMPTY_PATH = native.alloc(1)  # "" for fstat's AT_EMPTY_PATH; lives as long as the module
 _EMPTY_PATH_ADDR = native.address_of(_EMPTY_PATH)
 _I32_MIN, _I32_MAX = -(1 << 31), (1 << 31) - 1
@@ -393,10 +425,36 @@ TRANSLATORS: dict[int, Translator] = {SYSCALLS[name]: fn for name, fn in _BY_NAM
 """Syscall number -> translator, for every syscall in :data:`ksvc_host.routing.OPCODE_FOR`."""
 
 
-def translate(nr: int, args: tuple[int, ...]) -> Translation | None:
-    """The SQE for syscall *nr* with raw u64 *args*, or ``None`` to run it on a worker."""
+def waits_where_the_syscall_would_not(nr: int, args: tuple[int, ...]) -> bool:
+    """True when io_uring would wait on these descriptors but the syscall answers at once (see the top)."""
+    positioned = _POSITIONED.get(nr)
+    if positioned is not None and native.to_signed(args[positioned[1]]) != -1:
+        fd = native.to_signed(args[positioned[0]]) & 0xFFFF_FFFF
+        return native.syscall(_NR_LSEEK, fd, 0, _SEEK_CUR) < 0  # not seekable: ESPIPE from the kernel
+    for i in _NONBLOCK_FDS.get(nr, ()):
+        flags = native.syscall(_NR_FCNTL, native.to_signed(args[i]) & 0xFFFF_FFFF, _F_GETFL)
+        if flags >= 0 and flags & _O_NONBLOCK:
+            return True
+    return False
+
+
+def sqe_for(nr: int, args: tuple[int, ...]) -> Translation | None:
+    """The SQE for syscall *nr* with raw u64 *args*, judging the arguments only (``None``: no exact SQE).
+
+    For requests whose point is to wait for readiness (a multishot accept);
+    every other call goes through :func:`translate`."""
     fn = TRANSLATORS.get(nr)
     if fn is None:
         return None
     signed = tuple(native.to_signed(x) for x in args)
-    return fn(signed)  # type: ignore[arg-type]
+    tr = fn(signed)  # type: ignore[arg-type]
+    if tr is None or not _I32_MIN <= tr.sqe.fd <= _I32_MAX:
+        return None
+    return tr
+
+
+def translate(nr: int, args: tuple[int, ...]) -> Translation | None:
+    """The SQE for this call of syscall *nr* (raw u64 *args*), or ``None`` to run it on a worker."""
+    if waits_where_the_syscall_would_not(nr, args):
+        return None
+    return sqe_for(nr, args)

@@ -94,6 +94,52 @@ def test_ordinary_calls_equal_os_and_take_the_lane(k: ksvc.Ksvc, data: tuple[int
     assert _entries(k) - before >= 15, "these calls are the lane's"
 
 
+def test_a_lane_takes_no_call_translate_would_send_to_a_worker(k: ksvc.Ksvc, data: tuple[int, bytes]) -> None:
+    # translate() is where a call's tier is decided by its arguments and descriptors; lane.c's checks
+    # are a compiled copy for the calls a lane carries: it may take fewer, never one translate refuses.
+    from ksvc_host import native
+    from ksvc_host.translate import translate
+
+    fd, payload = data
+    lane = k._lanes.mine()
+    assert lane is not None
+    buf = native.alloc(64)
+    addr = native.address_of(buf)
+    r, w = os.pipe()
+    nr_, nw = os.pipe()
+    os.set_blocking(nr_, False)
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        os.write(w, b"x" * 16)
+        os.write(nw, b"y" * 16)
+        b.send(b"z" * 16)
+        cases = {
+            "pread64, file": (NR["pread64"], (fd, addr, 8, 0, 0, 0), True),
+            "pread64, negative offset": (NR["pread64"], (fd, addr, 8, (1 << 64) - 1, 0, 0), False),
+            "pread64, pipe": (NR["pread64"], (r, addr, 8, 0, 0, 0), False),
+            "read, blocking pipe": (NR["read"], (r, addr, 8, 0, 0, 0), True),
+            "read, O_NONBLOCK pipe": (NR["read"], (nr_, addr, 8, 0, 0, 0), False),
+            "recvfrom, O_NONBLOCK socket": (NR["recvfrom"], (a.fileno(), addr, 8, 0, 0, 0), False),
+            "recvfrom with an address": (NR["recvfrom"], (b.fileno(), addr, 8, 0, addr + 32, addr + 48), False),
+            "read, fd beyond 32 bits": (NR["read"], (1 << 40, addr, 8, 0, 0, 0), False),
+        }
+        for name, (nr, args, exact) in cases.items():
+            assert (translate(nr, args) is not None) is exact, name
+            got = lane.call(nr, *args)
+            if not exact:
+                assert got is None, f"{name}: the lane took a call translate sends to a worker"
+            elif got is not None:
+                assert got == 8, name
+        assert native.read_user(addr, 8) == b"x" * 8  # the last call the lane took: the pipe's bytes
+        assert os.pread(fd, 8, 0) == payload[:8]
+    finally:
+        for x in (r, w, nr_, nw):
+            os.close(x)
+        a.close()
+        b.close()
+
+
 def test_errors_are_os_errors(k: ksvc.Ksvc, data: tuple[int, bytes]) -> None:
     fd, _ = data
     r, w = os.pipe()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import errno
 import itertools
-import os
 import struct
 import time
 from collections import deque
@@ -50,7 +49,7 @@ from ksvc_host.traits import (
     Tier,
     WorkerPool,
 )
-from ksvc_host.translate import translate
+from ksvc_host.translate import sqe_for, translate
 
 _PAGE_ANSWERS = {
     SYSCALLS["getpid"]: "pid",
@@ -63,26 +62,6 @@ _PAGE_ANSWERS = {
 }
 _NR_GETSID = SYSCALLS["getsid"]
 _CQE_MORE = int(CqeFlag.MORE)  # a plain int: IntFlag & costs about 1 us per completion (profiled)
-_NR_FCNTL = SYSCALLS["fcntl"]
-_F_GETFL = 3
-_O_NONBLOCK = os.O_NONBLOCK
-# Calls whose blocking depends on O_NONBLOCK, and which of their arguments are descriptors. On an
-# O_NONBLOCK descriptor the syscall returns EAGAIN (or EINPROGRESS) at once, while io_uring would
-# wait for readiness; such calls run as the plain syscall on a worker, which gives the kernel's answer.
-_NONBLOCK_FDS: dict[int, tuple[int, ...]] = {
-    SYSCALLS[name]: fds
-    for name, fds in {
-        "read": (0,), "write": (0,), "readv": (0,), "writev": (0,), "recvfrom": (0,), "sendto": (0,),
-        "recvmsg": (0,), "sendmsg": (0,), "accept": (0,), "accept4": (0,), "connect": (0,),
-        "splice": (0, 2), "tee": (0, 1), "preadv2": (0,), "pwritev2": (0,),
-    }.items()
-}  # fmt: skip
-_NR_LSEEK = SYSCALLS["lseek"]
-# Positioned calls: on a pipe or socket the syscall fails with ESPIPE, while io_uring ignores the
-# offset of a stream and waits for data. (fd argument, offset argument) per call.
-_POSITIONED: dict[int, tuple[int, int]] = {
-    SYSCALLS[name]: (0, 3) for name in ("pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2")
-}
 _IDENTITY_REFRESH_NS = 50_000_000
 _STATS_FIELDS = ("entries_processed", "batches_processed", "io_uring_inflight", "worker_pool_active",
                  "submit_head", "submit_tail", "completion_head", "completion_tail")  # fmt: skip
@@ -429,11 +408,9 @@ class Turn:
         drain = bool(entry.flags & L.SUBMIT_FLAG_DRAIN)
         if entry.flags & L.SUBMIT_FLAG_MULTISHOT:
             return self._issue_multishot(entry, rest, route)
-        if route.tier is Tier.IO_URING and self._needs_plain_syscall(nr, entry.args):
-            route = route._replace(tier=Tier.WORKER)
         if route.tier is Tier.IO_URING:
             tr = translate(nr, entry.args)
-            if tr is not None and -(1 << 31) <= tr.sqe.fd < (1 << 31):
+            if tr is not None:
                 token = next(self._tokens)
                 if not self.io_backend.submit(token, tr.sqe):
                     return False
@@ -443,7 +420,7 @@ class Turn:
                 self._issued_io += 1
                 self._drain_in_flight = drain
                 return True
-            route = route._replace(tier=Tier.WORKER)  # no exact SQE for these arguments
+            route = route._replace(tier=Tier.WORKER)  # no exact SQE for these arguments and descriptors
         if route.tier is Tier.WORKER:
             token = next(self._tokens)
             if not self.worker_pool.enqueue(token, nr, entry.args):
@@ -457,22 +434,9 @@ class Turn:
         self._complete_now(entry, -errno.EPERM if is_refused(nr) else -errno.ENOSYS, rest)
         return True
 
-    @staticmethod
-    def _needs_plain_syscall(nr: int, args: tuple[int, ...]) -> bool:
-        """True where io_uring would wait but the syscall answers at once (see the tables above)."""
-        positioned = _POSITIONED.get(nr)
-        if positioned is not None and native.to_signed(args[positioned[1]]) != -1:
-            fd = native.to_signed(args[positioned[0]]) & 0xFFFF_FFFF
-            return native.syscall(_NR_LSEEK, fd, 0, os.SEEK_CUR) < 0  # not seekable: ESPIPE from the kernel
-        for i in _NONBLOCK_FDS.get(nr, ()):
-            flags = native.syscall(_NR_FCNTL, native.to_signed(args[i]) & 0xFFFF_FFFF, _F_GETFL)
-            if flags >= 0 and flags & _O_NONBLOCK:
-                return True
-        return False
-
     def _issue_multishot(self, entry: L.SubmitEntry, rest: list[L.SubmitEntry], route: Any) -> bool:
         """An accept that yields a completion per connection, when the backend offers it."""
-        tr = translate(entry.syscall_nr, entry.args) if route.tier is Tier.IO_URING else None
+        tr = sqe_for(entry.syscall_nr, entry.args) if route.tier is Tier.IO_URING else None
         if tr is None or tr.sqe.opcode != IoringOp.ACCEPT or not self.multishot_accept:
             self._complete_now(entry, -errno.EOPNOTSUPP, rest)
             return True
