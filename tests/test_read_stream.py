@@ -91,6 +91,22 @@ def test_a_bad_descriptor_raises_ebadf(ks: ksvc.Ksvc) -> None:
     assert exc.value.errno == errno.EBADF
 
 
+def test_a_pipe_raises_espipe_as_os_pread_does(ks: ksvc.Ksvc) -> None:
+    # No lane takes a positioned read of a pipe: the stream hands it to the shared channel, in order.
+    r, w = os.pipe()
+    try:
+        os.write(w, b"abc")
+        with pytest.raises(OSError) as direct:
+            os.pread(r, 3, 0)
+        with pytest.raises(OSError) as exc:
+            list(ks.pread_iter(r, 3, [0, 3]))
+        assert exc.value.errno == direct.value.errno == errno.ESPIPE
+        assert os.read(r, 3) == b"abc"  # nothing was consumed
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 @pytest.mark.parametrize("depth", [0, -3, 1.5, True, None])
 def test_bad_depth_is_a_clear_error_before_anything_runs(ks: ksvc.Ksvc, data_fd: int, depth: object) -> None:
     with pytest.raises(ValueError, match="depth must be a positive int"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import time
 from collections import deque
@@ -246,18 +245,19 @@ class Ksvc(SharedPageReads, Operations):
         if self._lanes.mine() is not None and not self._completer.pipelined:
             # On the caller's own ring, page-cached reads run inside the submitting io_uring_enter: a batch
             # of depth entries per enter; there is no other thread to keep fed.
-            ReadStream(fd, size, (), depth)  # the same argument checks
-            return self._lane_stream(fd, size, iter(offsets), depth)
+            return self._lane_stream(ReadStream(fd, size, offsets, depth))
         parts = ReadStream.PIPELINED_PARTS if self._completer.pipelined else 1
         return self._stream(ReadStream(fd, size, offsets, depth, parts))
 
-    def _lane_stream(self, fd: int, size: int, offsets: Iterator[int], depth: int) -> Iterator[bytes]:
-        while chunk := list(itertools.islice(offsets, depth)):
-            got = self._lane_many(fd, size, chunk)
-            if got is None:  # not the lane's (a negative offset, ...): one at a time, each as os.pread gives it
-                for off in chunk:
-                    yield Operations.pread(self, fd, size, off)
-                continue
+    def _lane_stream(self, stream: ReadStream) -> Iterator[bytes]:
+        """The stream on the caller's lane: one C call per window of reads. Offsets the lane does not take
+        (a descriptor it cannot read exactly as os.pread would, a negative offset) and all after them go
+        through the shared channel, in order (as the asyncio front end's lane stream does)."""
+        while chunk := stream.take(stream.step):
+            got = self._lane_many(stream.fd, stream.size, chunk)
+            if got is None:
+                yield from self._stream(stream.rest(chunk))
+                return
             for value in got:
                 if value.__class__ is int:
                     raise oserror(-value)
