@@ -19,7 +19,7 @@ from typing import Final
 
 from ksvc_host.abi.io_uring import IoringOp
 from ksvc_host.abi.syscalls import SYSCALLS
-from ksvc_host.traits.router import Route, Tier
+from ksvc_host.traits.router import Route, SyscallRouter, Tier
 
 TIER0_NAMES: Final = frozenset(
     {"getpid", "getppid", "getuid", "getgid", "geteuid", "getegid", "getsid", "getpgrp", "uname", "getrlimit"}
@@ -167,6 +167,11 @@ def build_table(supported: frozenset[int]) -> dict[int, Route]:
 def is_refused(nr: int) -> bool:
     """True for process-altering syscalls, which are never executed through KSVC."""
     return nr in REFUSED
+
+
+def io_uring_calls(router: SyscallRouter) -> frozenset[int]:
+    """The syscall numbers *router* sends to io_uring (Tier 1): what a native lane may be offered."""
+    return frozenset(nr for nr in SYSCALLS.values() if router.route(nr).tier is Tier.IO_URING)
 
 
 def tier_counts(table: Mapping[int, Route]) -> dict[Tier, int]:

@@ -22,7 +22,7 @@ import ksvc_host as ksvc
 from ksvc_host import fastpath
 from ksvc_host.abi import layout as L
 from ksvc_host.abi.syscalls import SYSCALLS
-from ksvc_host.express import ENV_DISABLE
+from ksvc_host.dispatch.turn import ENV_NO_EXPRESS as ENV_DISABLE
 
 SIZE = 1 << 20
 
@@ -66,6 +66,17 @@ def test_bulk_entries_take_the_express_lane(kx: ksvc.Ksvc, data_file: tuple[int,
     assert kx.pread_many(fd, 4096, [0, 8192]) == [data[:4096], data[8192:12288]]
     if disp.mode != "thread":  # a threaded dispatcher may meet entries mid-turn, after its lane ran: generic path
         assert disp.express_entries - before == 2
+
+
+def test_the_express_lane_runs_the_selected_loops(kx: ksvc.Ksvc, impl: str) -> None:
+    # The express lane is the io backend's (ksvc-basic); it follows the host's choice of loops, so the
+    # tests here run express.c and its reference alike.
+    from ksvc_basic import express_reference
+
+    lane = kx.instance.dispatcher.turn.express
+    assert lane is not None
+    uses_reference = lane._lib.ksvc_express_submit is express_reference.express_submit  # type: ignore[attr-defined]
+    assert uses_reference is (impl == "python")
 
 
 def test_no_express_gives_the_same_results(

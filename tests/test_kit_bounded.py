@@ -34,7 +34,7 @@ SHORT_DEADLINE = 1.0
 DEFAULT_BOUND = 10.0
 """What a failing check may take with the kit's default deadline."""
 
-_BYPASSING = frozenset({"express_ring", "pending_tail", "set_completion_wakeups", "completions_ready",
+_BYPASSING = frozenset({"express_lane", "pending_tail", "set_completion_wakeups", "completions_ready",
                         "publish_quietly", "attach"})  # fmt: skip
 """Capabilities that would let the dispatcher go around the broken method (the express lane, quiet publishing)."""
 

@@ -291,20 +291,21 @@ class KsvcBatchVariant(KsvcBatch):
         self.name = "ksvc batch (default, pure-Python loops)" if pure else "ksvc batch (default, no express lane)"
 
     def setup(self) -> None:
-        from ksvc_host import express, fastpath
+        from ksvc_host import fastpath
+        from ksvc_host.dispatch.turn import ENV_NO_EXPRESS
 
         fastpath.select(pure=self.pure)
-        old = os.environ.get(express.ENV_DISABLE)
+        old = os.environ.get(ENV_NO_EXPRESS)
         if self.no_express:
-            os.environ[express.ENV_DISABLE] = "1"
+            os.environ[ENV_NO_EXPRESS] = "1"
         try:
             super().setup()  # the instance keeps the loops and the lane chosen now
         finally:
             fastpath.select()
             if old is None:
-                os.environ.pop(express.ENV_DISABLE, None)
+                os.environ.pop(ENV_NO_EXPRESS, None)
             else:
-                os.environ[express.ENV_DISABLE] = old
+                os.environ[ENV_NO_EXPRESS] = old
 
 
 class KsvcInto(KsvcBatch):

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import errno
 import itertools
+import os
 import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 from ksvc_host import native
 from ksvc_host.abi import layout as L
@@ -36,9 +37,7 @@ from ksvc_host.abi.io_uring import IORING_ACCEPT_MULTISHOT, CqeFlag, IoringOp
 from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.channel.base import Channel
 from ksvc_host.channel.ring import RingCorrupted
-from ksvc_host.express import TAG as _EXPRESS_TAG
-from ksvc_host.express import corr_of, express_lane
-from ksvc_host.routing import is_refused
+from ksvc_host.routing import io_uring_calls, is_refused
 from ksvc_host.traits import (
     CancelAllIoBackend,
     CancellableWorkerPool,
@@ -49,7 +48,11 @@ from ksvc_host.traits import (
     Tier,
     WorkerPool,
 )
+from ksvc_host.traits.capabilities import EXPRESS_TAG, ExpressCompletionSink, ExpressIoBackend, ExpressLane
 from ksvc_host.translate import sqe_for, translate
+
+ENV_NO_EXPRESS: Final = "KSVC_NO_EXPRESS"
+"""Set to ``1`` to send every entry through the generic loop (no express lane; for comparison and debugging)."""
 
 _PAGE_ANSWERS = {
     SYSCALLS["getpid"]: "pid",
@@ -68,6 +71,19 @@ _STATS_FIELDS = ("entries_processed", "batches_processed", "io_uring_inflight", 
 _STATS_OFFSET = L.SHARED_PAGE_FIELDS[_STATS_FIELDS[0]].offset
 _STATS_BLOCK = struct.Struct("<8Q")
 assert [L.SHARED_PAGE_FIELDS[f].offset for f in _STATS_FIELDS] == [_STATS_OFFSET + 8 * i for i in range(8)]
+
+
+def _express_lane(
+    channel: Channel, router: SyscallRouter, io_backend: IoBackend, sink: CompletionSink
+) -> ExpressLane | None:
+    """The backend's express lane for this stack, or ``None`` when a component cannot take part (or it is off)."""
+    if os.environ.get(ENV_NO_EXPRESS, "").strip().lower() in ("1", "true", "yes", "on"):
+        return None
+    if not isinstance(io_backend, ExpressIoBackend) or not isinstance(sink, ExpressCompletionSink):
+        return None
+    if sink.ring is not channel.completion_ring:
+        return None  # the lane writes completion entries into the channel's ring itself
+    return io_backend.express_lane(channel, sink, io_uring_calls(router))
 
 
 class _Op:
@@ -139,7 +155,7 @@ class Turn:
         """Set by :meth:`begin_drain`: when work still running gets cancelled."""
         self._drain_cancelled = False
         """The drain deadline passed once and what was in flight was cancelled."""
-        self.express = express_lane(channel, router, io_backend, sink)
+        self.express = _express_lane(channel, router, io_backend, sink)
         """The express lane for plain reads and writes (``None`` when this stack cannot have one)."""
         self.cancel_all: CancelAllIoBackend | None = (
             io_backend if isinstance(io_backend, CancelAllIoBackend) else None
@@ -270,7 +286,7 @@ class Turn:
                 pool.cancel(token)  # queued: dropped; running: its syscall is interrupted
         if self.express is not None and self.express.inflight:
             for corr in wanted:  # perhaps an express entry; a cancel that finds nothing is harmless
-                self.io_backend.cancel(_EXPRESS_TAG | corr)
+                self.io_backend.cancel(EXPRESS_TAG | corr)
                 self._issued_io += 1
 
     # Reaping ---------------------------------------------------------------------------
@@ -297,9 +313,9 @@ class Turn:
             progress = True
             op = self._inflight.get(user_data)
             if op is None:
-                if user_data & _EXPRESS_TAG and self.express is not None:
+                if user_data & EXPRESS_TAG and self.express is not None:
                     self.express.completed_elsewhere()  # behind a CQE of ours: reaped here
-                    self._emit(corr_of(user_data), res, 0)
+                    self._emit(user_data & (EXPRESS_TAG - 1), res, 0)
                 continue
             if flags & _CQE_MORE:  # a multishot series goes on
                 self._emit(op.corr_id, res, L.COMPLETION_FLAG_MORE)

@@ -6,7 +6,9 @@ same functions come from :mod:`ksvc_host.fastpath.reference`; results
 are identical either way, only the speed differs. ``lib.new_bytes`` (from
 ``bytes_alloc.c``) gives streams bytes objects to read into; it is ``None`` on
 the pure path, where reads are copied out of a staging buffer. :data:`IMPLEMENTATION`
-says which one is in use, and ``ksvc plugins`` shows it.
+says which one is in use, and ``ksvc plugins`` shows it. The io backend's
+own compiled loops (ksvc-basic's lanes and express lane) follow the same
+choice.
 
 The bulk table (``struct ksvc_bulk``) is filled through :func:`arm_group` and
 :func:`disarm_group`: ``ksvc_bulk_reap`` checks every completion entry
@@ -45,9 +47,6 @@ def _load(pure: bool) -> tuple[str, Any, Any, str]:
 
     class _Lib:
         ksvc_submit_strided = staticmethod(reference.submit_strided)
-        ksvc_express_submit = staticmethod(reference.express_submit)
-        ksvc_express_reap = staticmethod(reference.express_reap)
-        ksvc_express_turn = staticmethod(reference.express_turn)
         ksvc_bulk_reap = staticmethod(reference.bulk_reap)
         new_bytes = None  # reads go to a staging buffer and are copied out (the reference behaviour)
 
@@ -59,9 +58,6 @@ class _Native:
 
     def __init__(self, lib: Any, new_bytes: Any) -> None:
         self.ksvc_submit_strided = lib.ksvc_submit_strided
-        self.ksvc_express_submit = lib.ksvc_express_submit
-        self.ksvc_express_reap = lib.ksvc_express_reap
-        self.ksvc_express_turn = lib.ksvc_express_turn
         self.ksvc_bulk_reap = lib.ksvc_bulk_reap
         self.new_bytes = new_bytes
 

@@ -10,16 +10,12 @@ acquire and release.
 from __future__ import annotations
 
 import errno
-import os
 import struct
 from typing import Any
 
 import cffi
 
-from ksvc_host import native
 from ksvc_host.abi import layout as L
-from ksvc_host.abi.io_uring import EnterFlag, SqRingFlag
-from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.fastpath.cdef import BULK_GROUPS, STRUCTS
 
 ffi = cffi.FFI()
@@ -28,17 +24,6 @@ ffi.cdef(STRUCTS)
 _U64 = struct.Struct("<Q")
 _SUBMIT_WORDS = struct.Struct("<8Q")
 _COMPLETE_WORDS = struct.Struct("<QqII")
-_SQE = struct.Struct("<BBHiQQIIQHHIQQ")
-_CQE = struct.Struct("<Qi")
-_SQE_SIZE = 64
-_CQE_SIZE = 16
-_FD_CACHE = 8
-_NEED_WAKEUP = int(SqRingFlag.NEED_WAKEUP)
-_SQ_WAKEUP = int(EnterFlag.SQ_WAKEUP)
-_NR_LSEEK = SYSCALLS["lseek"]
-_NR_FCNTL = SYSCALLS["fcntl"]
-_NR_IO_URING_ENTER = SYSCALLS["io_uring_enter"]
-_F_GETFL = 3
 
 
 def _view(ptr: Any, size: int) -> Any:
@@ -62,166 +47,6 @@ def submit_strided(
         slot = L.RING_ENTRIES_OFFSET + ((tail + i) & mask) * L.SUBMIT_ENTRY_SIZE
         _SUBMIT_WORDS.pack_into(buf, slot, corr0 + i, nr, fd, addr, length, off, 0, 0)
     _U64.pack_into(buf, L.RING_TAIL_OFFSET, tail + n)
-    return n
-
-
-def _fd_ok(cache: dict[int, bool], fd: int, positioned: bool) -> bool:
-    if fd in cache:
-        return cache[fd]
-    if positioned:
-        ok = native.syscall(_NR_LSEEK, fd, 0, os.SEEK_CUR) >= 0
-    else:
-        fl = native.syscall(_NR_FCNTL, fd, _F_GETFL)
-        ok = not (fl >= 0 and fl & os.O_NONBLOCK)
-    if len(cache) < _FD_CACHE:
-        cache[fd] = ok
-    return ok
-
-
-def _enter(x: Any, fd: int, n: int, flags: int) -> int:
-    while True:
-        x.enter_calls += 1
-        r = native.syscall(_NR_IO_URING_ENTER, fd, n, 0, flags, 0, 0)
-        if r != -errno.EINTR:
-            return r
-
-
-def express_submit(x: Any, max_take: int) -> int:
-    """Turn the simple read/write entries at the submit ring's head into SQEs; see ``fastpath.c``."""
-    cache: dict[int, bool] = {}
-    head = int(x.shead)
-    sring = _ring_view(x.sring, x.smask + 1, L.SUBMIT_ENTRY_SIZE)
-    avail = (_U64.unpack_from(sring, L.RING_TAIL_OFFSET)[0] - head) & 0xFFFF_FFFF_FFFF_FFFF
-    sq_tail = int(x.sq_tail[0])
-    backlog = (sq_tail - x.sq_head[0]) & 0xFFFF_FFFF  # SQEs the kernel has not consumed
-    sq_free = x.sq_entries - backlog
-    assist = x.a_ring_fd >= 0 and not x.ephemeral
-    a_tail = int(x.a_sq_tail[0]) if assist else 0
-    a_free = x.a_sq_entries - ((a_tail - x.a_sq_head[0]) & 0xFFFF_FFFF) if assist else 0
-    x.taken = x.unsubmitted = x.error = x.a_taken = 0
-    x.s_left = avail & 0xFFFF_FFFF
-    if avail > x.smask + 1:
-        return -errno.EUCLEAN
-    limit = min(max_take, avail, x.room)
-    sqes = _view(x.sqes, x.sq_entries * _SQE_SIZE)
-    a_sqes = _view(x.a_sqes, x.a_sq_entries * _SQE_SIZE) if assist else sqes  # (unused without the ring)
-    n = nm = na = 0
-    while n < limit:
-        corr, nr_flags, fd, addr, length, off, a4, a5 = _SUBMIT_WORDS.unpack_from(
-            sring, L.RING_ENTRIES_OFFSET + ((head + n) & x.smask) * L.SUBMIT_ENTRY_SIZE
-        )
-        nr, flags = nr_flags & 0xFFFF_FFFF, nr_flags >> 32
-        if flags or nr >= 512 or not x.opcode[nr]:
-            break
-        if fd > 0x7FFF_FFFF or length > 0xFFFF_FFFF or corr >= x.tag:
-            break
-        if x.excl_lo < x.excl_hi and addr < x.excl_hi and addr + length > x.excl_lo:
-            break
-        kind = x.kind[nr]  # 0 stream read/write, 1 positioned, 2 socket send/recv
-        pos = kind == 1
-        msg_flags = 0
-        if pos and off >= 1 << 63:
-            break
-        if kind == 2:  # sendto/recvfrom without an address; off is the message flags
-            if a4 or a5 or off > 0xFFFF_FFFF:
-                break
-            msg_flags = off
-        inline_ok = pos and assist and na < a_free  # only positioned calls: a file read or write always ends
-        to_inline = inline_ok and ((x.a_backlog and backlog + nm >= x.a_backlog) or nm >= sq_free)
-        if not to_inline and nm >= sq_free:
-            break
-        if not _fd_ok(cache, fd, pos):
-            break
-        sqe_off = off if pos else (0 if kind == 2 else 0xFFFF_FFFF_FFFF_FFFF)
-        fields = (x.opcode[nr] - 1, 0, 0, fd, sqe_off, addr, length, msg_flags, x.tag | corr, 0, 0, 0, 0, 0)
-        if to_inline:
-            idx = (a_tail + na) & x.a_sq_mask
-            _SQE.pack_into(a_sqes, idx * _SQE_SIZE, *fields)
-            x.a_sq_array[idx] = idx
-            na += 1
-        else:
-            idx = (sq_tail + nm) & x.sq_mask
-            _SQE.pack_into(sqes, idx * _SQE_SIZE, *fields)
-            x.sq_array[idx] = idx
-            nm += 1
-        n += 1
-    x.s_left = avail - n
-    if not n:
-        return 0
-    x.shead = head + n
-    _U64.pack_into(sring, L.RING_HEAD_OFFSET, x.shead)
-    x.taken = n
-    if nm:
-        x.sq_tail[0] = (sq_tail + nm) & 0xFFFF_FFFF
-        wake, enter_flags = True, 0
-        if x.sqpoll:
-            wake, enter_flags = bool(x.sq_flags[0] & _NEED_WAKEUP), _SQ_WAKEUP
-        if wake:
-            r = _enter(x, x.ring_fd, nm, enter_flags)
-            if r in (-errno.EAGAIN, -errno.EBUSY):
-                x.unsubmitted = nm
-            elif r < 0:
-                x.error, x.unsubmitted = r, nm
-            elif not x.sqpoll and r < nm:
-                x.unsubmitted = nm - r
-    if na:
-        x.a_sq_tail[0] = (a_tail + na) & 0xFFFF_FFFF
-        x.a_taken = na
-        x.a_total += na
-    if na or (x.a_pending and assist):
-        want = x.a_pending + na
-        r = _enter(x, x.a_ring_fd, want, 0)  # runs them here, on this thread
-        if r in (-errno.EAGAIN, -errno.EBUSY):
-            x.a_pending = want
-        elif r < 0:
-            x.error, x.a_pending = r, want
-        else:
-            x.a_pending = want - r
-    return n
-
-
-def _reap_cq(x: Any, cq_head: Any, cq_tail: Any, cq_mask: int, cqes_ptr: Any, chead: int) -> tuple[int, int]:
-    head = int(cq_head[0])
-    tail = int(cq_tail[0])
-    cring = _ring_view(x.cring, x.csize, L.COMPLETION_ENTRY_SIZE)
-    cqes = _view(cqes_ptr, (cq_mask + 1) * _CQE_SIZE)
-    tag = int(x.tag)
-    n = 0
-    while head != tail:
-        ud, res = _CQE.unpack_from(cqes, (head & cq_mask) * _CQE_SIZE)
-        if ud & ~(tag - 1) != tag:
-            break
-        if x.ctail - chead >= x.csize:
-            break
-        slot = L.RING_ENTRIES_OFFSET + (x.ctail & (x.csize - 1)) * L.COMPLETION_ENTRY_SIZE
-        _COMPLETE_WORDS.pack_into(cring, slot, ud & (tag - 1), res, 0, 0)
-        x.ctail += 1
-        head = (head + 1) & 0xFFFF_FFFF
-        n += 1
-    if n:
-        cq_head[0] = head
-    return n, (tail - head) & 0xFFFF_FFFF
-
-
-def express_reap(x: Any) -> int:
-    """Move the express CQEs at the head of the CQs into the completion ring; see ``fastpath.c``."""
-    cring = _ring_view(x.cring, x.csize, L.COMPLETION_ENTRY_SIZE)
-    chead = _U64.unpack_from(cring, L.RING_HEAD_OFFSET)[0]
-    n, left = _reap_cq(x, x.cq_head, x.cq_tail, x.cq_mask, x.cqes, chead)
-    if x.a_ring_fd >= 0:
-        n2, left2 = _reap_cq(x, x.a_cq_head, x.a_cq_tail, x.a_cq_mask, x.a_cqes, chead)
-        n, left = n + n2, left + left2
-    x.completed = n
-    x.cq_left = left
-    return n
-
-
-def express_turn(x: Any, max_take: int) -> int:
-    """One turn of the lane: reap, then submit; see ``fastpath.c``."""
-    express_reap(x)
-    completed = x.completed
-    n = express_submit(x, max_take)
-    x.completed = completed
     return n
 
 

@@ -16,10 +16,10 @@ capability.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, runtime_checkable
 
 from ksvc_host.traits.buffer_provider import BufferProvider
-from ksvc_host.traits.io_backend import ExpressRing, SqeSpec
+from ksvc_host.traits.io_backend import SqeSpec
 
 if TYPE_CHECKING:
     from ksvc_host.channel.ring import Ring
@@ -129,27 +129,85 @@ class FixedBuffersIoBackend(Protocol):
     fixed_buffers: BufferProvider
 
 
+EXPRESS_TAG: Final = 1 << 62
+"""io_uring user_data bit of the express lane's requests; the channel's correlation id is below it.
+
+A CQE with this bit that the backend's own reap returns (behind one of the
+dispatcher's) is the lane's: the dispatcher emits it and tells the lane."""
+
+
+class ExpressChannel(Protocol):
+    """The channel rings the express lane works on (a :class:`~ksvc_host.channel.base.Channel`)."""
+
+    @property
+    def submit_ring(self) -> Ring:
+        """Entries to take, from the dispatcher's head."""
+        ...
+
+    @property
+    def completion_ring(self) -> Ring:
+        """Where completion entries go (the sink's ring)."""
+        ...
+
+
+class ExpressLane(Protocol):
+    """The dispatcher's express lane: plain reads and writes from submit entry to SQE and from CQE to
+    completion entry in one compiled call, with no Python per entry.
+
+    Contract: :meth:`submit` takes the run of entries it can carry exactly
+    at the submit ring's head (from counter *head*) and stops at the first
+    it cannot, which the generic loop then handles; :meth:`reap` moves the
+    CQEs of its requests at the head of the CQ into completion entries
+    (through the sink's ``pending_tail``) and stops at the first CQE that
+    is not its own. Requests carry :data:`EXPRESS_TAG` in their user_data.
+    """
+
+    inflight: int
+    """Requests submitted and not yet completed."""
+    entries: int
+    """Entries taken since the lane was built."""
+    cq_clear: bool
+    """The last :meth:`reap` emptied the CQ."""
+    drained: bool
+    """The last :meth:`submit` took every entry in the submit ring."""
+
+    def submit(self, head: int, max_take: int) -> int:
+        """Take entries from submit-ring counter *head*; how many (the new head is head + that)."""
+        ...
+
+    def reap(self) -> int:
+        """Move the lane's CQEs at the head of the CQ into completion entries; how many."""
+        ...
+
+    def turn(self, head: int, max_take: int) -> tuple[int, int]:
+        """:meth:`reap` then :meth:`submit` in one call: ``(completed, taken)``."""
+        ...
+
+    def completed_elsewhere(self) -> None:
+        """One of the lane's CQEs was reaped by the backend's own reap."""
+        ...
+
+    def forgo_assist_ring(self) -> None:
+        """Run nothing on a ring beside the backend's (turns run on callers' threads, which may exit)."""
+        ...
+
+
 @runtime_checkable
 class ExpressIoBackend(Protocol):
-    """An io backend that lets the dispatcher's express lane (``ksvc_host.express``) use its ring directly.
+    """An io backend that runs the dispatcher's express lane on its ring.
 
-    Contract: ``express_ring`` gives the raw ring, or ``None`` while SQEs
-    need rewriting the lane cannot leave alone; ``express_room`` is how many
-    operations the lane may add now (the same CQ guard as ``submit``);
-    ``express_account`` is told what the lane submitted and reaped itself.
+    Contract: ``express_lane`` builds the lane for the syscalls *routes*
+    (those the router sends to io_uring), or gives ``None`` while its SQEs
+    need rewriting the lane cannot leave alone or it would take none of
+    them. The lane writes completion entries through *sink*; the backend
+    keeps its in-flight guard and accounting for what the lane does.
     Without it every operation goes through ``submit``.
     """
 
-    def express_ring(self) -> ExpressRing | None:
-        """The raw ring for the express lane, or ``None``."""
-        ...
-
-    def express_room(self) -> int:
-        """Operations the lane may add now."""
-        ...
-
-    def express_account(self, submitted: int, completed: int, unsubmitted: int) -> None:
-        """The lane published *submitted* SQEs and reaped *completed* CQEs itself."""
+    def express_lane(
+        self, rings: ExpressChannel, sink: ExpressCompletionSink, routes: frozenset[int]
+    ) -> ExpressLane | None:
+        """The express lane on this backend's ring, or ``None``."""
         ...
 
 

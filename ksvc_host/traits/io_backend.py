@@ -121,35 +121,3 @@ class IoBackend(Protocol):
     def shutdown(self) -> None:
         """Cancel and reap everything in flight, then close the ring."""
         ...
-
-
-class ExpressRing(NamedTuple):
-    """Raw addresses of an io_uring, for the dispatcher's express lane (``ksvc_host.express``).
-
-    A backend offers this (``express_ring()``) only when an SQE it would
-    build for a plain read or write needs no rewriting outside
-    ``[exclude_lo, exclude_hi)`` and every CQE may be reaped past it.
-    """
-
-    ring_fd: int
-    sq_head: int
-    sq_tail: int
-    sq_flags: int
-    sq_array: int
-    sq_mask: int
-    sq_entries: int
-    cq_head: int
-    cq_tail: int
-    cq_mask: int
-    sqes: int
-    cqes: int
-    sqpoll: bool
-    exclude_lo: int = 0
-    exclude_hi: int = 0
-    rewritten_opcodes: frozenset[int] = frozenset()
-    """Opcodes a feature rewrites on submit (send-zc: SEND): the lane does not take them."""
-    assist: ExpressRing | None = None
-    """Beside an SQPOLL ring: the assist ring, a plain ring whose submissions run on the submitting thread."""
-    assist_backlog: int = 0
-    """Positioned reads and writes go to ``assist`` once the SQPOLL ring has this many SQEs unconsumed (0: never;
-    a stream still sends part of a batch there when its caller had to wait)."""

@@ -7,12 +7,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ksvc_basic import own_rings
+from ksvc_basic import express, own_rings
+from ksvc_basic.express import ExpressLane, ExpressRing
 from ksvc_basic.own_rings import UringLanes
 from ksvc_basic.uring import IoUring
 from ksvc_host.abi import io_uring as U
-from ksvc_host.traits.capabilities import ExpressRewrites
-from ksvc_host.traits.io_backend import ExpressRing, IoCompletion, SqeSpec
+from ksvc_host.traits.capabilities import ExpressChannel, ExpressCompletionSink, ExpressRewrites
+from ksvc_host.traits.io_backend import IoCompletion, SqeSpec
 
 _CQE_MORE = int(U.CqeFlag.MORE)  # plain int on the per-completion path
 DEFAULT_CQ_ENTRIES = 32768
@@ -137,6 +138,15 @@ class BasicIoUring:
             if c is not None:
                 out.append(c)
         return out
+
+    def express_lane(
+        self, rings: ExpressChannel, sink: ExpressCompletionSink, routes: frozenset[int]
+    ) -> ExpressLane | None:
+        """The dispatcher's express lane on this ring (:class:`~ksvc_host.traits.ExpressIoBackend`), or ``None``."""
+        ring = self.express_ring()
+        if ring is None:
+            return None
+        return express.build(rings, sink, ring, routes, self.probe_opcodes(), self.express_room, self.express_account)
 
     def express_ring(self) -> ExpressRing | None:
         """The raw ring for the dispatcher's express lane, or ``None`` when SQEs need rewriting.

@@ -1,78 +1,122 @@
 """The dispatcher's express lane: plain reads and writes, ring to SQE to ring, in one C call.
 
-The generic loop (:mod:`ksvc_host.dispatch.turn`) costs microseconds of Python
-per entry. Most entries of a busy channel are the simplest kind: ``read``,
-``write``, ``pread64``, ``pwrite64``, or ``recvfrom``/``sendto`` without an
-address, with no flags, routed to io_uring.
-When the io backend offers its raw ring (``express_ring()``) and the sink
-is the completion ring (``pending_tail``), this lane takes the run of such
-entries at the head of the submit ring, fills their SQEs and enters the
-kernel once, and later moves their CQEs straight into completion entries:
-no Python per entry. It stops at the first entry it does not take, which
-the generic loop then handles, so order and every rule (LINKED, DRAIN,
-O_NONBLOCK and seekability checks, back-pressure) are kept. The loops are
-``ksvc_host.fastpath`` (compiled, or the pure-Python reference).
+The dispatcher's generic loop (:mod:`ksvc_host.dispatch.turn`) costs
+microseconds of Python per entry. Most entries of a busy channel are the
+simplest kind: ``read``, ``write``, ``pread64``, ``pwrite64``, or
+``recvfrom``/``sendto`` without an address, with no flags, routed to
+io_uring. This lane (:class:`~ksvc_host.traits.ExpressLane`) takes the run
+of such entries at the head of the submit ring, fills their SQEs on the
+basic backend's ring and enters the kernel once, and later moves their CQEs
+straight into completion entries: no Python per entry. It stops at the
+first entry it does not take, which the generic loop then handles, so order
+and every rule (LINKED, DRAIN, O_NONBLOCK and seekability checks,
+back-pressure) are kept. The loops are ``express.c`` (compiled as
+``ksvc_basic._express``) or :mod:`ksvc_basic.express_reference`, following
+:data:`ksvc_host.fastpath.IMPLEMENTATION`.
 
-Beside an SQPOLL ring the backend may offer a plain one, the assist ring
-(``ExpressRing.assist``): the lane sends positioned reads and writes there
-once the SQ thread has the backend's ``assist_backlog`` SQEs unconsumed, or
-when its SQ is full, and the thread running the turn executes them in its
-own ``io_uring_enter`` while the kernel's SQ thread reads the rest.
+Beside an SQPOLL ring the backend may keep a plain one, the assist ring
+(:attr:`ExpressRing.assist`): the lane sends positioned reads and writes
+there once the SQ thread has ``assist_backlog`` SQEs unconsumed, or when its
+SQ is full, and the thread running the turn executes them in its own
+``io_uring_enter`` while the kernel's SQ thread reads the rest.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, NamedTuple
 
+from ksvc_basic import express_reference
 from ksvc_host import fastpath
 from ksvc_host.abi.io_uring import IoringOp
 from ksvc_host.abi.syscalls import SYSCALLS
-from ksvc_host.channel.base import Channel
-from ksvc_host.traits import CompletionSink, IoBackend, SyscallRouter, Tier
-from ksvc_host.traits.capabilities import ExpressCompletionSink, ExpressIoBackend
+from ksvc_host.traits.capabilities import EXPRESS_TAG, ExpressChannel, ExpressCompletionSink
 
-TAG: Final = 1 << 62
-"""io_uring user_data bit of express entries; the correlation id is below it."""
-
-ENV_DISABLE: Final = "KSVC_NO_EXPRESS"
-"""Set to ``1`` to send every entry through the generic loop (for comparison and debugging)."""
+try:
+    from ksvc_basic import _express  # type: ignore[attr-defined]
+except ImportError:  # not built: the reference loops
+    _express = None
 
 _STREAM, _POSITIONED, _SOCKET = 0, 1, 2
 """How the lane reads an entry's arguments: (fd, buf, len), + offset, + message flags (no address)."""
 
-# syscall -> (io_uring opcode, argument kind)
-_TAKEN: Final = {
-    "read": (IoringOp.READ, _STREAM),
-    "write": (IoringOp.WRITE, _STREAM),
-    "pread64": (IoringOp.READ, _POSITIONED),
-    "pwrite64": (IoringOp.WRITE, _POSITIONED),
-    "recvfrom": (IoringOp.RECV, _SOCKET),
-    "sendto": (IoringOp.SEND, _SOCKET),
+TAKEN: Final = {
+    SYSCALLS["read"]: (IoringOp.READ, _STREAM),
+    SYSCALLS["write"]: (IoringOp.WRITE, _STREAM),
+    SYSCALLS["pread64"]: (IoringOp.READ, _POSITIONED),
+    SYSCALLS["pwrite64"]: (IoringOp.WRITE, _POSITIONED),
+    SYSCALLS["recvfrom"]: (IoringOp.RECV, _SOCKET),
+    SYSCALLS["sendto"]: (IoringOp.SEND, _SOCKET),
 }
+"""syscall -> (io_uring opcode, argument kind): what the lane may take."""
+
+
+class ExpressRing(NamedTuple):
+    """Raw addresses of an io_uring, for the express lane.
+
+    The backend builds this only when an SQE it would build for a plain
+    read or write needs no rewriting outside ``[exclude_lo, exclude_hi)``
+    and every CQE may be reaped past it.
+    """
+
+    ring_fd: int
+    sq_head: int
+    sq_tail: int
+    sq_flags: int
+    sq_array: int
+    sq_mask: int
+    sq_entries: int
+    cq_head: int
+    cq_tail: int
+    cq_mask: int
+    sqes: int
+    cqes: int
+    sqpoll: bool
+    exclude_lo: int = 0
+    exclude_hi: int = 0
+    rewritten_opcodes: frozenset[int] = frozenset()
+    """Opcodes a feature rewrites on submit (send-zc: SEND): the lane does not take them."""
+    assist: ExpressRing | None = None
+    """Beside an SQPOLL ring: the assist ring, a plain ring whose submissions run on the submitting thread."""
+    assist_backlog: int = 0
+    """Positioned reads and writes go to ``assist`` once the SQPOLL ring has this many SQEs unconsumed
+    (0: only when its SQ is full)."""
+
+
+class _ReferenceLoops:
+    ksvc_express_submit = staticmethod(express_reference.express_submit)
+    ksvc_express_reap = staticmethod(express_reference.express_reap)
+    ksvc_express_turn = staticmethod(express_reference.express_turn)
+
+
+def _loops() -> tuple[Any, Any]:
+    """The compiled loops on the native fast path (when built), else the reference."""
+    if fastpath.IMPLEMENTATION == "native" and _express is not None:
+        return _express.ffi, _express.lib
+    return express_reference.ffi, _ReferenceLoops
 
 
 class ExpressLane:
-    """The lane for one dispatcher; build it with :func:`express_lane`."""
+    """The lane of one dispatcher (:class:`~ksvc_host.traits.ExpressLane`); built by :func:`build`."""
 
     def __init__(
         self,
-        channel: Channel,
-        backend: ExpressIoBackend,
+        rings: ExpressChannel,
         sink: ExpressCompletionSink,
-        ring: Any,
+        ring: ExpressRing,
         opcodes: dict[int, tuple[IoringOp, int]],
+        room: Callable[[], int],
+        account: Callable[[int, int, int], None],
     ):
-        ffi = fastpath.ffi
-        self._lib = fastpath.lib
-        self._backend = backend
+        ffi, self._lib = _loops()
         self._sink = sink
         x = self._x = ffi.new("struct ksvc_express *")
 
         def ptr(kind: str, address: int) -> Any:
             return ffi.cast(kind, address)
 
-        sring, cring = channel.submit_ring, channel.completion_ring
+        sring, cring = rings.submit_ring, rings.completion_ring
         x.sring = ptr("uint8_t *", sring.address)
         x.smask = sring.mask
         x.cring = ptr("uint8_t *", cring.address)
@@ -85,9 +129,9 @@ class ExpressLane:
         x.sqes, x.cqes = ptr("uint8_t *", ring.sqes), ptr("uint8_t *", ring.cqes)
         x.ring_fd, x.sqpoll = ring.ring_fd, int(ring.sqpoll)
         x.excl_lo, x.excl_hi = ring.exclude_lo, ring.exclude_hi
-        x.tag = TAG
+        x.tag = EXPRESS_TAG
         x.a_ring_fd = -1
-        if ring.assist is not None:  # an SQPOLL ring's assist ring: see fastpath.c (its "inline ring")
+        if ring.assist is not None:  # an SQPOLL ring's assist ring (see express.c)
             a = ring.assist
             x.a_ring_fd, x.a_backlog = a.ring_fd, ring.assist_backlog
             x.a_sq_head, x.a_sq_tail = ptr("uint32_t *", a.sq_head), ptr("uint32_t *", a.sq_tail)
@@ -106,8 +150,8 @@ class ExpressLane:
         """The last :meth:`reap` emptied the CQ (nothing there for the backend's own reap)."""
         self.drained = False
         """The last :meth:`submit` took every entry in the submit ring (nothing for the generic loop)."""
-        self._room = backend.express_room
-        self._account = backend.express_account
+        self._room = room
+        self._account = account
 
     def submit(self, head: int, max_take: int) -> int:
         """Take simple entries from submit-ring counter *head*; return how many (the new head is head + that).
@@ -205,34 +249,24 @@ class ExpressLane:
         return int(self._x.enter_calls)
 
 
-def express_lane(
-    channel: Channel, router: SyscallRouter, backend: IoBackend, sink: CompletionSink
+def build(
+    rings: ExpressChannel,
+    sink: ExpressCompletionSink,
+    ring: ExpressRing,
+    routes: frozenset[int],
+    supported: frozenset[int],
+    room: Callable[[], int],
+    account: Callable[[int, int, int], None],
 ) -> ExpressLane | None:
-    """The lane for this stack, or ``None`` when a component cannot take part (or it is disabled)."""
-    if os.environ.get(ENV_DISABLE, "").strip().lower() in ("1", "true", "yes", "on"):
-        return None
-    if not isinstance(backend, ExpressIoBackend) or not isinstance(sink, ExpressCompletionSink):
-        return None
-    if sink.ring is not channel.completion_ring:
-        return None  # the lane writes completion entries into the channel's ring itself
-    ring = backend.express_ring()
-    if ring is None:
-        return None
-    opcodes: dict[int, tuple[IoringOp, int]] = {}
-    for name, (op, kind) in _TAKEN.items():
-        nr = SYSCALLS[name]
-        if op in ring.rewritten_opcodes:
-            continue  # a feature rewrites these SQEs on submit: the generic loop keeps them
-        if router.route(nr).tier is Tier.IO_URING and op in backend.probe_opcodes():
-            opcodes[nr] = (op, kind)
+    """The lane for the syscalls *routes* on *ring* (``None`` when it would take none of them).
+
+    *supported*: the kernel's opcodes; *room* and *account*: the backend's
+    in-flight guard, asked before each submit and told what the lane did."""
+    opcodes = {
+        nr: (op, kind)
+        for nr, (op, kind) in TAKEN.items()
+        if nr in routes and op not in ring.rewritten_opcodes and op in supported
+    }
     if not opcodes:
         return None
-    return ExpressLane(channel, backend, sink, ring, opcodes)
-
-
-def corr_of(user_data: int) -> int:
-    """The correlation id of an express CQE's user_data."""
-    return user_data & (TAG - 1)
-
-
-__all__ = ["ENV_DISABLE", "TAG", "ExpressLane", "corr_of", "express_lane"]
+    return ExpressLane(rings, sink, ring, opcodes, room, account)
