@@ -60,10 +60,10 @@ struct ksvc_express {
     uint32_t *a_cq_head; uint32_t *a_cq_tail; uint32_t a_cq_mask;
     uint8_t *a_sqes; uint8_t *a_cqes;
     uint32_t ephemeral;  /* nonzero: the thread running this turn may exit before the work ends (the
-                          * kernel ends a request when its submitter exits): no inline ring */
-    uint32_t a_pending;  /* published to the inline ring, not yet entered (EAGAIN/EBUSY) */
-    uint32_t a_taken;    /* of the last submit, entries run inline */
-    uint64_t a_total;    /* entries run inline since the lane was built */
+                          * kernel ends a request when its submitter exits): no assist ring */
+    uint32_t a_pending;  /* published to the assist ring, not yet entered (EAGAIN/EBUSY) */
+    uint32_t a_taken;    /* of the last submit, entries run on the assist ring */
+    uint64_t a_total;    /* entries run on the assist ring since the lane was built */
 };
 
 #define NEED_WAKEUP 1u
@@ -147,14 +147,14 @@ int ksvc_express_submit(struct ksvc_express *x, uint32_t max_take)
             if (w[6] || w[7] || off > 0xffffffffu) break;
             msg_flags = (uint32_t)off;
         }
-        /* Only positioned calls run inline: a file read or write always finishes, a stream may wait. */
-        int inline_ok = pos && assist && na < a_free;
-        int to_inline = inline_ok && ((x->a_backlog && backlog + nm >= x->a_backlog) || nm >= sq_free);
-        if (!to_inline && nm >= sq_free) break;
+        /* Only positioned calls go to the assist ring: a file read or write always finishes, a stream may wait. */
+        int assist_ok = pos && assist && na < a_free;
+        int to_assist = assist_ok && ((x->a_backlog && backlog + nm >= x->a_backlog) || nm >= sq_free);
+        if (!to_assist && nm >= sq_free) break;
         if (!fd_ok(&cache, (int32_t)fd, pos)) break;
         uint8_t opcode = (uint8_t)(x->opcode[nr] - 1);
         uint64_t ud = x->tag | w[0];
-        if (to_inline) {
+        if (to_assist) {
             uint32_t idx = (a_tail + na) & x->a_sq_mask;
             fill_sqe(x->a_sqes + (size_t)idx * SQE_SIZE, opcode, kind, fd, addr, len, off, msg_flags, ud);
             x->a_sq_array[idx] = idx;

@@ -110,15 +110,15 @@ def express_submit(x: Any, max_take: int) -> int:
             if a4 or a5 or off > 0xFFFF_FFFF:
                 break
             msg_flags = off
-        inline_ok = pos and assist and na < a_free  # only positioned calls: a file read or write always ends
-        to_inline = inline_ok and ((x.a_backlog and backlog + nm >= x.a_backlog) or nm >= sq_free)
-        if not to_inline and nm >= sq_free:
+        assist_ok = pos and assist and na < a_free  # only positioned calls: a file read or write always ends
+        to_assist = assist_ok and ((x.a_backlog and backlog + nm >= x.a_backlog) or nm >= sq_free)
+        if not to_assist and nm >= sq_free:
             break
         if not _fd_ok(cache, fd, pos):
             break
         sqe_off = off if pos else (0 if kind == 2 else 0xFFFF_FFFF_FFFF_FFFF)
         fields = (x.opcode[nr] - 1, 0, 0, fd, sqe_off, addr, length, msg_flags, x.tag | corr, 0, 0, 0, 0, 0)
-        if to_inline:
+        if to_assist:
             idx = (a_tail + na) & x.a_sq_mask
             _SQE.pack_into(a_sqes, idx * _SQE_SIZE, *fields)
             x.a_sq_array[idx] = idx

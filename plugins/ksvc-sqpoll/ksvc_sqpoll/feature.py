@@ -6,9 +6,9 @@ only when the SQ ring says NEED_WAKEUP (the poller slept after
 ``idle_ms`` without work). Combines with the other features:
 ``io_backend="sqpoll+fixed-files"``.
 
-Beside the poller's ring sits a plain one, the assist ring (``sq_inline``, on by default):
+Beside the poller's ring sits a plain one, the assist ring (``sq_assist``, on by default):
 file reads and writes the dispatcher's thread submits go there, and run on
-that thread, when the poller's SQ is full, and with ``sq_inline_backlog=N``
+that thread, when the poller's SQ is full, and with ``sq_assist_backlog=N``
 whenever the poller has N SQEs unconsumed, so both cores read. (Calls
 made on a caller's own lane never reach the poller's ring.)
 """
@@ -26,23 +26,23 @@ class SqpollFeature:
     name = "sqpoll"
 
     def __init__(
-        self, idle_ms: int = 1000, cpu: int | None = None, inline: bool = True, inline_backlog: int = 0
+        self, idle_ms: int = 1000, cpu: int | None = None, assist: bool = True, assist_backlog: int = 0
     ) -> None:
         if idle_ms < 0:
             raise ValueError(f"sq_idle_ms must be >= 0, got {idle_ms}")
-        if not isinstance(inline, bool):
-            raise ValueError(f"sq_inline must be True or False, got {inline!r}")
-        if isinstance(inline_backlog, bool) or not isinstance(inline_backlog, int) or inline_backlog < 0:
+        if not isinstance(assist, bool):
+            raise ValueError(f"sq_assist must be True or False, got {assist!r}")
+        if isinstance(assist_backlog, bool) or not isinstance(assist_backlog, int) or assist_backlog < 0:
             raise ValueError(
-                f"sq_inline_backlog must be an int >= 0 (0: only streams run inline), got {inline_backlog!r}"
+                f"sq_assist_backlog must be an int >= 0 (0: only when the poller's SQ is full), got {assist_backlog!r}"
             )
-        if inline_backlog and not inline:
-            raise ValueError("sq_inline_backlog needs sq_inline=True (the plain ring it sends entries to)")
+        if assist_backlog and not assist:
+            raise ValueError("sq_assist_backlog needs sq_assist=True (the plain ring it sends entries to)")
         self.idle_ms = idle_ms
         self.cpu = cpu
-        self.inline = inline
+        self.assist = assist
         """Build the plain ring beside the poller's: a stream whose caller waits for the poller reads part itself."""
-        self.inline_backlog = inline_backlog
+        self.assist_backlog = assist_backlog
         """Also send file reads and writes there whenever the poller has this many SQEs unconsumed (0: never)."""
 
     def setup_flags(self, flags: int) -> int:
@@ -60,5 +60,5 @@ class SqpollFeature:
         """Check the kernel really gave us a poller thread."""
         if not backend.ring.flags & SetupFlag.SQPOLL:
             raise OSError(95, "io_uring accepted the ring but without SQPOLL; this kernel cannot poll the SQ")
-        if self.inline:
-            backend.add_assist_ring(self.inline_backlog)
+        if self.assist:
+            backend.add_assist_ring(self.assist_backlog)

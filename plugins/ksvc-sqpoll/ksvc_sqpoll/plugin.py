@@ -14,8 +14,8 @@ def _sqpoll(ctx: BuildContext) -> Any:
     return SqpollFeature(
         idle_ms=int(ctx.option("sq_idle_ms", 1000)),
         cpu=ctx.option("sq_cpu"),
-        inline=ctx.option("sq_inline", True),
-        inline_backlog=ctx.option("sq_inline_backlog", 0),
+        assist=ctx.option("sq_assist", True),
+        assist_backlog=ctx.option("sq_assist_backlog", 0),
     )
 
 
@@ -25,5 +25,5 @@ def ksvc_register_io_feature(register: Any) -> None:
     register(
         "sqpoll",
         _sqpoll,
-        description="kernel thread polls the SQ (options sq_idle_ms, sq_cpu, sq_inline, sq_inline_backlog)",
+        description="kernel thread polls the SQ (options sq_idle_ms, sq_cpu, sq_assist, sq_assist_backlog)",
     )

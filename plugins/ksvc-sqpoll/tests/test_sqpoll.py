@@ -119,16 +119,16 @@ def data_fd(tmp_path: Path) -> Iterator[tuple[int, bytes]]:
 
 
 @pytest.mark.parametrize("dispatcher", ["thread", "inline"])
-def test_stack_with_every_file_call_run_inline(dispatcher: str) -> None:
+def test_stack_with_every_file_call_on_the_assist_ring(dispatcher: str) -> None:
     # A backlog of 1: nearly every positioned read and write takes the plain ring beside the poller.
-    testing.check_instance(io_backend="sqpoll", dispatcher=dispatcher, options={"sq_inline_backlog": 1})
+    testing.check_instance(io_backend="sqpoll", dispatcher=dispatcher, options={"sq_assist_backlog": 1})
 
 
 @pytest.mark.parametrize("backlog", [1, 8])
 def test_assist_ring_reads_and_writes_equal_os(data_fd: tuple[int, bytes], backlog: int) -> None:
     fd, _ = data_fd
     offs = [(i * 7919 * 512) % ((1 << 20) + 4096) for i in range(3000)]  # some past the end: short reads
-    with ksvc.open(io_backend="sqpoll", options={"sq_inline_backlog": backlog}) as k:
+    with ksvc.open(io_backend="sqpoll", options={"sq_assist_backlog": backlog}) as k:
         lane = k.instance.dispatcher.turn.express
         assert lane is not None
         assert list(k.pread_iter(fd, 4096, offs, depth=64)) == [os.pread(fd, 4096, o) for o in offs]
@@ -143,24 +143,24 @@ def test_assist_ring_reads_and_writes_equal_os(data_fd: tuple[int, bytes], backl
         assert k.instance.io_backend.inflight() == 0  # type: ignore[attr-defined]
 
 
-def test_sq_inline_false_builds_no_second_ring_and_bad_options_are_refused() -> None:
-    with ksvc.open(io_backend="sqpoll", options={"sq_inline": False}) as k:
+def test_sq_assist_false_builds_no_second_ring_and_bad_options_are_refused() -> None:
+    with ksvc.open(io_backend="sqpoll", options={"sq_assist": False}) as k:
         assert k.instance.io_backend.assist is None  # type: ignore[attr-defined]
     with ksvc.open(io_backend="sqpoll") as k:
         assert k.instance.io_backend.assist is not None  # type: ignore[attr-defined]
-    with pytest.raises(ksvc.KsvcError, match="sq_inline_backlog"):
-        ksvc.open(io_backend="sqpoll", options={"sq_inline_backlog": -1})
-    with pytest.raises(ksvc.KsvcError, match="sq_inline"):
-        ksvc.open(io_backend="sqpoll", options={"sq_inline": "yes"})
-    with pytest.raises(ksvc.KsvcError, match="needs sq_inline=True"):
-        ksvc.open(io_backend="sqpoll", options={"sq_inline": False, "sq_inline_backlog": 4})
+    with pytest.raises(ksvc.KsvcError, match="sq_assist_backlog"):
+        ksvc.open(io_backend="sqpoll", options={"sq_assist_backlog": -1})
+    with pytest.raises(ksvc.KsvcError, match="sq_assist"):
+        ksvc.open(io_backend="sqpoll", options={"sq_assist": "yes"})
+    with pytest.raises(ksvc.KsvcError, match="needs sq_assist=True"):
+        ksvc.open(io_backend="sqpoll", options={"sq_assist": False, "sq_assist_backlog": 4})
 
 
 def test_streams_and_bulks_beside_the_sq_thread_equal_os_pread(data_fd: tuple[int, bytes]) -> None:
     # The caller's share follows the SQ thread's backlog; whatever it settles on, results equal os.pread.
     fd, _ = data_fd
     offs = [(i * 7919 * 4096) % (1 << 20) for i in range(20000)]
-    with ksvc.open(io_backend="sqpoll", options={"sq_inline_backlog": 0}) as k:
+    with ksvc.open(io_backend="sqpoll", options={"sq_assist_backlog": 0}) as k:
         lane = k.instance.dispatcher.turn.express
         assert lane is not None
         assert list(k.pread_iter(fd, 4096, offs, depth=64)) == [os.pread(fd, 4096, o) for o in offs]
@@ -198,7 +198,7 @@ def test_only_the_thread_driver_reads_through_the_assist_ring(data_fd: tuple[int
     offs = [(i * 7919 * 4096) % (1 << 20) for i in range(3000)]
     want = [os.pread(fd, 4096, o) for o in offs]
     for dispatcher in ("inline", "thread"):
-        options = {"sq_inline_backlog": 1}
+        options = {"sq_assist_backlog": 1}
         with ksvc.open(io_backend="sqpoll", dispatcher=dispatcher, lanes=False, options=options) as k:
             lane = k.instance.dispatcher.turn.express
             assert lane is not None
