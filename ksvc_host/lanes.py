@@ -35,10 +35,34 @@ from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.instance import Instance
 from ksvc_host.traits import OwnRings, OwnRingSpec, Tier
 
-try:
-    from ksvc_host import _lane  # type: ignore[attr-defined]
-except ImportError:  # not built: every call takes the shared channel
-    _lane = None
+
+def select(pure: bool | None = None) -> Any:
+    """Choose the lane module: the compiled ``_lane`` on the native fast path (when it is built), else the
+    pure-Python twin ``ksvc_basic.lane_reference``; *pure* forces the choice. Returns the module, or None."""
+    global _lane, _WHY
+    if pure is None:
+        pure = fastpath.IMPLEMENTATION != "native"
+    _lane, _WHY = None, ""
+    if not pure:
+        try:
+            from ksvc_host import _lane as native  # type: ignore[attr-defined]
+
+            _lane = native
+            return _lane
+        except ImportError:
+            pass
+    try:
+        from ksvc_basic import lane_reference
+    except ImportError:
+        _WHY = "neither the compiled lane module nor ksvc_basic.lane_reference is available"
+        return None
+    _lane = lane_reference
+    return _lane
+
+
+_lane: Any = None
+_WHY = ""
+select()
 
 LANE_CALLS: Final[dict[str, tuple[IoringOp, str]]] = {
     "read": (IoringOp.READ, "stream"),
@@ -58,16 +82,12 @@ LANE_CALLS: Final[dict[str, tuple[IoringOp, str]]] = {
 """The syscalls a lane translates in C: io_uring opcode and the kind of call (see lane.c)."""
 
 Lane = Any
-"""``ksvc_host._lane.Lane`` (a C type)."""
+"""``ksvc_host._lane.Lane`` (a C type), or its twin ``ksvc_basic.lane_reference.Lane``."""
 
 
 def available() -> str:
     """Empty when lanes can be built; otherwise why not."""
-    if _lane is None:
-        return "the compiled lane module is not built"
-    if fastpath.IMPLEMENTATION != "native":
-        return fastpath.REASON or "the pure-Python loops are selected"
-    return ""
+    return _WHY if _lane is None else ""
 
 
 class LanePlan(NamedTuple):
