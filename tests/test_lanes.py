@@ -23,7 +23,10 @@ from ksvc_host.abi import io_uring as U
 from ksvc_host.abi import layout as L
 from ksvc_host.abi.syscalls import SYSCALLS as NR
 
-pytestmark = pytest.mark.skipif(bool(lanes.available()), reason=f"no thread lanes here: {lanes.available()}")
+pytestmark = [
+    pytest.mark.skipif(bool(lanes.available()), reason=f"no thread lanes here: {lanes.available()}"),
+    pytest.mark.usefixtures("lane_impl"),
+]
 
 
 @pytest.fixture
@@ -46,9 +49,7 @@ def _entries(k: ksvc.Ksvc) -> int:
 
 
 def test_constants_are_the_kernels_and_the_channels() -> None:
-    from ksvc_host import _lane  # type: ignore[attr-defined]
-
-    c = _lane.CONSTANTS
+    c = lanes._lane.CONSTANTS
     for name in ("FSYNC", "ACCEPT", "ASYNC_CANCEL", "CONNECT", "OPENAT", "CLOSE", "READ", "WRITE", "SEND", "RECV"):
         assert c[f"IORING_OP_{name}"] == U.IoringOp[name]
     for name in ("SINGLE_ISSUER", "DEFER_TASKRUN", "COOP_TASKRUN", "SUBMIT_ALL", "CLAMP"):
