@@ -329,8 +329,11 @@ class Lane:
         return native.syscall(U.NR_IO_URING_ENTER, ring.fd, submit, min_complete, flags, 0, 0)
 
     def _sent(self, r: int) -> None:
-        if r > 0:
-            self._unsubmitted -= min(r, self._unsubmitted)
+        # SQEs the kernel took; without SQPOLL its sq head says so exactly, even when a signal handler's
+        # exception lands between an enter and this line.
+        ring = self._ring
+        if ring is not None:
+            self._unsubmitted = (ring._sq_tail - int(ring._sq_head_p[0])) & _U32
 
     def _push_sqe(self, user_data: int, spec: SqeSpec) -> bool:
         ring = self._ring
@@ -593,68 +596,91 @@ class Lane:
         self._dead = True  # still in the kernel: its memory stays with the slot, the lane is never used again
         return False
 
-    def _wait_for(self, corr: int, i: int) -> int:
-        """Wait in the kernel for entry corr's completion; its result. Raises what a signal handler raised
-        (the entry settled first) or, on a lane failure, OSError."""
-        s = self._slots[i]
-        try:
-            while True:
-                self._reap()
-                if self._find(corr, s):
+    def _wait_for(self, corr: int, s: _Slot) -> int:
+        """Wait in the kernel for entry corr's completion; its result (raises _LaneFailure when the ring fails)."""
+        while True:
+            self._reap()
+            if self._find(corr, s):
+                assert s.answer is not None
+                return s.answer
+            r = self._enter(self._unsubmitted, 1, ENTER_GETEVENTS, WAIT_SLICE_NS)
+            self._sent(r)
+            if r < 0 and r not in (-errno.EINTR, -errno.ETIME, -errno.EAGAIN, -errno.EBUSY):
+                self._dead = True
+                raise _LaneFailure(-r)
+            if 0 < self._deadline_ns < time.monotonic_ns():
+                # The instance is closing and its drain time is over: cancel, as the dispatcher does.
+                if self._settle(corr, s):
                     assert s.answer is not None
                     return s.answer
-                r = self._enter(self._unsubmitted, 1, ENTER_GETEVENTS, WAIT_SLICE_NS)
-                self._sent(r)
-                if r < 0 and r not in (-errno.EINTR, -errno.ETIME, -errno.EAGAIN, -errno.EBUSY):
-                    self._dead = True
-                    raise _LaneFailure(-r)
-                if 0 < self._deadline_ns < time.monotonic_ns():
-                    # The instance is closing and its drain time is over: cancel, as the dispatcher does.
-                    if self._settle(corr, s):
-                        assert s.answer is not None
-                        return s.answer
-                    return -errno.ECANCELED
-        except _LaneFailure as failure:
-            raise _oserror(failure.err) from None
-        except BaseException:
-            # A signal handler raised: settle the entry, keep what it did (take_late), then propagate.
-            if self._settle(corr, s):
-                res = s.answer
-                assert res is not None
-                data = None
-                if res > 0 and s.reads:
-                    data = self._value_of(s, res)
-                self._late = (s.fd, res, data)
+                return -errno.ECANCELED
+
+    def _in_sq(self, corr: int) -> bool:
+        """Is an SQE for corr in the SQ, not yet taken by the kernel?"""
+        ring = self._ring
+        assert ring is not None
+        head, tail = int(ring._sq_head_p[0]), ring._sq_tail
+        while head != tail:
+            if int(ring._sqes[head & ring._sq_mask].user_data) == corr:
+                return True
+            head = (head + 1) & _U32
+        return False
+
+    def _give_up(self, corr: int, i: int, tail0: int) -> None:
+        """An exception (a signal handler's: in Python it may land anywhere) left a blocking call: an entry
+        the kernel never saw is dropped; one it has is cancelled and settled, and what it did is kept
+        (take_late). One the kernel still holds after settle_s keeps its slot, and the lane dies."""
+        s = self._slots[i]
+        if not s.busy or self._token(i) != corr:
+            return  # already answered and freed
+        if self._s_tail == tail0:
+            self._slot_free(i)  # never written
+            return
+        if self._s_head != self._s_tail:
+            pushed = self._in_sq(corr)  # an exception between writing the SQE and counting it
+            self._s_head = self._s_tail
+            if not pushed:
                 self._slot_free(i)
-            raise
+                return
+        if self._settle(corr, s):
+            res = s.answer
+            assert res is not None
+            data = None
+            if res > 0 and s.reads:
+                data = self._value_of(s, res)
+            self._late = (s.fd, res, data)
+            self._slot_free(i)
 
     def _run_blocking(self, nr: int, a: list[int], read_len: int, stream: bool, raw: bool) -> Any:
         """Run one entry on this thread; its value, or None when the lane does not take it."""
+        tail0 = self._s_tail
         i = self._slot_take()
         if i < 0:
             return None
         s = self._slots[i]
-        s.fd = _i32(a[0])
-        if read_len >= 0:
-            try:
-                self._read_into(s, a, read_len, stream)
-            except BaseException:
-                self._slot_free(i)
-                raise
         corr = self._token(i)
-        self._write_entry(corr, nr, a)
-        r = self._submit()
-        if r < 0 and r not in (-errno.EAGAIN, -errno.EBUSY):
-            # Nothing reached the kernel (the ring itself refused): the generic path runs it.
-            self._s_head = self._s_tail
-            self._dead = True  # a ring that refuses io_uring_enter is not used again
-            self._slot_free(i)
-            return None
-        self._busy_blocking = True  # close() leaves the ring alone while this thread may be in the kernel
         try:
-            res = self._wait_for(corr, i)
-        finally:
+            s.fd = _i32(a[0])
+            if read_len >= 0:
+                self._read_into(s, a, read_len, stream)
+            self._write_entry(corr, nr, a)
+            r = self._submit()
+            if r < 0 and r not in (-errno.EAGAIN, -errno.EBUSY):
+                # Nothing reached the kernel (the ring itself refused): the generic path runs it.
+                self._s_head = self._s_tail
+                self._dead = True  # a ring that refuses io_uring_enter is not used again
+                self._slot_free(i)
+                return None
+            self._busy_blocking = True  # close() leaves the ring alone while this thread may be in the kernel
+            res = self._wait_for(corr, s)
+        except _LaneFailure as failure:
             self._busy_blocking = False
+            raise _oserror(failure.err) from None
+        except BaseException:
+            self._busy_blocking = False
+            self._give_up(corr, i, tail0)
+            raise
+        self._busy_blocking = False
         try:
             return res if raw else self._value_of(s, res)
         finally:
@@ -697,14 +723,18 @@ class Lane:
                 _STILL_HELD.append(view)  # a lane that died holding it keeps it: the kernel may read it
             raise
 
-    def _wait_chunk(self, idx: list[int], res: list[int], done: list[bool]) -> BaseException | None:
+    def _wait_chunk(self, idx: list[int], res: list[int], done: list[bool],
+                    interrupted: BaseException | None) -> BaseException | None:  # fmt: skip
         """Wait for one read_many chunk; the exception that interrupted it (everything settled first)."""
         m = len(idx)
         for j, i in enumerate(idx):
             self._slots[i].pos = j
         left = m
-        interrupted: BaseException | None = None
         end = 0
+        if interrupted is not None:  # it came while the chunk was being written: cancel it all at once
+            end = time.monotonic_ns() + self._settle_ns
+            for j in range(m):
+                self._submit_cancel(self._token(idx[j]))
         while True:
             try:
                 self._reap()
@@ -761,25 +791,36 @@ class Lane:
                 m = min(n - base, chunk)
                 idx: list[int] = []
                 error: BaseException | None = None
-                for j in range(m):
-                    i = self._slot_take()
-                    if i < 0:
-                        break
-                    w = [a[0], 0, 0, items[base + j], 0, 0]
-                    try:
-                        self._read_into(self._slots[i], w, size, False)
-                    except MemoryError as exc:
-                        self._slot_free(i)
-                        error = exc
-                        break
-                    self._write_entry(self._token(i), nr, w)
-                    idx.append(i)
-                if len(idx) < m and error is None:
-                    error = MemoryError()  # no slot: what was written still runs, then this is raised
-                self._submit()
+                early: BaseException | None = None
+                tail0 = self._s_tail
+                try:
+                    for j in range(m):
+                        i = self._slot_take()
+                        if i < 0:
+                            break
+                        idx.append(i)
+                        w = [a[0], 0, 0, items[base + j], 0, 0]
+                        try:
+                            self._read_into(self._slots[i], w, size, False)
+                        except MemoryError as exc:
+                            error = exc
+                            break
+                        self._write_entry(self._token(i), nr, w)
+                    if len(idx) < m and error is None:
+                        error = MemoryError()  # no slot: what was written still runs, then this is raised
+                except BaseException as exc:  # noqa: BLE001 - a signal handler's, raised once the chunk settled
+                    early = exc
+                written = self._s_tail - tail0
+                for i in idx[written:]:
+                    self._slot_free(i)  # taken, never written
+                del idx[written:]
+                try:
+                    self._submit()
+                except BaseException as exc:  # noqa: BLE001
+                    early = early or exc
                 res = [0] * len(idx)
                 done = [False] * len(idx)
-                interrupted = self._wait_chunk(idx, res, done)
+                interrupted = self._wait_chunk(idx, res, done, early)
                 error = error or interrupted
                 for j, i in enumerate(idx):
                     if not done[j]:
