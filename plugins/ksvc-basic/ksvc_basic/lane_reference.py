@@ -613,7 +613,7 @@ class Lane:
                 if self._settle(corr, s):
                     assert s.answer is not None
                     return s.answer
-                return -errno.ECANCELED
+                raise _StillHeld
 
     def _in_sq(self, corr: int) -> bool:
         """Is an SQE for corr in the SQ, not yet taken by the kernel?"""
@@ -676,6 +676,10 @@ class Lane:
         except _LaneFailure as failure:
             self._busy_blocking = False
             raise _oserror(failure.err) from None
+        except _StillHeld:
+            # Closing, and the kernel did not answer the cancel: the slot keeps the memory (the lane is dead).
+            self._busy_blocking = False
+            raise _oserror(errno.ECANCELED) from None
         except BaseException:
             self._busy_blocking = False
             self._give_up(corr, i, tail0)
@@ -1312,7 +1316,7 @@ class Lane:
                 pass
             self._slot_free(i)
             return
-        setter = "set_result"
+        failed = False
         v: Any
         if s.ints:
             v = res
@@ -1320,13 +1324,16 @@ class Lane:
             try:
                 v = self._value_of(s, res)
             except Exception as exc:  # noqa: BLE001 - the OSError the future gets
-                v, setter = exc, "set_exception"
+                v, failed = exc, True
         try:
-            getattr(s.fut, setter)(v)
+            if failed:
+                s.fut.set_exception(v)
+            else:
+                s.fut.set_result(v)
         except Exception:  # noqa: BLE001
             # The future was cancelled first: keep the answer for the cancelling task (abandon()).
             s.orphan_res = res
-            s.orphan = v if setter == "set_result" else None
+            s.orphan = None if failed else v
             s.fut = None
             return
         self._slot_free(i)
@@ -1427,6 +1434,8 @@ class Lane:
 
     def closing(self, deadline_s: Any) -> None:
         """closing(deadline_s): take no new calls; one still waiting after monotonic deadline_s is cancelled."""
+        if not isinstance(deadline_s, int | float):
+            raise TypeError(f"must be real number, not {type(deadline_s).__name__}")  # as PyFloat_AsDouble
         ns = int(float(deadline_s) * 1e9)
         self._deadline_ns = ns if ns > 0 else 1
         self._refusing = True
@@ -1542,6 +1551,10 @@ class _LaneFailure(Exception):
     def __init__(self, err: int) -> None:
         super().__init__(err)
         self.err = err
+
+
+class _StillHeld(Exception):
+    """The closing deadline passed and the kernel still holds the entry after settle_s."""
 
 
 _STILL_HELD: list[Any] = []
