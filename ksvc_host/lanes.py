@@ -15,9 +15,8 @@ would, and only the syscalls the router sends to io_uring; for anything else
 it returns ``None`` and the caller takes the shared channel and the
 dispatcher.
 
-Without a backend that offers lanes (or with the pure-Python loops
-selected), every call takes the shared channel (the reference path), with
-the same results.
+Without a backend that offers lanes (or with ``ksvc.open(lanes=False)``),
+every call takes the shared channel, with the same results.
 """
 
 from __future__ import annotations
@@ -30,16 +29,9 @@ import time
 import weakref
 from typing import Any, Final, NamedTuple
 
-from ksvc_host import fastpath, forksafety
+from ksvc_host import forksafety
 from ksvc_host.instance import Instance
 from ksvc_host.traits import Lane, LaneBuilder, OwnRings, Tier
-
-
-def available() -> str:
-    """Empty when lanes may be built; otherwise why not."""
-    if fastpath.IMPLEMENTATION != "native":
-        return fastpath.REASON or "the pure-Python loops are selected"
-    return ""
 
 
 class LanePlan(NamedTuple):
@@ -61,7 +53,7 @@ def plan(instance: Instance) -> LanePlan | None:
     """This instance's lane plan, or ``None`` when it cannot have lanes."""
     backend = instance.io_backend
     builder = backend.lane_builder() if isinstance(backend, OwnRings) and instance.lanes else None
-    if builder is None or available():
+    if builder is None:
         return None
     routes = tuple(sorted(nr for nr in builder.calls if instance.router.route(nr).tier is Tier.IO_URING))
     return LanePlan(builder, routes)

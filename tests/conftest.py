@@ -30,14 +30,31 @@ def fixture_plugins_installed() -> None:
         pytest.skip(msg)
 
 
+@pytest.fixture(params=["native", "twin"])
+def lane_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both implementations of the lane: lane.c (``ksvc_basic._lane``) and its pure-Python twin
+    (``ksvc_basic.lane_reference``), whichever fast path is selected; lanes built during the test use it."""
+    from ksvc_basic import own_rings
+
+    if request.param == "native":
+        try:
+            from ksvc_basic import _lane as module  # type: ignore[attr-defined]
+        except ImportError as exc:
+            if os.environ.get("KSVC_REQUIRE_NATIVE") == "1":
+                pytest.fail(f"compiled lane unavailable: {exc}")
+            pytest.skip(f"compiled lane unavailable: {exc}")
+    else:
+        from ksvc_basic import lane_reference as module
+    monkeypatch.setattr(own_rings, "lane_module", lambda: module)
+    return str(request.param)
+
+
 @pytest.fixture(params=["lane", "channel"])
-def transport_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Networking twice: on the loop's lane (receive and accept loops in C), and on the shared channel
-    (no lanes built, every receive and send an entry through the dispatcher)."""
+def transport_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, lane_impl: str) -> str:
+    """Networking twice: on the loop's lane (receive and accept loops in C, or in the twin: ``lane_impl``),
+    and on the shared channel (no lanes built, every receive and send an entry through the dispatcher)."""
     if request.param == "channel":
         monkeypatch.setattr(ksvc_lanes, "plan", lambda instance: None)
-    elif ksvc_lanes.available():
-        pytest.skip(f"no lanes here: {ksvc_lanes.available()}")
     return str(request.param)
 
 

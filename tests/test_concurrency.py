@@ -49,6 +49,8 @@ import pytest
 import ksvc_host as ksvc
 from ksvc_host.abi.syscalls import SYSCALLS as NR
 
+pytestmark = pytest.mark.usefixtures("lane_impl")  # lane.c and its pure-Python twin
+
 SHORT = 0.5
 """Seconds a short call may take while other calls of the same instance are pending."""
 GRACE = 1.0

@@ -15,6 +15,8 @@ import pytest
 import ksvc_host as ksvc
 from ksvc_host.abi.syscalls import SYSCALLS
 
+pytestmark = pytest.mark.usefixtures("lane_impl")  # lane.c and its pure-Python twin
+
 
 @pytest.fixture
 def data_file(tmp_path: Path) -> Path:

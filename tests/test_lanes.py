@@ -18,12 +18,11 @@ from collections.abc import Iterator
 import pytest
 
 import ksvc_host as ksvc
-from ksvc_host import lanes
 from ksvc_host.abi import io_uring as U
 from ksvc_host.abi import layout as L
 from ksvc_host.abi.syscalls import SYSCALLS as NR
 
-pytestmark = pytest.mark.skipif(bool(lanes.available()), reason=f"no thread lanes here: {lanes.available()}")
+pytestmark = pytest.mark.usefixtures("lane_impl")
 
 
 @pytest.fixture
@@ -46,9 +45,9 @@ def _entries(k: ksvc.Ksvc) -> int:
 
 
 def test_constants_are_the_kernels_and_the_channels() -> None:
-    from ksvc_basic import _lane  # type: ignore[attr-defined]
+    from ksvc_basic import own_rings
 
-    c = _lane.CONSTANTS
+    c = own_rings.lane_module().CONSTANTS
     for name in ("FSYNC", "ACCEPT", "ASYNC_CANCEL", "CONNECT", "OPENAT", "CLOSE", "READ", "WRITE", "SEND", "RECV"):
         assert c[f"IORING_OP_{name}"] == U.IoringOp[name]
     for name in ("SINGLE_ISSUER", "DEFER_TASKRUN", "COOP_TASKRUN", "SUBMIT_ALL", "CLAMP"):

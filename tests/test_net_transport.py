@@ -376,7 +376,7 @@ def test_gc_and_fork_mid_flight_leave_the_connections_serving() -> None:
     assert run(main) == 0
 
 
-def test_ctrl_c_mid_traffic_stops_the_server_cleanly(transport_path: str) -> None:
+def test_ctrl_c_mid_traffic_stops_the_server_cleanly(transport_path: str, lane_impl: str) -> None:
     # `ksvc echo` in a child process; SIGINT while a connection has data in flight and another waits in a
     # receive: the server stops within a bound, says how many connections it served, and exits 0.
     import signal
@@ -385,9 +385,11 @@ def test_ctrl_c_mid_traffic_stops_the_server_cleanly(transport_path: str) -> Non
     import time
 
     env = dict(os.environ, KSVC_LANES_OFF="1") if transport_path == "channel" else dict(os.environ)
+    env["KSVC_LANE_IMPL"] = lane_impl
     code = (
-        "import os, sys; from ksvc_host import lanes\n"
+        "import os, sys; from ksvc_host import lanes; from ksvc_basic import lane_reference, own_rings\n"
         "if os.environ.get('KSVC_LANES_OFF'): lanes.plan = lambda instance: None\n"
+        "if os.environ['KSVC_LANE_IMPL'] == 'twin': own_rings.lane_module = lambda: lane_reference\n"
         "from ksvc_host.cli import main; sys.exit(main(['echo', '--port', '0']))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

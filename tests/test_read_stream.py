@@ -15,6 +15,8 @@ import pytest
 import ksvc_host as ksvc
 from ksvc_host.frontend.operations import ReadStream
 
+pytestmark = pytest.mark.usefixtures("lane_impl")  # lane.c and its pure-Python twin
+
 SIZE = 1 << 20
 
 

@@ -13,9 +13,13 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 import ksvc_host as ksvc
 from ksvc_host import fastpath
 from ksvc_host.abi.syscalls import SYSCALLS
+
+pytestmark = pytest.mark.usefixtures("lane_impl")  # lane.c and its pure-Python twin
 
 
 def test_a_receive_submitted_in_an_exiting_threads_turn_still_gets_its_data(impl: str) -> None:

@@ -681,7 +681,8 @@ static int words(PyObject *const *args, Py_ssize_t n, uint64_t *out)
 }
 
 /* Wait in the kernel for entry corr's completion (blocking lanes). Returns 1 with *res set,
- * 0 when an exception was raised (the entry is settled first), -1 on a lane failure. */
+ * 0 when an exception was raised (the entry is settled first), -1 on a lane failure, 2 with *res
+ * -ECANCELED when the closing deadline passed and the kernel still holds the entry (its slot stays). */
 static int wait_for(Lane *l, uint64_t corr, uint32_t slot, int64_t *res);
 
 static int find_completion(Lane *l, uint64_t corr, int64_t *res)
@@ -755,7 +756,7 @@ static int wait_for(Lane *l, uint64_t corr, uint32_t slot, int64_t *res)
             /* The instance is closing and its drain time is over: cancel, as the dispatcher does. */
             if (settle(l, corr, slot, res)) return 1;
             *res = -ECANCELED;
-            return 1;
+            return 2;   /* the slot keeps the memory the kernel may still write: never freed */
         }
     }
 }
@@ -785,6 +786,10 @@ static PyObject *run_blocking(Lane *l, uint32_t nr, uint64_t *a, Py_ssize_t read
     if (w <= 0) {
         if (w < 0) l->dead = 1;
         return NULL;
+    }
+    if (w == 2) {
+        errno = ECANCELED;
+        return PyErr_SetFromErrno(PyExc_OSError);
     }
     PyObject *v = raw ? PyLong_FromLongLong(res) : value_of(s, res);
     slot_free(l, (uint32_t)i);

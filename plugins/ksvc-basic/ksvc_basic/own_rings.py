@@ -3,8 +3,11 @@
 A lane (``ksvc_basic._lane.Lane``, compiled from ``lane.c``) carries a call
 from the caller to the kernel and back in one C call: the submit entry, the
 turn (route, translate to an SQE, ``io_uring_enter``), the completion entry
-and the result. Only its owning thread submits to its ring, so the kernel's
-single-issuer mode applies, and deferred task running: completions are
+and the result. Its pure-Python twin, :mod:`ksvc_basic.lane_reference`, is
+the specification lane.c is checked against; it is used on the pure path
+(:data:`ksvc_host.fastpath.IMPLEMENTATION`) and when lane.c was not built.
+Only its owning thread submits to its ring, so the kernel's single-issuer
+mode applies, and deferred task running: completions are
 processed when that thread asks for them, not by interrupting it.
 
 :data:`LANE_CALLS` is the translation table: which syscalls a lane turns
@@ -18,17 +21,19 @@ import sys
 from collections.abc import Iterable
 from typing import Any, Final
 
+from ksvc_basic import lane_reference
+from ksvc_host import fastpath
 from ksvc_host.abi import io_uring as U
 from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.traits import Lane
 
 try:
     from ksvc_basic import _lane  # type: ignore[attr-defined]
-except ImportError as exc:  # not built: calls take the shared channel
+except ImportError as exc:  # not built: the twin runs the lanes
     _lane = None
-    _WHY_NOT = f"the compiled lane (ksvc_basic._lane) is not built ({exc})"
+    _NOT_BUILT = f"the compiled lane (ksvc_basic._lane) is not built ({exc}); lanes run in pure Python"
 else:
-    _WHY_NOT = ""
+    _NOT_BUILT = ""
 
 LANE_CALLS: Final[dict[str, tuple[U.IoringOp, str]]] = {
     "read": (U.IoringOp.READ, "stream"),
@@ -54,9 +59,16 @@ SETUP_FLAGS: Final = _F.SINGLE_ISSUER | _F.DEFER_TASKRUN | _F.COOP_TASKRUN | _F.
 _warned = False
 
 
-def unavailable() -> str:
-    """Empty when lanes can be built here; otherwise why not."""
-    return _WHY_NOT
+def lane_module() -> Any:
+    """The lanes' implementation: lane.c on the native fast path (when built), else its pure-Python twin."""
+    global _warned
+    if fastpath.IMPLEMENTATION == "native":
+        if _lane is not None:
+            return _lane
+        if not _warned:
+            _warned = True
+            print(f"ksvc-basic: {_NOT_BUILT}", file=sys.stderr)
+    return lane_reference
 
 
 class UringLanes:
@@ -70,21 +82,15 @@ class UringLanes:
 
     def build(self, routes: Iterable[int], *, entries: int, slots: int, settle_s: float) -> Lane:
         """A lane owned by the calling thread taking *routes* (``OSError`` when the kernel gives no ring)."""
-        assert _lane is not None
-        lane: Any = _lane.Lane(entries, int(SETUP_FLAGS), settle_s, slots)
-        kinds = _lane.KINDS
+        module = lane_module()
+        lane: Any = module.Lane(entries, int(SETUP_FLAGS), settle_s, slots)
+        kinds = module.KINDS
         for nr in routes:
             opcode, kind = self._table[nr]
             lane.route(nr, opcode, kinds[kind])
         return lane
 
 
-def lane_builder(opcodes: frozenset[int]) -> UringLanes | None:
-    """The builder for this kernel, or ``None`` (said once) when the compiled lane is missing."""
-    global _warned
-    if _lane is None:
-        if not _warned:
-            _warned = True
-            print(f"ksvc-basic: {_WHY_NOT}; every call takes the shared channel", file=sys.stderr)
-        return None
+def lane_builder(opcodes: frozenset[int]) -> UringLanes:
+    """The builder for a kernel with *opcodes*."""
     return UringLanes(opcodes)
