@@ -30,7 +30,12 @@ def fixture_plugins_installed() -> None:
         pytest.skip(msg)
 
 
-@pytest.fixture(params=["native", "twin"])
+LANE_IMPLS = [name.strip() for name in os.environ.get("KSVC_LANE_IMPLS", "native,twin").split(",") if name.strip()]
+"""The lane implementations the lane tests run on; tox runs the twin in the ``basic`` and ``all`` environments
+only (the plugin environments differ in the stack, not in the twin)."""
+
+
+@pytest.fixture(params=LANE_IMPLS)
 def lane_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Both implementations of the lane: lane.c (``ksvc_basic._lane``) and its pure-Python twin
     (``ksvc_basic.lane_reference``), whichever fast path is selected; lanes built during the test use it."""
