@@ -31,7 +31,8 @@ from typing import Any, Final, NamedTuple
 
 from ksvc_host import forksafety
 from ksvc_host.instance import Instance
-from ksvc_host.traits import Lane, LaneBuilder, OwnRings, Tier
+from ksvc_host.routing import io_uring_calls
+from ksvc_host.traits import Lane, LaneBuilder, OwnRings
 
 
 class LanePlan(NamedTuple):
@@ -55,7 +56,7 @@ def plan(instance: Instance) -> LanePlan | None:
     builder = backend.lane_builder() if isinstance(backend, OwnRings) and instance.lanes else None
     if builder is None:
         return None
-    routes = tuple(sorted(nr for nr in builder.calls if instance.router.route(nr).tier is Tier.IO_URING))
+    routes = tuple(sorted(builder.calls & io_uring_calls(instance.router)))
     return LanePlan(builder, routes)
 
 

@@ -40,7 +40,6 @@ from ksvc_host.traits.io_backend import SqeSpec
 _NR_FCNTL = SYSCALLS["fcntl"]
 _NR_LSEEK = SYSCALLS["lseek"]
 _F_GETFL = 3
-_SEEK_CUR = 1
 _O_NONBLOCK = os.O_NONBLOCK
 _NONBLOCK_FDS: dict[int, tuple[int, ...]] = {
     SYSCALLS[name]: fds
@@ -430,7 +429,7 @@ def waits_where_the_syscall_would_not(nr: int, args: tuple[int, ...]) -> bool:
     positioned = _POSITIONED.get(nr)
     if positioned is not None and native.to_signed(args[positioned[1]]) != -1:
         fd = native.to_signed(args[positioned[0]]) & 0xFFFF_FFFF
-        return native.syscall(_NR_LSEEK, fd, 0, _SEEK_CUR) < 0  # not seekable: ESPIPE from the kernel
+        return native.syscall(_NR_LSEEK, fd, 0, os.SEEK_CUR) < 0  # not seekable: ESPIPE from the kernel
     for i in _NONBLOCK_FDS.get(nr, ()):
         flags = native.syscall(_NR_FCNTL, native.to_signed(args[i]) & 0xFFFF_FFFF, _F_GETFL)
         if flags >= 0 and flags & _O_NONBLOCK:

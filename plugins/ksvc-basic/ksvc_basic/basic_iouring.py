@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ksvc_basic import express, own_rings
+from ksvc_basic import express
 from ksvc_basic.express import ExpressLane, ExpressRing
 from ksvc_basic.own_rings import UringLanes
 from ksvc_basic.uring import IoUring
@@ -241,7 +241,7 @@ class BasicIoUring:
         """
         if self._preparers or self._filters:
             return None
-        return own_rings.lane_builder(self.probe_opcodes())
+        return UringLanes(self.probe_opcodes())
 
     def set_wakeup_fd(self, fd: int) -> None:
         """Have the kernel write eventfd *fd* on every CQE."""

@@ -89,8 +89,3 @@ class UringLanes:
             opcode, kind = self._table[nr]
             lane.route(nr, opcode, kinds[kind])
         return lane
-
-
-def lane_builder(opcodes: frozenset[int]) -> UringLanes:
-    """The builder for a kernel with *opcodes*."""
-    return UringLanes(opcodes)
