@@ -14,10 +14,9 @@ That happens for two reasons:
   offset and waits; a call on an ``O_NONBLOCK`` descriptor returns ``EAGAIN``
   at once while io_uring waits for readiness.
 
-These are the only rules. The compiled lanes carry the same rules for the
-calls they take (``lane_accepts`` in ksvc-basic's ``lane.c``, ``fd_ok`` in
-``fastpath/fastpath.c`` and its reference); the differential tests check
-each against the direct syscall.
+These are the only rules. ksvc-basic's lanes carry the same rules for the
+calls they take (``ksvc_basic/translation.h`` and ``translation.py``); the
+differential tests check each against the direct syscall.
 
 The old calls map to their ``*at`` opcodes. ``stat``, ``lstat``, ``fstat``
 and ``newfstatat`` run as STATX into a private buffer and the result is

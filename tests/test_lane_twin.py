@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from ksvc_basic import lane_reference
-from ksvc_basic.own_rings import LANE_CALLS
+from ksvc_basic.translation import CALLS
 
 from ksvc_host.abi.syscalls import SYSCALLS as NR
 
@@ -31,7 +31,7 @@ IMPLS = [pytest.param(native_lane, id="native", marks=pytest.mark.skipif(native_
 
 def _build(module: ModuleType, **kw: Any) -> Any:
     lane = module.Lane(kw.pop("entries", 64), 0, kw.pop("settle_s", 1.0), kw.pop("slots", 256))
-    for name, (opcode, kind) in LANE_CALLS.items():
+    for name, (opcode, kind) in CALLS.items():
         lane.route(NR[name], int(opcode), module.KINDS[kind])
     return lane
 

@@ -21,6 +21,7 @@ from setuptools.command.build_ext import build_ext
 HERE = pathlib.Path(__file__).parent
 PACKAGE = HERE / "ksvc_basic"
 FLAGS = ["-O2", "-std=gnu11"]
+TRANSLATION = "ksvc_basic/translation.h"  # included by both: the one syscall -> SQE translation
 
 
 def _express_extension() -> list[Extension]:
@@ -41,7 +42,7 @@ def _express_extension() -> list[Extension]:
     out.mkdir(parents=True, exist_ok=True)
     builder.emit_c_code(str(out / "_express.c"))
     return [Extension("ksvc_basic._express", sources=[os.path.relpath(out / "_express.c", HERE)],
-                      extra_compile_args=FLAGS)]
+                      include_dirs=["ksvc_basic"], depends=[TRANSLATION], extra_compile_args=FLAGS)]
 
 
 class OptionalBuildExt(build_ext):
@@ -60,6 +61,6 @@ class OptionalBuildExt(build_ext):
             print(f"ksvc-basic: building {ext.name} failed ({exc})", file=sys.stderr)
 
 
-LANE = Extension("ksvc_basic._lane", sources=["ksvc_basic/lane.c"], extra_compile_args=FLAGS)
+LANE = Extension("ksvc_basic._lane", sources=["ksvc_basic/lane.c"], depends=[TRANSLATION], extra_compile_args=FLAGS)
 
 setup(ext_modules=[LANE, *_express_extension()], cmdclass={"build_ext": OptionalBuildExt})

@@ -20,12 +20,13 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "translation.h"   /* which calls become which SQE: shared with lane.c */
+
 #define RING_HEAD 16
 #define RING_TAIL 24
 #define RING_ENTRIES 64
 #define SUBMIT_SIZE 64
 #define COMPLETE_SIZE 32
-#define SQE_SIZE 64
 #define CQE_SIZE 16
 #define FD_CACHE 8
 
@@ -43,12 +44,12 @@ struct ksvc_express {
     uint32_t *cq_head; uint32_t *cq_tail; uint32_t cq_mask;
     uint8_t *sqes; uint8_t *cqes;
     int32_t ring_fd; int32_t sqpoll;
-    uint8_t opcode[512]; uint8_t kind[512];  /* argument kind per syscall: see express.py */
+    uint8_t opcode[512]; uint8_t kind[512];  /* per syscall: io_uring opcode, and kind (translation.h; 0: not taken) */
     uint64_t excl_lo; uint64_t excl_hi;
     uint64_t tag;
     uint32_t room;
     uint32_t taken; uint32_t completed; uint32_t unsubmitted;
-    int32_t error; uint64_t enter_calls;
+    int32_t error;
     uint32_t cq_left;   /* CQEs the last reap left in the CQs (not ours, or no room) */
     uint32_t s_left;    /* submit entries the last submit left in the ring (for the generic loop) */
     /* The assist ring beside an SQPOLL ring (a_ring_fd < 0: none). Positioned entries go to it
@@ -71,41 +72,20 @@ struct ksvc_express {
 
 struct fd_cache { int32_t fd[FD_CACHE]; int8_t ok[FD_CACHE]; int n; };
 
-/* May this descriptor take the io_uring path? Positioned calls need a seekable file
- * (else the syscall says ESPIPE); stream calls need a blocking descriptor (else EAGAIN). */
-static int fd_ok(struct fd_cache *c, int32_t fd, int positioned)
+/* fd_suits (translation.h), remembered for the descriptors of one submit. */
+static int fd_ok(struct fd_cache *c, int32_t fd, int kind)
 {
     for (int i = 0; i < c->n; i++)
         if (c->fd[i] == fd) return c->ok[i];
-    int ok;
-    if (positioned) {
-        ok = syscall(SYS_lseek, fd, 0L, SEEK_CUR) >= 0;
-    } else {
-        long fl = syscall(SYS_fcntl, fd, F_GETFL);
-        ok = !(fl >= 0 && (fl & O_NONBLOCK));
-    }
+    int ok = fd_suits(kind, fd);
     if (c->n < FD_CACHE) { c->fd[c->n] = fd; c->ok[c->n] = (int8_t)ok; c->n++; }
     return ok;
 }
 
-static void fill_sqe(uint8_t *s, uint8_t opcode, int kind, uint64_t fd, uint64_t addr, uint64_t len,
-                     uint64_t off, uint32_t msg_flags, uint64_t ud)
-{
-    memset(s, 0, SQE_SIZE);
-    s[0] = opcode;
-    int32_t fd32 = (int32_t)fd; memcpy(s + 4, &fd32, 4);
-    uint64_t o = kind == 1 ? off : (kind == 2 ? 0 : UINT64_MAX); memcpy(s + 8, &o, 8);
-    memcpy(s + 16, &addr, 8);
-    uint32_t l32 = (uint32_t)len; memcpy(s + 24, &l32, 4);
-    memcpy(s + 28, &msg_flags, 4);
-    memcpy(s + 32, &ud, 8);
-}
-
 /* io_uring_enter, retried on EINTR; returns what the kernel took, or -errno. */
-static long enter(struct ksvc_express *x, int fd, uint32_t n, uint32_t flags)
+static long enter(int fd, uint32_t n, uint32_t flags)
 {
     for (;;) {
-        x->enter_calls++;
         long r = syscall(SYS_io_uring_enter, fd, n, 0, flags, NULL, 0);
         if (r < 0 && errno == EINTR) continue;
         return r < 0 ? -errno : r;
@@ -135,33 +115,27 @@ int ksvc_express_submit(struct ksvc_express *x, uint32_t max_take)
         uint64_t w[8];
         memcpy(w, e, sizeof w);
         uint32_t nr = (uint32_t)w[1], flags = (uint32_t)(w[1] >> 32);
-        if (flags || nr >= 512 || !x->opcode[nr]) break;
-        uint64_t fd = w[2], addr = w[3], len = w[4], off = w[5];
-        if (fd > 0x7fffffffu || len > 0xffffffffu || w[0] >= x->tag) break;
+        if (flags || nr >= NR_TABLE || !x->kind[nr]) break;
+        int kind = x->kind[nr];   /* K_STREAM, K_POSITIONED or K_SOCKET (express.py builds the table) */
+        const uint64_t *a = w + 2;
+        if (w[0] >= x->tag || !args_fit(kind, a)) break;
+        uint64_t addr = a[1], len = a[2];
         if (x->excl_lo < x->excl_hi && addr < x->excl_hi && addr + len > x->excl_lo) break;
-        int kind = x->kind[nr];   /* 0 stream read/write, 1 positioned, 2 socket send/recv */
-        int pos = kind == 1;
-        uint32_t msg_flags = 0;
-        if (pos && (int64_t)off < 0) break;
-        if (kind == 2) {                 /* sendto/recvfrom without an address; off is msg flags */
-            if (w[6] || w[7] || off > 0xffffffffu) break;
-            msg_flags = (uint32_t)off;
-        }
         /* Only positioned calls go to the assist ring: a file read or write always finishes, a stream may wait. */
+        int pos = kind == K_POSITIONED;
         int assist_ok = pos && assist && na < a_free;
         int to_assist = assist_ok && ((x->a_backlog && backlog + nm >= x->a_backlog) || nm >= sq_free);
         if (!to_assist && nm >= sq_free) break;
-        if (!fd_ok(&cache, (int32_t)fd, pos)) break;
-        uint8_t opcode = (uint8_t)(x->opcode[nr] - 1);
+        if (!fd_ok(&cache, (int32_t)a[0], kind)) break;
         uint64_t ud = x->tag | w[0];
         if (to_assist) {
             uint32_t idx = (a_tail + na) & x->a_sq_mask;
-            fill_sqe(x->a_sqes + (size_t)idx * SQE_SIZE, opcode, kind, fd, addr, len, off, msg_flags, ud);
+            fill_sqe(x->a_sqes + (size_t)idx * SQE_SIZE, x->opcode[nr], kind, a, ud);
             x->a_sq_array[idx] = idx;
             na++;
         } else {
             uint32_t idx = (sq_tail + nm) & x->sq_mask;
-            fill_sqe(x->sqes + (size_t)idx * SQE_SIZE, opcode, kind, fd, addr, len, off, msg_flags, ud);
+            fill_sqe(x->sqes + (size_t)idx * SQE_SIZE, x->opcode[nr], kind, a, ud);
             x->sq_array[idx] = idx;
             nm++;
         }
@@ -181,7 +155,7 @@ int ksvc_express_submit(struct ksvc_express *x, uint32_t max_take)
             enter_flags = ENTER_SQ_WAKEUP;
         }
         if (wake) {
-            long r = enter(x, x->ring_fd, nm, enter_flags);
+            long r = enter(x->ring_fd, nm, enter_flags);
             if (r == -EAGAIN || r == -EBUSY) x->unsubmitted = nm;
             else if (r < 0) { x->error = (int32_t)r; x->unsubmitted = nm; }
             else if (!x->sqpoll && (uint32_t)r < nm) x->unsubmitted = nm - (uint32_t)r;
@@ -194,7 +168,7 @@ int ksvc_express_submit(struct ksvc_express *x, uint32_t max_take)
     }
     if (na || (x->a_pending && assist)) {
         uint32_t want = x->a_pending + na;
-        long r = enter(x, x->a_ring_fd, want, 0);   /* runs them here, on this thread */
+        long r = enter(x->a_ring_fd, want, 0);   /* runs them here, on this thread */
         if (r == -EAGAIN || r == -EBUSY) x->a_pending = want;
         else if (r < 0) { x->error = (int32_t)r; x->a_pending = want; }
         else x->a_pending = want - (uint32_t)r;

@@ -27,10 +27,8 @@ import os
 from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
-from ksvc_basic import express_reference
+from ksvc_basic import express_reference, translation
 from ksvc_host import fastpath
-from ksvc_host.abi.io_uring import IoringOp
-from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.traits.capabilities import EXPRESS_TAG, ExpressChannel, ExpressCompletionSink
 
 try:
@@ -38,18 +36,9 @@ try:
 except ImportError:  # not built: the reference loops
     _express = None
 
-_STREAM, _POSITIONED, _SOCKET = 0, 1, 2
-"""How the lane reads an entry's arguments: (fd, buf, len), + offset, + message flags (no address)."""
-
-TAKEN: Final = {
-    SYSCALLS["read"]: (IoringOp.READ, _STREAM),
-    SYSCALLS["write"]: (IoringOp.WRITE, _STREAM),
-    SYSCALLS["pread64"]: (IoringOp.READ, _POSITIONED),
-    SYSCALLS["pwrite64"]: (IoringOp.WRITE, _POSITIONED),
-    SYSCALLS["recvfrom"]: (IoringOp.RECV, _SOCKET),
-    SYSCALLS["sendto"]: (IoringOp.SEND, _SOCKET),
-}
-"""syscall -> (io_uring opcode, argument kind): what the lane may take."""
+EXPRESS_KINDS: Final = frozenset({translation.K_STREAM, translation.K_POSITIONED, translation.K_SOCKET})
+"""The kinds of call the lane takes, of :data:`ksvc_basic.translation.CALLS`: plain reads and writes
+(``read``, ``write``, ``pread64``, ``pwrite64``, ``recvfrom``/``sendto`` without an address)."""
 
 
 class ExpressRing(NamedTuple):
@@ -105,7 +94,7 @@ class ExpressLane:
         rings: ExpressChannel,
         sink: ExpressCompletionSink,
         ring: ExpressRing,
-        opcodes: dict[int, tuple[IoringOp, int]],
+        opcodes: dict[int, tuple[int, int]],
         room: Callable[[], int],
         account: Callable[[int, int, int], None],
     ):
@@ -140,7 +129,7 @@ class ExpressLane:
             x.a_cq_mask = a.cq_mask
             x.a_sqes, x.a_cqes = ptr("uint8_t *", a.sqes), ptr("uint8_t *", a.cqes)
         for nr, (op, kind) in opcodes.items():
-            x.opcode[nr] = int(op) + 1
+            x.opcode[nr] = op
             x.kind[nr] = kind
         self.inflight = 0
         """Express entries submitted and not yet completed."""
@@ -228,11 +217,6 @@ class ExpressLane:
         """True when positioned entries can run on the submitting thread (an SQPOLL ring's partner)."""
         return int(self._x.a_ring_fd) >= 0 and not int(self._x.ephemeral)
 
-    def poller_backlog(self) -> int:
-        """SQEs in the io_uring's SQ that the kernel has not consumed (an SQ thread's backlog)."""
-        x = self._x
-        return (int(x.sq_tail[0]) - int(x.sq_head[0])) & 0xFFFF_FFFF
-
     def forgo_assist_ring(self) -> None:
         """Never use the assist ring: the turns run on callers' threads (the inline driver), any of which may
         exit before its requests end, and the kernel ends a request when its submitter exits."""
@@ -242,11 +226,6 @@ class ExpressLane:
     def assist_entries(self) -> int:
         """Entries the lane ran on the submitting thread (an SQPOLL ring's assist ring)."""
         return int(self._x.a_total)
-
-    @property
-    def enter_calls(self) -> int:
-        """io_uring_enter calls made by the lane."""
-        return int(self._x.enter_calls)
 
 
 def build(
@@ -264,8 +243,8 @@ def build(
     in-flight guard, asked before each submit and told what the lane did."""
     opcodes = {
         nr: (op, kind)
-        for nr, (op, kind) in TAKEN.items()
-        if nr in routes and op not in ring.rewritten_opcodes and op in supported
+        for nr, (op, kind) in translation.table(supported, EXPRESS_KINDS).items()
+        if nr in routes and op not in ring.rewritten_opcodes
     }
     if not opcodes:
         return None

@@ -18,7 +18,7 @@ struct ksvc_express {
     uint64_t tag;
     uint32_t room;
     uint32_t taken; uint32_t completed; uint32_t unsubmitted;
-    int32_t error; uint64_t enter_calls;
+    int32_t error;
     uint32_t cq_left;
     uint32_t s_left;
     int32_t a_ring_fd; uint32_t a_backlog;

@@ -10,13 +10,13 @@ acquire and release.
 from __future__ import annotations
 
 import errno
-import os
 import struct
 from typing import Any
 
 import cffi
 
 from ksvc_basic.express_cdef import STRUCTS
+from ksvc_basic.translation import K_POSITIONED, NR_TABLE, args_fit, fd_suits, sqe_fields
 from ksvc_host import native
 from ksvc_host.abi import layout as L
 from ksvc_host.abi.io_uring import EnterFlag, SqRingFlag
@@ -49,22 +49,18 @@ def _ring_view(ring_addr: Any, entries: int, entry_size: int) -> Any:
     return _view(ring_addr, L.RING_ENTRIES_OFFSET + entries * entry_size)
 
 
-def _fd_ok(cache: dict[int, bool], fd: int, positioned: bool) -> bool:
+def _fd_ok(cache: dict[int, bool], fd: int, kind: int) -> bool:
+    """:func:`~ksvc_basic.translation.fd_suits`, remembered for the descriptors of one submit."""
     if fd in cache:
         return cache[fd]
-    if positioned:
-        ok = native.syscall(_NR_LSEEK, fd, 0, os.SEEK_CUR) >= 0
-    else:
-        fl = native.syscall(_NR_FCNTL, fd, _F_GETFL)
-        ok = not (fl >= 0 and fl & os.O_NONBLOCK)
+    ok = fd_suits(kind, fd)
     if len(cache) < _FD_CACHE:
         cache[fd] = ok
     return ok
 
 
-def _enter(x: Any, fd: int, n: int, flags: int) -> int:
+def _enter(fd: int, n: int, flags: int) -> int:
     while True:
-        x.enter_calls += 1
         r = native.syscall(_NR_IO_URING_ENTER, fd, n, 0, flags, 0, 0)
         if r != -errno.EINTR:
             return r
@@ -95,29 +91,23 @@ def express_submit(x: Any, max_take: int) -> int:
             sring, L.RING_ENTRIES_OFFSET + ((head + n) & x.smask) * L.SUBMIT_ENTRY_SIZE
         )
         nr, flags = nr_flags & 0xFFFF_FFFF, nr_flags >> 32
-        if flags or nr >= 512 or not x.opcode[nr]:
+        if flags or nr >= NR_TABLE or not x.kind[nr]:
             break
-        if fd > 0x7FFF_FFFF or length > 0xFFFF_FFFF or corr >= x.tag:
+        kind = x.kind[nr]  # K_STREAM, K_POSITIONED or K_SOCKET (express.py builds the table)
+        a = (fd, addr, length, off, a4, a5)
+        if corr >= x.tag or not args_fit(kind, a):
             break
         if x.excl_lo < x.excl_hi and addr < x.excl_hi and addr + length > x.excl_lo:
             break
-        kind = x.kind[nr]  # 0 stream read/write, 1 positioned, 2 socket send/recv
-        pos = kind == 1
-        msg_flags = 0
-        if pos and off >= 1 << 63:
-            break
-        if kind == 2:  # sendto/recvfrom without an address; off is the message flags
-            if a4 or a5 or off > 0xFFFF_FFFF:
-                break
-            msg_flags = off
+        pos = kind == K_POSITIONED
         assist_ok = pos and assist and na < a_free  # only positioned calls: a file read or write always ends
         to_assist = assist_ok and ((x.a_backlog and backlog + nm >= x.a_backlog) or nm >= sq_free)
         if not to_assist and nm >= sq_free:
             break
-        if not _fd_ok(cache, fd, pos):
+        sqe_fd, sqe_off, sqe_addr, sqe_len, op_flags = sqe_fields(kind, a)
+        if not _fd_ok(cache, sqe_fd, kind):
             break
-        sqe_off = off if pos else (0 if kind == 2 else 0xFFFF_FFFF_FFFF_FFFF)
-        fields = (x.opcode[nr] - 1, 0, 0, fd, sqe_off, addr, length, msg_flags, x.tag | corr, 0, 0, 0, 0, 0)
+        fields = (x.opcode[nr], 0, 0, sqe_fd, sqe_off, sqe_addr, sqe_len, op_flags, x.tag | corr, 0, 0, 0, 0, 0)
         if to_assist:
             idx = (a_tail + na) & x.a_sq_mask
             _SQE.pack_into(a_sqes, idx * _SQE_SIZE, *fields)
@@ -141,7 +131,7 @@ def express_submit(x: Any, max_take: int) -> int:
         if x.sqpoll:
             wake, enter_flags = bool(x.sq_flags[0] & _NEED_WAKEUP), _SQ_WAKEUP
         if wake:
-            r = _enter(x, x.ring_fd, nm, enter_flags)
+            r = _enter(x.ring_fd, nm, enter_flags)
             if r in (-errno.EAGAIN, -errno.EBUSY):
                 x.unsubmitted = nm
             elif r < 0:
@@ -154,7 +144,7 @@ def express_submit(x: Any, max_take: int) -> int:
         x.a_total += na
     if na or (x.a_pending and assist):
         want = x.a_pending + na
-        r = _enter(x, x.a_ring_fd, want, 0)  # runs them here, on this thread
+        r = _enter(x.a_ring_fd, want, 0)  # runs them here, on this thread
         if r in (-errno.EAGAIN, -errno.EBUSY):
             x.a_pending = want
         elif r < 0:

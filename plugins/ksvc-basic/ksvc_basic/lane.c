@@ -55,6 +55,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "translation.h"   /* which calls become which SQE: shared with express.c */
+
 /* io_uring ABI ------------------------------------------------------------- */
 #define NR_IO_URING_SETUP 425
 #define NR_IO_URING_ENTER 426
@@ -82,7 +84,6 @@
 #define OP_WRITE 23
 #define OP_SEND 26
 #define OP_RECV 27
-#define FSYNC_DATASYNC (1u << 0)
 #define RECVSEND_POLL_FIRST (1u << 0)   /* in sqe.ioprio: arm the poll before trying */
 #define RECV_MULTISHOT (1u << 1)        /* in sqe.ioprio: one receive SQE, a CQE per arrival */
 #define ACCEPT_MULTISHOT (1u << 0)      /* in sqe.ioprio of an accept: a CQE per connection */
@@ -92,7 +93,6 @@
 #define CQE_BUFFER_SHIFT 16
 #define REGISTER_PBUF_RING 22
 struct buf_reg { uint64_t ring_addr; uint32_t ring_entries; uint16_t bgid; uint16_t flags; uint64_t resv[3]; };
-#define SQE_SIZE 64
 #define CQE_SIZE 16
 
 struct sqring_offsets { uint32_t head, tail, ring_mask, ring_entries, flags, dropped, array, resv1; uint64_t user_addr; };
@@ -113,22 +113,6 @@ struct kernel_ts { int64_t tv_sec; int64_t tv_nsec; };
 #define ENTRY_MULTISHOT (1u << 1)    /* a multishot receive into the lane's provided buffers */
 #define ENTRY_ACCEPTS (1u << 2)      /* a multishot accept */
 
-/* Syscall numbers (x86-64) the lane can translate, and what kind of call each is. */
-enum kind {
-    K_NONE = 0,
-    K_STREAM,      /* read, write: fd, buf, len at the file position; a blocking descriptor */
-    K_POSITIONED,  /* pread64, pwrite64: fd, buf, len, off >= 0; a seekable descriptor */
-    K_SOCKET,      /* recvfrom, sendto without an address: fd, buf, len, flags; a blocking socket */
-    K_CLOSE,       /* close: fd */
-    K_FSYNC,       /* fsync: fd */
-    K_FDATASYNC,   /* fdatasync: fd */
-    K_OPENAT,      /* openat: dirfd, path, flags, mode */
-    K_ACCEPT,      /* accept4: fd, addr, addrlen*, flags; a blocking socket */
-    K_ACCEPT_PLAIN,/* accept: fd, addr, addrlen* */
-    K_CONNECT,     /* connect: fd, addr, addrlen; a blocking socket */
-    K_LIMIT
-};
-#define NR_TABLE 512
 
 /* Lane limits. */
 #define LANE_SLOTS 256          /* default entries in flight at once */
@@ -259,48 +243,16 @@ static long uring_enter(Lane *l, uint32_t submit, uint32_t min_complete, uint32_
 
 /* Routing and translation ------------------------------------------------------ */
 
-/* Would io_uring give exactly the syscall's answer for this descriptor? */
-static int fd_suits(int kind, int32_t fd)
-{
-    if (kind == K_POSITIONED)
-        return syscall(SYS_lseek, fd, 0L, SEEK_CUR) >= 0;   /* a pipe or socket: the syscall says ESPIPE */
-    if (kind == K_STREAM || kind == K_SOCKET || kind == K_ACCEPT || kind == K_ACCEPT_PLAIN || kind == K_CONNECT) {
-        long fl = syscall(SYS_fcntl, fd, F_GETFL);
-        return !(fl >= 0 && (fl & O_NONBLOCK));            /* nonblocking: the syscall says EAGAIN at once */
-    }
-    return 1;
-}
-
-/* May the lane take syscall nr with these arguments? Same rules as ksvc_host/translate.py. */
+/* May the lane take syscall nr with these arguments? The rules of translation.h. */
 static int lane_accepts(const Lane *l, uint32_t nr, const uint64_t *a)
 {
     if (nr >= NR_TABLE || !l->kind[nr]) return 0;
     int kind = l->kind[nr];
-    int64_t fd = (int64_t)a[0];
-    if (kind != K_OPENAT && (fd < INT32_MIN || fd > INT32_MAX)) return 0;
-    switch (kind) {
-    case K_STREAM: case K_POSITIONED: case K_SOCKET:
-        if (a[2] > 0xffffffffu) return 0;
-        if (kind == K_POSITIONED && (int64_t)a[3] < 0) return 0;   /* EINVAL from the kernel; io_uring: the position */
-        if (kind == K_SOCKET && (a[4] || a[5] || a[3] > 0xffffffffu)) return 0;  /* an address: not RECV/SEND */
-        break;
-    case K_OPENAT:
-        if ((int64_t)a[0] < INT32_MIN || (int64_t)a[0] > INT32_MAX) return 0;
-        break;
-    case K_ACCEPT:
-        if (a[3] > 0xffffffffu) return 0;
-        break;
-    case K_ACCEPT_PLAIN:
-        break;
-    case K_CONNECT:
-        if (a[2] > 0xffffffffu) return 0;
-        break;
-    default:
-        break;
-    }
-    return fd_suits(kind, (int32_t)fd);
+    return args_fit(kind, a) && fd_suits(kind, (int32_t)a[0]);
 }
 
+/* The SQE of submit entry w (taken by lane_accepts): translation.h's, plus the lane's own entry
+ * flags (a receive that polls first, multishot receives and accepts). */
 static void translate(const Lane *l, const uint64_t *w, uint8_t *s)
 {
     uint32_t nr = (uint32_t)w[1] % NR_TABLE;   /* checked when the entry was written */
@@ -310,34 +262,9 @@ static void translate(const Lane *l, const uint64_t *w, uint8_t *s)
     uint16_t buf_group = 0;
     if (eflags & ENTRY_MULTISHOT) { ioprio = RECV_MULTISHOT; sqe_flags = SQE_BUFFER_SELECT; buf_group = PBUF_GROUP; }
     if (eflags & ENTRY_ACCEPTS) ioprio = ACCEPT_MULTISHOT;
-    const uint64_t *a = w + 2;
-    int kind = l->kind[nr];
-    uint8_t op = l->opcode[nr];
-    uint64_t off = 0, addr = 0;
-    uint32_t len = 0, op_flags = 0;
-    int32_t fd = (int32_t)a[0];
-    switch (kind) {
-    case K_STREAM: addr = a[1]; len = (uint32_t)a[2]; off = UINT64_MAX; break;
-    case K_POSITIONED: addr = a[1]; len = (uint32_t)a[2]; off = a[3]; break;
-    case K_SOCKET: addr = a[1]; len = (uint32_t)a[2]; op_flags = (uint32_t)a[3]; break;
-    case K_CLOSE: break;
-    case K_FSYNC: break;
-    case K_FDATASYNC: op_flags = FSYNC_DATASYNC; break;
-    case K_OPENAT: addr = a[1]; op_flags = (uint32_t)a[2]; len = (uint32_t)a[3]; break;
-    case K_ACCEPT: addr = a[1]; off = a[2]; op_flags = (uint32_t)a[3]; break;
-    case K_ACCEPT_PLAIN: addr = a[1]; off = a[2]; break;
-    case K_CONNECT: addr = a[1]; off = a[2] & 0xffffffffu; break;
-    }
-    memset(s, 0, SQE_SIZE);
-    s[0] = op;
+    fill_sqe(s, l->opcode[nr], l->kind[nr], w + 2, w[0]);   /* user_data: the entry's correlation id */
     s[1] = sqe_flags;
     memcpy(s + 2, &ioprio, 2);
-    memcpy(s + 4, &fd, 4);
-    memcpy(s + 8, &off, 8);
-    memcpy(s + 16, &addr, 8);
-    memcpy(s + 24, &len, 4);
-    memcpy(s + 28, &op_flags, 4);
-    memcpy(s + 32, &w[0], 8);   /* user_data: the entry's correlation id */
     memcpy(s + 40, &buf_group, 2);
 }
 

@@ -33,11 +33,24 @@ from typing import Any, Final
 
 import cffi
 
+from ksvc_basic.translation import (
+    K_ACCEPT,
+    K_LIMIT,
+    K_NONE,
+    K_POSITIONED,
+    K_SOCKET,
+    K_STREAM,
+    NR_TABLE,
+    args_fit,
+    fd_suits,
+    sqe_fields,
+)
+from ksvc_basic.translation import KINDS as KINDS  # part of the module interface, as lane.c exports it
+from ksvc_basic.translation import i32 as _i32
 from ksvc_basic.uring import IoUring
 from ksvc_host import forksafety, native
 from ksvc_host.abi import io_uring as U
 from ksvc_host.abi import layout as L
-from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.traits.io_backend import SqeSpec
 
 ffi = cffi.FFI()
@@ -52,27 +65,6 @@ ffi.cdef(
 )
 _scratch = ffi.new_allocator(should_clear_after_alloc=False)  # the kernel overwrites what a read returns
 
-# The kinds of call a lane translates (the numbers lane.c uses; route() takes them).
-K_NONE: Final = 0
-K_STREAM: Final = 1  # read, write: fd, buf, len at the file position; a blocking descriptor
-K_POSITIONED: Final = 2  # pread64, pwrite64: fd, buf, len, off >= 0; a seekable descriptor
-K_SOCKET: Final = 3  # recvfrom, sendto without an address: fd, buf, len, flags; a blocking socket
-K_CLOSE: Final = 4
-K_FSYNC: Final = 5
-K_FDATASYNC: Final = 6
-K_OPENAT: Final = 7  # dirfd, path, flags, mode
-K_ACCEPT: Final = 8  # accept4: fd, addr, addrlen*, flags; a blocking socket
-K_ACCEPT_PLAIN: Final = 9  # accept: fd, addr, addrlen*
-K_CONNECT: Final = 10  # fd, addr, addrlen; a blocking socket
-K_LIMIT: Final = 11
-
-KINDS: Final[dict[str, int]] = {
-    "stream": K_STREAM, "positioned": K_POSITIONED, "socket": K_SOCKET, "close": K_CLOSE, "fsync": K_FSYNC,
-    "fdatasync": K_FDATASYNC, "openat": K_OPENAT, "accept": K_ACCEPT, "accept_plain": K_ACCEPT_PLAIN,
-    "connect": K_CONNECT,
-}  # fmt: skip
-
-NR_TABLE: Final = 512
 LANE_SLOTS: Final = 256  # default entries in flight at once
 MAX_SLOTS: Final = 1 << 16  # a token keeps the slot in its low GEN_SHIFT bits
 MANY_CHUNK: Final = 256  # read_many: entries per chunk at most
@@ -121,10 +113,6 @@ CQE_F_BUFFER: Final = int(U.CqeFlag.BUFFER)
 CQE_F_MORE: Final = int(U.CqeFlag.MORE)
 CQE_BUFFER_SHIFT: Final = U.CQE_BUFFER_SHIFT
 
-_NR_LSEEK: Final = SYSCALLS["lseek"]
-_NR_FCNTL: Final = SYSCALLS["fcntl"]
-_SEEK_CUR: Final = 1
-_F_GETFL: Final = 3
 _U32: Final = 0xFFFF_FFFF
 _U64: Final = (1 << 64) - 1
 _I32_MIN: Final = -(1 << 31)
@@ -166,16 +154,6 @@ def thread_serial() -> int:
     except AttributeError:
         _thread.serial = next(_serials)
         return int(_thread.serial)
-
-
-def _i32(v: int) -> int:
-    v &= _U32
-    return v - (1 << 32) if v > _I32_MAX else v
-
-
-def _i64(v: int) -> int:
-    v &= _U64
-    return v - (1 << 64) if v > _I64_MAX else v
 
 
 def _as_long(v: Any) -> int | None:
@@ -351,25 +329,8 @@ class Lane:
             ioprio, sqe_flags = RECV_MULTISHOT, SQE_BUFFER_SELECT
         if eflags & ENTRY_ACCEPTS:
             ioprio = ACCEPT_MULTISHOT
-        kind = self._kind[nr]
-        off = addr = length = op_flags = 0
-        if kind == K_STREAM:
-            addr, length, off = a[1], a[2] & _U32, _U64  # -1: at the file position
-        elif kind == K_POSITIONED:
-            addr, length, off = a[1], a[2] & _U32, a[3]
-        elif kind == K_SOCKET:
-            addr, length, op_flags = a[1], a[2] & _U32, a[3] & _U32
-        elif kind == K_FDATASYNC:
-            op_flags = FSYNC_DATASYNC
-        elif kind == K_OPENAT:
-            addr, op_flags, length = a[1], a[2] & _U32, a[3] & _U32
-        elif kind == K_ACCEPT:
-            addr, off, op_flags = a[1], a[2], a[3] & _U32
-        elif kind == K_ACCEPT_PLAIN:
-            addr, off = a[1], a[2]
-        elif kind == K_CONNECT:
-            addr, off = a[1], a[2] & _U32
-        return SqeSpec(self._opcode[nr], _i32(a[0]), off=off, addr=addr, len=length, op_flags=op_flags,
+        fd, off, addr, length, op_flags = sqe_fields(self._kind[nr], a)
+        return SqeSpec(self._opcode[nr], fd, off=off, addr=addr, len=length, op_flags=op_flags,
                        flags=sqe_flags, ioprio=ioprio, buf_index=PBUF_GROUP)  # fmt: skip
 
     def _submit(self) -> int:
@@ -470,37 +431,12 @@ class Lane:
 
     # Routing ------------------------------------------------------------------------------------
 
-    def _suits(self, kind: int, fd: int) -> bool:
-        """Would io_uring give exactly the syscall's answer for this descriptor?"""
-        if kind == K_POSITIONED:
-            return native.syscall(_NR_LSEEK, fd, 0, _SEEK_CUR) >= 0  # a pipe or socket: the syscall says ESPIPE
-        if kind in (K_STREAM, K_SOCKET, K_ACCEPT, K_ACCEPT_PLAIN, K_CONNECT):
-            fl = native.syscall(_NR_FCNTL, fd, _F_GETFL)
-            return not (fl >= 0 and fl & os.O_NONBLOCK)  # nonblocking: the syscall says EAGAIN at once
-        return True
-
     def _accepts(self, nr: int, a: list[int]) -> bool:
-        """May the lane take syscall nr with these argument words? The rules of ksvc_host/translate.py."""
+        """May the lane take syscall nr with these argument words? The rules of ksvc_basic.translation."""
         if nr >= NR_TABLE or not self._kind[nr]:
             return False
         kind = self._kind[nr]
-        fd = _i64(a[0])
-        if not _I32_MIN <= fd <= _I32_MAX:
-            return False
-        if kind in (K_STREAM, K_POSITIONED, K_SOCKET):
-            if a[2] > _U32:
-                return False
-            if kind == K_POSITIONED and _i64(a[3]) < 0:
-                return False  # EINVAL from the kernel; io_uring would read at the file position
-            if kind == K_SOCKET and (a[4] or a[5] or a[3] > _U32):
-                return False  # an address: not RECV/SEND
-        elif kind == K_ACCEPT:
-            if a[3] > _U32:
-                return False
-        elif kind == K_CONNECT:
-            if a[2] > _U32:
-                return False
-        return self._suits(kind, fd)
+        return args_fit(kind, a) and fd_suits(kind, _i32(a[0]))
 
     def _usable(self) -> bool:
         return not self._dead and not self._refusing and self._ring is not None and thread_serial() == self._owner
