@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
 from ksvc_host import forksafety
@@ -163,6 +165,14 @@ class ThreadLanes:
         self._local = threading.local()
 
 
+def _future_maker(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Future[Any]]:
+    """``loop.create_future``; for asyncio's own loops, the same ``asyncio.Future(loop=loop)`` without the
+    Python frame of ``create_future`` (one per operation)."""
+    if type(loop).create_future is asyncio.BaseEventLoop.create_future:
+        return functools.partial(asyncio.Future, loop=loop)
+    return loop.create_future
+
+
 class LoopLane:
     """The lane of an asyncio front end: owned by the event loop's thread, driven by loop callbacks.
 
@@ -177,7 +187,11 @@ class LoopLane:
         self._plan = plan(instance)
         self._loop = loop
         self._settle_s = settle_s
-        self._scheduled = False
+        self.scheduled = False
+        """A turn is already scheduled: what is started now goes out with it (callers may skip :meth:`soon`)."""
+        self.new_future = _future_maker(loop)
+        """A new future of this loop (the loop's own ``create_future``, or the same future made without the
+        Python call when the loop is asyncio's)."""
         self._efd = -1
         self._guards: list[forksafety.ChildCloses] = []
         self._closed = False
@@ -229,19 +243,14 @@ class LoopLane:
         self._build()
         return self.lane
 
-    @property
-    def scheduled(self) -> bool:
-        """A turn is already scheduled (what is started now goes out with it)."""
-        return self._scheduled
-
     def soon(self) -> None:
         """Run a turn in this loop iteration's callbacks (once, however many entries were written)."""
-        if not self._scheduled:
-            self._scheduled = True
+        if not self.scheduled:
+            self.scheduled = True
             self._loop.call_soon(self._turn)
 
     def _turn(self) -> None:
-        self._scheduled = False
+        self.scheduled = False
         lane = self.lane
         if lane is not None:
             lane.turn(False)  # submit what was started; what completes later, the eventfd reports

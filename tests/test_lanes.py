@@ -335,3 +335,25 @@ def test_asyncio_cancelled_lane_read_loses_nothing() -> None:
             os.close(w)
 
     asyncio.run(main())
+
+
+def test_loop_lane_futures_belong_to_the_loop_and_honour_a_loops_own_create_future() -> None:
+    from ksvc_host.lanes import _future_maker
+
+    class OwnFutures(asyncio.SelectorEventLoop):
+        made = 0
+
+        def create_future(self) -> asyncio.Future[object]:
+            OwnFutures.made += 1
+            return super().create_future()
+
+    for loop, asked in ((asyncio.new_event_loop(), 0), (OwnFutures(), 1)):
+        try:
+            before = OwnFutures.made
+            fut = _future_maker(loop)()
+            assert OwnFutures.made - before == asked, "a loop that makes its own futures is asked for each"
+            assert isinstance(fut, asyncio.Future) and fut.get_loop() is loop
+            loop.call_soon(fut.set_result, 7)
+            assert loop.run_until_complete(asyncio.wait_for(fut, 5)) == 7
+        finally:
+            loop.close()

@@ -105,6 +105,7 @@ class AsyncKsvc(SharedPageReads, Operations):
         )
         self._loop_lane = LoopLane(instance, self.loop, settle_s=SETTLE_S)
         self._lane = self._loop_lane.lane
+        self._new_future = self._loop_lane.new_future
         """The loop thread's own lane (:mod:`ksvc_host.lanes`), or None: operations it takes skip the dispatcher."""
         inline = self._completer.inline_driver
         if inline is not None:
@@ -200,10 +201,11 @@ class AsyncKsvc(SharedPageReads, Operations):
     async def pread(self, fd: int, n: int, offset: int) -> Any:
         lane = self._lane
         if lane is not None:
-            fut = self.loop.create_future()
+            fut = self._new_future()
             token = lane.start_read(fut, _NR_PREAD64, fd, n, offset)
             if token is not None:
-                self._loop_lane.soon()
+                if not self._loop_lane.scheduled:  # else the scheduled turn takes it (saves a call per op)
+                    self._loop_lane.soon()
                 try:
                     return await fut
                 except asyncio.CancelledError:
@@ -221,10 +223,11 @@ class AsyncKsvc(SharedPageReads, Operations):
     async def _lane_read(self, nr: int, fd: int, n: int, flags: int) -> Any:
         lane = self._lane if not self._late else None  # bytes kept from a cancelled read come first
         if lane is not None:
-            fut = self.loop.create_future()
+            fut = self._new_future()
             token = lane.start_read(fut, nr, fd, n, flags)
             if token is not None:
-                self._loop_lane.soon()
+                if not self._loop_lane.scheduled:  # else the scheduled turn takes it (saves a call per op)
+                    self._loop_lane.soon()
                 try:
                     return await fut
                 except asyncio.CancelledError:
@@ -245,10 +248,11 @@ class AsyncKsvc(SharedPageReads, Operations):
     async def _lane_write(self, nr: int, fd: int, data: Any, y: int) -> Any:
         lane = self._lane
         if lane is not None:
-            fut = self.loop.create_future()
+            fut = self._new_future()
             token = lane.start_write(fut, nr, fd, data, y)
             if token is not None:
-                self._loop_lane.soon()
+                if not self._loop_lane.scheduled:  # else the scheduled turn takes it (saves a call per op)
+                    self._loop_lane.soon()
                 try:
                     return await fut
                 except asyncio.CancelledError:
@@ -304,10 +308,11 @@ class AsyncKsvc(SharedPageReads, Operations):
             raise
         lane = self._lane
         if lane is not None:
-            lane_fut = self.loop.create_future()
+            lane_fut = self._new_future()
             token = lane.start(lane_fut, op.keep, op.nr, *op.args)
             if token is not None:
-                self._loop_lane.soon()
+                if not self._loop_lane.scheduled:  # else the scheduled turn takes it (saves a call per op)
+                    self._loop_lane.soon()
                 try:
                     try:
                         lane_result = await lane_fut
