@@ -357,3 +357,52 @@ def test_loop_lane_futures_belong_to_the_loop_and_honour_a_loops_own_create_futu
             assert loop.run_until_complete(asyncio.wait_for(fut, 5)) == 7
         finally:
             loop.close()
+
+
+def test_asyncio_pread_many_takes_the_loop_lane_and_equals_os(data: tuple[int, bytes]) -> None:
+    fd, payload = data
+
+    async def main() -> None:
+        async with ksvc.open_async() as a:
+            lane = a._lane
+            assert lane is not None
+            offs = [(i * 4099) % len(payload) for i in range(256)] + [len(payload) - 10, len(payload) + 7]
+            before = lane.entries
+            got = await asyncio.wait_for(a.pread_many(fd, 512, offs), 5)
+            assert got == [os.pread(fd, 512, o) for o in offs], "short and empty reads included"
+            assert lane.entries - before == len(offs), "the bulk did not take the loop's lane"
+            assert await a.pread_many(fd, 10, []) == []
+            # More reads than the lane has slots: the rest take the shared channel, results in order.
+            many = [(i * 13) % len(payload) for i in range(5000)]
+            got = await asyncio.wait_for(a.pread_many(fd, 8, many), 20)
+            assert got == [payload[o : o + 8] for o in many]
+            # Errors as os.pread gives them, raised after every read ran.
+            r, w = os.pipe()
+            for bad_fd, offsets, errno_ in ((r, [0, 1], 29), (fd, [0, -1], 22), (-5 & 0x7FFF_FFFF, [0], 9)):
+                with pytest.raises(OSError) as info:
+                    await asyncio.wait_for(a.pread_many(bad_fd, 4, offsets), 5)
+                assert info.value.errno == errno_, (bad_fd, offsets)
+            os.close(r)
+            os.close(w)
+            # Cancelled while in flight: nothing is left behind and the lane goes on.
+            task = asyncio.ensure_future(a.pread_many(fd, 4096, [0] * 64))
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, 5)
+            assert await asyncio.wait_for(a.pread_many(fd, 4, [1, 2]), 5) == [payload[1:5], payload[2:6]]
+            for _ in range(100):
+                if not lane.inflight:
+                    break
+                await asyncio.sleep(0.01)
+            assert lane.inflight == 0
+            gc.collect()
+            gc.disable()
+            try:
+                for _ in range(50):
+                    await a.pread_many(fd, 64, [0, 64, 128])
+                assert gc.collect() == 0, "a bulk on the lane left objects to the cycle collector"
+            finally:
+                gc.enable()
+
+    asyncio.run(main())

@@ -15,7 +15,7 @@ import contextlib
 import errno
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from ksvc_host.abi import layout as L
@@ -452,6 +452,31 @@ class AsyncKsvc(SharedPageReads, Operations):
         self._kick()
         return fut
 
+    async def pread_many(self, fd: int, size: int, offsets: Sequence[int]) -> Any:
+        """The bulk read on the loop's lane: one C call starts every read the lane takes, one future gets all
+        their results; what it does not take (see :meth:`_lane_stream`) goes through the shared channel."""
+        lane = self._lane
+        if lane is not None and offsets:
+            fut: asyncio.Future[list[Any]] = self._new_future()
+            started = lane.start_read_many(fut, _NR_PREAD64, fd, size, offsets)
+            if started:
+                if not self._loop_lane.scheduled:
+                    self._loop_lane.soon()
+                got = await fut  # cancelled: the reads finish in the background, their bytes unseen
+                rest_failed: OSError | None = None
+                if started < len(offsets):
+                    try:
+                        got = got + await super().pread_many(fd, size, offsets[started:])
+                    except OSError as exc:  # raised after the lane's own first failure, as in one bulk
+                        rest_failed = exc
+                for value in got:
+                    if value.__class__ is int:
+                        raise oserror(-value)  # the first failure; every read has run
+                if rest_failed is not None:
+                    raise rest_failed
+                return got
+        return await super().pread_many(fd, size, offsets)
+
     def pread_iter(self, fd: int, size: int, offsets: Iterable[int], *, depth: int = 64) -> AsyncIterator[bytes]:
         """Read up to *size* bytes at each of *offsets*; ``async for`` yields each result in order.
 
@@ -481,7 +506,7 @@ class AsyncKsvc(SharedPageReads, Operations):
                     taken = stream.take(half)
                     if not taken:
                         break
-                    fut: asyncio.Future[list[Any]] = self.loop.create_future()
+                    fut: asyncio.Future[list[Any]] = self._new_future()
                     started = lane.start_read_many(fut, _NR_PREAD64, stream.fd, stream.size, taken)
                     if started < len(taken):
                         rest = stream.rest(taken[started:])
