@@ -393,3 +393,35 @@ def test_forget_drops_the_ring_without_touching_it(module: ModuleType, data: tup
     lane.forget()
     assert lane.dead and lane.fileno == -1 and lane.read(NR["pread64"], fd, 4, 0) is None and lane.turn() == 0
     os.close(ring)  # the host closes the descriptor
+
+
+def test_rw_many_into_and_from_one_buffer_equals_os(pair: tuple[Any, Any], data: tuple[int, bytes, str]) -> None:
+    fd, payload, _ = data
+    offs = [0, 4096, len(payload) - 10, len(payload) + 5] + [(i * 977) % len(payload) for i in range(300)]
+    size = 64
+    want = [os.pread(fd, size, o) for o in offs]
+    for lane in pair:
+        buf = bytearray(b"\xee" * (size * len(offs)))
+        counts = lane.rw_many(NR["pread64"], fd, buf, size, offs)
+        assert counts == [len(w) for w in want], "byte counts as os.pread gives them (short reads included)"
+        assert all(buf[i * size : i * size + len(w)] == w for i, w in enumerate(want))
+        assert buf[2 * size + 10 : 3 * size] == b"\xee" * (size - 10), "past a short read the buffer is untouched"
+    for lane, at in zip(pair, (1000, 3000), strict=True):
+        block = os.urandom(8 * 16)
+        assert lane.rw_many(NR["pwrite64"], fd, memoryview(block), 16, [at + 100 * i for i in range(8)]) == [16] * 8
+        assert [os.pread(fd, 16, at + 100 * i) for i in range(8)] == [block[16 * i : 16 * i + 16] for i in range(8)]
+    r, w = os.pipe()
+    try:
+        refused = [
+            (NR["pread64"], r, bytearray(8), 4, [0]),  # a pipe: os.pread says ESPIPE, the generic path too
+            (NR["pread64"], fd, bytearray(8), 4, [0, -1]),  # a negative offset: EINVAL from the generic path
+            (NR["pread64"], fd, b"read-only", 4, [0]),  # a read needs a writable buffer
+            (NR["pread64"], fd, bytearray(7), 4, [0, 4]),  # too small for two reads of 4
+            (NR["read"], fd, bytearray(8), 4, [0]),  # not a positioned call
+            (NR["pread64"], 1 << 20, bytearray(8), 4, [0]),  # not open: lseek fails, the generic path says EBADF
+        ]
+        for args in refused:
+            assert [lane.rw_many(*args) for lane in pair] == [None, None], args
+    finally:
+        os.close(r)
+        os.close(w)

@@ -406,3 +406,37 @@ def test_asyncio_pread_many_takes_the_loop_lane_and_equals_os(data: tuple[int, b
                 gc.enable()
 
     asyncio.run(main())
+
+
+def test_preadinto_many_and_pwrite_many_take_the_lane_and_equal_os(k: ksvc.Ksvc, data: tuple[int, bytes]) -> None:
+    fd, payload = data
+    offs = [(i * 1021) % len(payload) for i in range(200)] + [len(payload) - 3]
+    buf = bytearray(32 * len(offs))
+    before = _entries(k)
+    counts = k.preadinto_many(fd, buf, 32, offs)
+    assert counts == [len(os.pread(fd, 32, o)) for o in offs]
+    got = [bytes(buf[i * 32 : i * 32 + c]) for i, c in enumerate(counts)]
+    assert got == [os.pread(fd, 32, o) for o in offs]
+    assert _entries(k) - before == len(offs), "the bulk did not take the caller's lane"
+    block = os.urandom(4 * 50)
+    assert k.pwrite_many(fd, block, 50, [10, 5000, 9000, 20000]) == [50] * 4
+    assert [os.pread(fd, 50, o) for o in (10, 5000, 9000, 20000)] == [block[i : i + 50] for i in range(0, 200, 50)]
+    assert _entries(k) - before == len(offs) + 4
+    assert k.preadinto_many(fd, bytearray(0), 0, []) == []
+    r, w = os.pipe()
+    try:
+        for call, args, exc_type, errno_ in (
+            (k.preadinto_many, (r, bytearray(8), 4, [0]), OSError, 29),
+            (k.preadinto_many, (fd, bytearray(8), 4, [0, -1]), OSError, 22),
+            (k.pwrite_many, (-5 & 0x7FFF_FFFF, b"abcd", 4, [0]), OSError, 9),
+            (k.preadinto_many, (fd, bytearray(7), 4, [0, 4]), ValueError, None),
+        ):
+            with pytest.raises(exc_type) as info:
+                call(*args)
+            if errno_ is not None:
+                assert info.value.errno == errno_, args  # type: ignore[attr-defined]
+        with pytest.raises(BufferError):  # as before the lane: cffi's "Object is not writable"
+            k.preadinto_many(fd, b"read-only", 4, [0])
+    finally:
+        os.close(r)
+        os.close(w)

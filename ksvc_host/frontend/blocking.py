@@ -272,6 +272,30 @@ class Ksvc(SharedPageReads, Operations):
                 raise oserror(-value)  # the first failure; every entry has run
         return got
 
+    def preadinto_many(self, fd: int, buffer: Any, size: int, offsets: Sequence[int]) -> Any:
+        got = self._lane_rw_many(_NR_PREAD, fd, buffer, size, offsets)
+        return got if got is not None else super().preadinto_many(fd, buffer, size, offsets)
+
+    def pwrite_many(self, fd: int, data: Any, size: int, offsets: Sequence[int]) -> Any:
+        got = self._lane_rw_many(_NR_PWRITE, fd, data, size, offsets)
+        return got if got is not None else super().pwrite_many(fd, data, size, offsets)
+
+    def _lane_rw_many(self, nr: int, fd: int, buffer: Any, size: int, offsets: Sequence[int]) -> list[int] | None:
+        """The bulk into or from one buffer on the caller's lane (None: it does not take it, or there is none)."""
+        lane = self._lanes.mine()
+        if lane is None or not offsets:
+            return None
+        try:
+            got = lane.rw_many(nr, fd, buffer, size, offsets)
+        except BaseException:
+            self._lane_gave_up(lane, None)
+            raise
+        if got is not None:
+            for value in got:
+                if value < 0:
+                    raise oserror(-value)  # the first failure; every entry has run
+        return got
+
     def _lane_many(self, fd: int, size: int, offsets: Sequence[int]) -> list[Any] | None:
         lane = self._lanes.mine()
         if lane is None:

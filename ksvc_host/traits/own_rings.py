@@ -44,6 +44,11 @@ class Lane(Protocol):
         """Positioned reads of *size* at each offset: bytes (a short read shorter) or ``-errno`` each."""
         ...
 
+    def rw_many(self, nr: int, fd: int, buffer: Any, size: int, offsets: Any) -> list[int] | None:
+        """``pread64``/``pwrite64`` of entry *i* into or from ``buffer[i*size:(i+1)*size]`` at ``offsets[i]``:
+        the byte count or ``-errno`` each."""
+        ...
+
     def write(self, nr: int, fd: int, data: Any, offset_or_flags: int) -> int | None:
         """``write``/``pwrite64``/``sendto`` from *data*'s buffer; a failure raises ``OSError``."""
         ...

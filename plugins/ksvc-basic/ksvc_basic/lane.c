@@ -117,7 +117,8 @@ struct kernel_ts { int64_t tv_sec; int64_t tv_nsec; };
 /* Lane limits. */
 #define LANE_SLOTS 256          /* default entries in flight at once */
 #define MAX_SLOTS (1u << 16)    /* a token keeps the slot in its low GEN_SHIFT bits */
-#define MANY_CHUNK 256          /* read_many: entries per chunk at most */
+#define MANY_CHUNK 256          /* read_many, rw_many: entries per chunk at most */
+#define MAX_RW 0x7ffff000       /* the most one read or write moves (Linux's MAX_RW_COUNT) */
 #define TURN_FLUSH 16           /* a loop turn submits what its callbacks started once this many are queued */
 #define PBUF_COUNT 512          /* provided buffers of a lane's receive loops (a power of two) */
 #define PBUF_SIZE 16384         /* bytes each: what one receive completion delivers at most */
@@ -757,7 +758,7 @@ static int read_words(Lane *l, uint32_t nr, PyObject *const *args, uint64_t *a, 
     Py_ssize_t len = PyLong_AsSsize_t(args[1]);
     long long a3 = PyLong_AsLongLong(args[2]);
     if (PyErr_Occurred()) { PyErr_Clear(); return 0; }
-    if (fd < INT32_MIN || fd > INT32_MAX || len < 0 || len > 0x7ffff000) return 0;
+    if (fd < INT32_MIN || fd > INT32_MAX || len < 0 || len > MAX_RW) return 0;
     uint64_t w[6] = {(uint64_t)fd, 0, (uint64_t)len, (uint64_t)a3, 0, 0};
     memcpy(a, w, sizeof w);
     *n = len;
@@ -814,41 +815,29 @@ static int wait_chunk(Lane *l, const uint32_t *idx, int64_t *res, uint8_t *done,
     }
 }
 
-PyDoc_STRVAR(read_many_doc,
-    "read_many(nr, fd, size, offsets) -> list: for each offset, the bytes read (a short read sliced) or\n"
-    "-errno; None when the lane does not take the reads (blocking; nr is pread64).");
-static PyObject *Lane_read_many(Lane *l, PyObject *const *args, Py_ssize_t nargs)
+/* Run n positioned entries of syscall nr on fd, size bytes each at offsets items[0..n), blocking, in
+ * chunks; out[i] gets each result. base == 0: each reads into a new bytes object, and the result is the
+ * bytes (a short read sliced) or -errno; else entry i reads into or writes from base + i * size, and the
+ * result is the byte count or -errno. NULL with an exception (everything settled first; a lane whose
+ * memory the kernel still holds is left dead). */
+static PyObject *run_many(Lane *l, uint32_t nr, int32_t fd, Py_ssize_t size, PyObject **items, Py_ssize_t n,
+                          uint64_t base)
 {
-    uint32_t nr; uint64_t a[6]; Py_ssize_t size;
-    if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "read_many(nr, fd, size, offsets)"); return NULL; }
-    PyObject *zero = PyLong_FromLong(0);
-    PyObject *first[4] = {args[0], args[1], args[2], zero};
-    int ok = usable(l) && read_args(l, first, 4, &nr, a, &size) && l->kind[nr] == K_POSITIONED;
-    Py_DECREF(zero);
-    if (!ok) Py_RETURN_NONE;
-    PyObject *seq = PySequence_Fast(args[3], "offsets must be a sequence");
-    if (!seq) { PyErr_Clear(); Py_RETURN_NONE; }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (!PyLong_Check(items[i])) { Py_DECREF(seq); Py_RETURN_NONE; }
-        long long off = PyLong_AsLongLong(items[i]);
-        if (off < 0) { PyErr_Clear(); Py_DECREF(seq); Py_RETURN_NONE; }   /* the generic path gives EINVAL */
-    }
     PyObject *out = PyList_New(n);
-    if (!out) { Py_DECREF(seq); return NULL; }
+    if (!out) return NULL;
     uint32_t chunk = l->sq_entries < MANY_CHUNK ? l->sq_entries : MANY_CHUNK;
     if (chunk > l->nslots) chunk = l->nslots;
     uint32_t idx[MANY_CHUNK]; int64_t res[MANY_CHUNK]; uint8_t done[MANY_CHUNK];
     l->busy_blocking = 1;
-    for (Py_ssize_t base = 0; base < n; base += chunk) {
-        uint32_t m = (uint32_t)(n - base < chunk ? n - base : chunk);
+    for (Py_ssize_t first = 0; first < n; first += chunk) {
+        uint32_t m = (uint32_t)(n - first < chunk ? n - first : chunk);
         uint32_t taken = 0;
         for (uint32_t j = 0; j < m; j++) {
             int i = slot_take(l);
             if (i < 0) break;
-            uint64_t w[6] = {a[0], 0, 0, (uint64_t)PyLong_AsLongLong(items[base + j]), 0, 0};
-            if (!slot_read_into_bytes(&l->slots[i], w, size, 0)) { slot_free(l, (uint32_t)i); break; }
+            uint64_t at = base ? base + (uint64_t)(first + j) * (uint64_t)size : 0;
+            uint64_t w[6] = {(uint64_t)(int64_t)fd, at, (uint64_t)size, (uint64_t)PyLong_AsLongLong(items[first + j]), 0, 0};
+            if (!base && !slot_read_into_bytes(&l->slots[i], w, size, 0)) { slot_free(l, (uint32_t)i); break; }
             write_entry(l, token_of(l, (uint32_t)i), nr, w);
             idx[j] = (uint32_t)i; done[j] = 0;
             taken++;
@@ -863,20 +852,88 @@ static PyObject *Lane_read_many(Lane *l, PyObject *const *args, Py_ssize_t nargs
             struct slot *s = &l->slots[idx[j]];
             if (!done[j]) continue;   /* the kernel still holds it: the slot keeps its memory */
             if (w && !PyErr_Occurred()) {
-                PyObject *v = res[j] < 0 ? PyLong_FromLongLong(res[j]) : value_of(s, res[j]);
-                if (v) PyList_SET_ITEM(out, base + j, v);
+                PyObject *v = res[j] < 0 || base ? PyLong_FromLongLong(res[j]) : value_of(s, res[j]);
+                if (v) PyList_SET_ITEM(out, first + j, v);
             }
             slot_free(l, idx[j]);
         }
         if (!w || PyErr_Occurred()) {
             l->busy_blocking = 0;
-            Py_DECREF(seq);
             Py_DECREF(out);   /* unset items are NULL: fine for list dealloc */
             return NULL;
         }
     }
     l->busy_blocking = 0;
+    return out;
+}
+
+/* offsets as a sequence of ints >= 0 (a new reference), or NULL (no exception) when it is not one. */
+static PyObject *offsets_of(PyObject *obj)
+{
+    PyObject *seq = PySequence_Fast(obj, "offsets must be a sequence");
+    if (!seq) { PyErr_Clear(); return NULL; }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!PyLong_Check(items[i]) || PyLong_AsLongLong(items[i]) < 0) {   /* the generic path gives EINVAL */
+            PyErr_Clear();
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    return seq;
+}
+
+PyDoc_STRVAR(read_many_doc,
+    "read_many(nr, fd, size, offsets) -> list: for each offset, the bytes read (a short read sliced) or\n"
+    "-errno; None when the lane does not take the reads (blocking; nr is pread64).");
+static PyObject *Lane_read_many(Lane *l, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t nr; uint64_t a[6]; Py_ssize_t size;
+    if (nargs != 4) { PyErr_SetString(PyExc_TypeError, "read_many(nr, fd, size, offsets)"); return NULL; }
+    PyObject *zero = PyLong_FromLong(0);
+    PyObject *first[4] = {args[0], args[1], args[2], zero};
+    int ok = usable(l) && read_args(l, first, 4, &nr, a, &size) && l->kind[nr] == K_POSITIONED;
+    Py_DECREF(zero);
+    if (!ok) Py_RETURN_NONE;
+    PyObject *seq = offsets_of(args[3]);
+    if (!seq) Py_RETURN_NONE;
+    PyObject *out = run_many(l, nr, (int32_t)a[0], size, PySequence_Fast_ITEMS(seq), PySequence_Fast_GET_SIZE(seq), 0);
     Py_DECREF(seq);
+    return out;
+}
+
+PyDoc_STRVAR(rw_many_doc,
+    "rw_many(nr, fd, buffer, size, offsets) -> list: entry i reads into (nr pread64) or writes from (pwrite64)\n"
+    "buffer[i*size:(i+1)*size] at offsets[i]; for each, the byte count or -errno. None when the lane does not\n"
+    "take them (blocking).");
+static PyObject *Lane_rw_many(Lane *l, PyObject *const *args, Py_ssize_t nargs)
+{
+    uint32_t nr;
+    if (nargs != 5) { PyErr_SetString(PyExc_TypeError, "rw_many(nr, fd, buffer, size, offsets)"); return NULL; }
+    if (!usable(l) || !buffer_nr(l, args[0], &nr) || l->kind[nr] != K_POSITIONED) Py_RETURN_NONE;
+    if (!PyLong_Check(args[1]) || !PyLong_Check(args[3])) Py_RETURN_NONE;
+    long fd = PyLong_AsLong(args[1]);
+    Py_ssize_t size = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred()) { PyErr_Clear(); Py_RETURN_NONE; }
+    if (fd < INT32_MIN || fd > INT32_MAX || size < 0 || size > MAX_RW) Py_RETURN_NONE;
+    PyObject *seq = offsets_of(args[4]);
+    if (!seq) Py_RETURN_NONE;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    Py_buffer view;
+    int reads = l->opcode[nr] == OP_READ;
+    if (PyObject_GetBuffer(args[2], &view, reads ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0) {
+        PyErr_Clear(); Py_DECREF(seq); Py_RETURN_NONE;
+    }
+    uint64_t base = (uint64_t)(uintptr_t)view.buf;
+    uint64_t a[6] = {(uint64_t)fd, base, (uint64_t)size, n ? (uint64_t)PyLong_AsLongLong(items[0]) : 0, 0, 0};
+    if (n * size > view.len || !base || !lane_accepts(l, nr, a)) {
+        PyBuffer_Release(&view); Py_DECREF(seq); Py_RETURN_NONE;
+    }
+    PyObject *out = run_many(l, nr, (int32_t)fd, size, items, n, base);
+    Py_DECREF(seq);
+    if (!l->dead || out) PyBuffer_Release(&view);   /* a lane that died holding it keeps it: the kernel may use it */
     return out;
 }
 
@@ -1560,6 +1617,7 @@ static PyMethodDef Lane_methods[] = {
     {"call", (PyCFunction)(void (*)(void))Lane_call, METH_FASTCALL, call_doc},
     {"read", (PyCFunction)(void (*)(void))Lane_read, METH_FASTCALL, read_doc},
     {"read_many", (PyCFunction)(void (*)(void))Lane_read_many, METH_FASTCALL, read_many_doc},
+    {"rw_many", (PyCFunction)(void (*)(void))Lane_rw_many, METH_FASTCALL, rw_many_doc},
     {"start", (PyCFunction)(void (*)(void))Lane_start, METH_FASTCALL, start_doc},
     {"start_read", (PyCFunction)(void (*)(void))Lane_start_read, METH_FASTCALL, start_read_doc},
     {"start_write", (PyCFunction)(void (*)(void))Lane_start_write, METH_FASTCALL, start_write_doc},

@@ -119,6 +119,7 @@ _I32_MIN: Final = -(1 << 31)
 _I32_MAX: Final = (1 << 31) - 1
 _I64_MIN: Final = -(1 << 63)
 _I64_MAX: Final = (1 << 63) - 1
+_MAX_READ: Final = 0x7FFF_F000  # the most one read or write moves (Linux's MAX_RW_COUNT)
 _SUBMIT = L.SUBMIT_ENTRY  # corr u64, nr u32, flags u32, args u64[6]
 _COMPLETE = L.COMPLETION_ENTRY  # corr u64, result i64, flags u32, pad u32 (in a 32-byte slot)
 _SUBMIT_SIZE: Final = L.SUBMIT_ENTRY_SIZE
@@ -465,7 +466,7 @@ class Lane:
         fd, n, a3 = _as_long(fd_obj), _as_long(n_obj), _as_long(a3_obj)
         if fd is None or n is None or a3 is None:
             return None
-        if not _I32_MIN <= fd <= _I32_MAX or n < 0 or n > 0x7FFFF000:
+        if not _I32_MIN <= fd <= _I32_MAX or n < 0 or n > _MAX_READ:
             return None
         a = [fd & _U64, 0, n, a3 & _U64, 0, 0]
         return (a, n) if self._accepts(nr, a) else None
@@ -703,6 +704,18 @@ class Lane:
                         if not done[j]:
                             self._submit_cancel(self._token(idx[j]))
 
+    @staticmethod
+    def _offsets(obj: Any) -> list[int] | tuple[int, ...] | None:
+        """offsets as a sequence of ints >= 0, or None when it is not one (the generic path gives EINVAL)."""
+        try:
+            items = obj if isinstance(obj, list | tuple) else list(obj)
+        except Exception:
+            return None
+        for off in items:
+            if not isinstance(off, int) or not 0 <= off <= _I64_MAX:
+                return None
+        return items
+
     def read_many(self, *args: Any) -> Any:
         """read_many(nr, fd, size, offsets) -> list: for each offset the bytes read (a short read shorter) or
         -errno; None when the lane does not take the reads (nr is pread64)."""
@@ -714,21 +727,55 @@ class Lane:
         if got is None or self._kind[got[0]] != K_POSITIONED:
             return None
         nr, a, size = got
-        try:
-            items = args[3] if isinstance(args[3], list | tuple) else list(args[3])
-        except Exception:
+        items = self._offsets(args[3])
+        if items is None:
             return None
-        for off in items:
-            if not isinstance(off, int) or not 0 <= off <= _I64_MAX:
-                return None  # the generic path gives EINVAL
+        return self._run_many(nr, a[0], size, items, 0)
+
+    def rw_many(self, *args: Any) -> Any:
+        """rw_many(nr, fd, buffer, size, offsets) -> list: entry i reads into (nr pread64) or writes from
+        (pwrite64) buffer[i*size:(i+1)*size] at offsets[i]; for each, the byte count or -errno. None when
+        the lane does not take them."""
+        if len(args) != 5:
+            raise TypeError("rw_many(nr, fd, buffer, size, offsets)")
+        if not self._usable():
+            return None
+        nr = self._buffer_nr(args[0])
+        if nr is None or self._kind[nr] != K_POSITIONED:
+            return None
+        fd, size = _as_long(args[1]), _as_long(args[3])
+        if fd is None or size is None or not _I32_MIN <= fd <= _I32_MAX or not 0 <= size <= _MAX_READ:
+            return None
+        items = self._offsets(args[4])
+        if items is None:
+            return None
+        try:
+            cdata = ffi.from_buffer(args[2], require_writable=self._opcode[nr] == OP_READ)
+        except (TypeError, ValueError, BufferError):
+            return None
+        base = int(ffi.cast("uintptr_t", cdata))
+        a = [fd & _U64, base, size, items[0] if items else 0, 0, 0]
+        if len(items) * size > len(cdata) or not base or not self._accepts(nr, a):
+            return None
+        try:
+            return self._run_many(nr, a[0], size, items, base)
+        except BaseException:
+            if self._dead:
+                _STILL_HELD.append(cdata)  # a lane that died holding it keeps it: the kernel may use it
+            raise
+
+    def _run_many(self, nr: int, fd: int, size: int, items: list[int] | tuple[int, ...], base: int) -> list[Any]:
+        """Run the positioned entries of nr on fd, size bytes each at *items*, in chunks. base 0: each reads
+        into new bytes (the result: the bytes or -errno); else entry i uses base + i * size (the result: the
+        count or -errno)."""
         n = len(items)
         out: list[Any] = [None] * n
         assert self._ring is not None
         chunk = min(self._ring.sq_entries, MANY_CHUNK, self._nslots)
         self._busy_blocking = True
         try:
-            for base in range(0, n, chunk):
-                m = min(n - base, chunk)
+            for first in range(0, n, chunk):
+                m = min(n - first, chunk)
                 idx: list[int] = []
                 error: BaseException | None = None
                 early: BaseException | None = None
@@ -739,12 +786,13 @@ class Lane:
                         if i < 0:
                             break
                         idx.append(i)
-                        w = [a[0], 0, 0, items[base + j], 0, 0]
-                        try:
-                            self._read_into(self._slots[i], w, size, False)
-                        except MemoryError as exc:
-                            error = exc
-                            break
+                        w = [fd, base + (first + j) * size if base else 0, size, items[first + j], 0, 0]
+                        if not base:
+                            try:
+                                self._read_into(self._slots[i], w, size, False)
+                            except MemoryError as exc:
+                                error = exc
+                                break
                         self._write_entry(self._token(i), nr, w)
                     if len(idx) < m and error is None:
                         error = MemoryError()  # no slot: what was written still runs, then this is raised
@@ -767,7 +815,7 @@ class Lane:
                         continue  # the kernel still holds it: the slot keeps its memory
                     s = self._slots[i]
                     if error is None:
-                        out[base + j] = res[j] if res[j] < 0 else self._value_of(s, res[j])
+                        out[first + j] = res[j] if res[j] < 0 or base else self._value_of(s, res[j])
                     self._slot_free(i)
                 if error is not None:
                     raise error
