@@ -440,3 +440,29 @@ def test_preadinto_many_and_pwrite_many_take_the_lane_and_equal_os(k: ksvc.Ksvc,
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_lanes_built_later_are_of_the_kind_chosen_with_the_instance(
+    lane_impl: str, data: tuple[int, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lane implementation is fixed when the instance is built: a thread's lane built afterwards, when
+    the selection has changed, is still of that kind (what ``ksvc bench``'s pure-Python row relies on)."""
+    from ksvc_basic import lane_reference, own_rings
+
+    chosen = own_rings.lane_module()
+    other = lane_reference if chosen is not lane_reference else object()
+    fd, payload = data
+    with ksvc.open() as inst:
+        monkeypatch.setattr(own_rings, "lane_module", lambda: other)
+        kinds: list[str] = []
+
+        def read() -> None:
+            assert inst.pread(fd, 64, 128) == payload[128:192]
+            lane = inst._lanes.mine()
+            kinds.append(type(lane).__module__)
+
+        t = threading.Thread(target=read)
+        t.start()
+        t.join(10)
+        assert not t.is_alive()
+    assert kinds == [chosen.Lane.__module__], lane_impl

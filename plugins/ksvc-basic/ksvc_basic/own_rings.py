@@ -58,11 +58,11 @@ class UringLanes:
     def __init__(self, opcodes: frozenset[int]) -> None:
         self._table = translation.table(opcodes)
         self.calls: frozenset[int] = frozenset(self._table)
+        self._module = lane_module()  # chosen with the instance: lanes built later are of the same kind
 
     def build(self, routes: Iterable[int], *, entries: int, slots: int, settle_s: float) -> Lane:
         """A lane owned by the calling thread taking *routes* (``OSError`` when the kernel gives no ring)."""
-        module = lane_module()
-        lane: Any = module.Lane(entries, int(SETUP_FLAGS), settle_s, slots)
+        lane: Any = self._module.Lane(entries, int(SETUP_FLAGS), settle_s, slots)
         for nr in routes:
             opcode, kind = self._table[nr]
             lane.route(nr, opcode, kind)
