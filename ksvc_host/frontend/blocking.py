@@ -6,7 +6,7 @@ import errno
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from ksvc_host.abi import layout as L
@@ -21,7 +21,7 @@ from ksvc_host.frontend.tier0 import SharedPageReads
 from ksvc_host.instance import Instance
 from ksvc_host.lanes import ThreadLanes
 from ksvc_host.routing import is_refused
-from ksvc_host.traits import FixedFilesIoBackend, FixedFileTable, Tier
+from ksvc_host.traits import FixedFilesIoBackend, FixedFileTable, Lane, Tier
 
 _NR_READ = NR["read"]
 _NR_WRITE = NR["write"]
@@ -282,14 +282,9 @@ class Ksvc(SharedPageReads, Operations):
 
     def _lane_rw_many(self, nr: int, fd: int, buffer: Any, size: int, offsets: Sequence[int]) -> list[int] | None:
         """The bulk into or from one buffer on the caller's lane (None: it does not take it, or there is none)."""
-        lane = self._lanes.mine()
-        if lane is None or not offsets:
+        if not offsets:
             return None
-        try:
-            got = lane.rw_many(nr, fd, buffer, size, offsets)
-        except BaseException:
-            self._lane_gave_up(lane, None)
-            raise
+        got = self._on_lane(lambda lane: lane.rw_many(nr, fd, buffer, size, offsets))
         if got is not None:
             for value in got:
                 if value < 0:
@@ -297,11 +292,15 @@ class Ksvc(SharedPageReads, Operations):
         return got
 
     def _lane_many(self, fd: int, size: int, offsets: Sequence[int]) -> list[Any] | None:
+        return self._on_lane(lambda lane: lane.read_many(_NR_PREAD, fd, size, offsets))
+
+    def _on_lane(self, run: Callable[[Lane], list[Any] | None]) -> list[Any] | None:
+        """A bulk on the caller's lane: what *run(lane)* returns (None: no lane, or it does not take the bulk)."""
         lane = self._lanes.mine()
         if lane is None:
             return None
         try:
-            return lane.read_many(_NR_PREAD, fd, size, offsets)
+            return run(lane)
         except BaseException:
             self._lane_gave_up(lane, None)
             raise

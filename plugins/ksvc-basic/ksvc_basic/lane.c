@@ -928,7 +928,7 @@ static PyObject *Lane_rw_many(Lane *l, PyObject *const *args, Py_ssize_t nargs)
     }
     uint64_t base = (uint64_t)(uintptr_t)view.buf;
     uint64_t a[6] = {(uint64_t)fd, base, (uint64_t)size, n ? (uint64_t)PyLong_AsLongLong(items[0]) : 0, 0, 0};
-    if (n * size > view.len || !base || !lane_accepts(l, nr, a)) {
+    if ((size && n > view.len / size) || !base || !lane_accepts(l, nr, a)) {   /* n * size could overflow */
         PyBuffer_Release(&view); Py_DECREF(seq); Py_RETURN_NONE;
     }
     PyObject *out = run_many(l, nr, (int32_t)fd, size, items, n, base);

@@ -119,7 +119,7 @@ _I32_MIN: Final = -(1 << 31)
 _I32_MAX: Final = (1 << 31) - 1
 _I64_MIN: Final = -(1 << 63)
 _I64_MAX: Final = (1 << 63) - 1
-_MAX_READ: Final = 0x7FFF_F000  # the most one read or write moves (Linux's MAX_RW_COUNT)
+_MAX_RW: Final = 0x7FFF_F000  # the most one read or write moves (Linux's MAX_RW_COUNT)
 _SUBMIT = L.SUBMIT_ENTRY  # corr u64, nr u32, flags u32, args u64[6]
 _COMPLETE = L.COMPLETION_ENTRY  # corr u64, result i64, flags u32, pad u32 (in a 32-byte slot)
 _SUBMIT_SIZE: Final = L.SUBMIT_ENTRY_SIZE
@@ -466,7 +466,7 @@ class Lane:
         fd, n, a3 = _as_long(fd_obj), _as_long(n_obj), _as_long(a3_obj)
         if fd is None or n is None or a3 is None:
             return None
-        if not _I32_MIN <= fd <= _I32_MAX or n < 0 or n > _MAX_READ:
+        if not _I32_MIN <= fd <= _I32_MAX or n < 0 or n > _MAX_RW:
             return None
         a = [fd & _U64, 0, n, a3 & _U64, 0, 0]
         return (a, n) if self._accepts(nr, a) else None
@@ -744,7 +744,7 @@ class Lane:
         if nr is None or self._kind[nr] != K_POSITIONED:
             return None
         fd, size = _as_long(args[1]), _as_long(args[3])
-        if fd is None or size is None or not _I32_MIN <= fd <= _I32_MAX or not 0 <= size <= _MAX_READ:
+        if fd is None or size is None or not _I32_MIN <= fd <= _I32_MAX or not 0 <= size <= _MAX_RW:
             return None
         items = self._offsets(args[4])
         if items is None:
