@@ -466,3 +466,66 @@ def test_lanes_built_later_are_of_the_kind_chosen_with_the_instance(
         t.join(10)
         assert not t.is_alive()
     assert kinds == [chosen.Lane.__module__], lane_impl
+
+
+def test_bulks_into_buffers_from_threads_sharing_one_instance_while_one_waits(
+    k: ksvc.Ksvc, data: tuple[int, bytes], tmp_path: object
+) -> None:
+    """4 threads run preadinto_many (and pwrite_many to a file each) on one instance while a fifth waits in
+    k.read on an empty pipe and a sixth collects garbage: every result equals os.pread, nobody waits for the
+    blocked reader."""
+    fd, payload = data
+    r, w = os.pipe()
+    waited: list[bytes] = []
+    waiter = threading.Thread(target=lambda: waited.append(k.read(r, 5)), daemon=True)
+    waiter.start()
+    stop = threading.Event()
+
+    def collect() -> None:
+        while not stop.wait(0.001):
+            gc.collect()
+
+    collector = threading.Thread(target=collect)
+    collector.start()
+    ran: list[int] = []  # entries each bulk thread's lane ran (a thread's lane goes when it exits)
+    errors: list[BaseException] = []
+
+    def bulk(j: int) -> None:
+        try:
+            out = os.open(os.path.join(str(tmp_path), f"out{j}"), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                for round_ in range(20):
+                    offs = [(j * 7919 + round_ * 131 + i * 4099) % (len(payload) - 256) for i in range(64)]
+                    buf = bytearray(256 * 64)
+                    assert k.preadinto_many(fd, memoryview(buf), 256, offs) == [256] * 64
+                    assert bytes(buf) == b"".join(payload[o : o + 256] for o in offs)
+                    assert k.pwrite_many(out, buf, 256, [i * 256 for i in range(64)]) == [256] * 64
+                    assert os.pread(out, len(buf), 0) == bytes(buf)
+                lane = k._lanes.mine()
+                ran.append(lane.entries if lane is not None else 0)
+            finally:
+                os.close(out)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bulk, args=(j,)) for j in range(4)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    elapsed = time.monotonic() - t0
+    stop.set()
+    collector.join(5)
+    try:
+        assert not any(t.is_alive() for t in threads), "a bulk thread hung"
+        assert not errors, errors
+        assert ran == [20 * 64 * 2] * 4, "the bulks did not take the threads' lanes"
+        assert elapsed < 10, f"the bulks took {elapsed:.1f} s beside a blocked reader"
+        assert waiter.is_alive() and not waited, "the blocked reader returned without data"
+        os.write(w, b"done!")
+        waiter.join(5)
+        assert waited == [b"done!"]
+    finally:
+        os.close(r)
+        os.close(w)
