@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import faulthandler
 import gc
 import importlib
@@ -692,6 +693,101 @@ def scenario_gc_after_async_pwrite_from_memoryview(scene: Scene) -> None:
 
 def test_gc_after_async_pwrite_from_a_memoryview_does_not_crash(scene: Scene) -> None:
     scene.run_child(scenario_gc_after_async_pwrite_from_memoryview, total=40.0)
+
+
+def _failing_buffer_calls(fd: int, readonly_fd: int, pipe_r: int) -> list[tuple[str, Callable[[Any], Any], int]]:
+    """(what, call(k), the errno ``os`` gives) for every call that takes a caller's buffer, each made so that it
+    fails, the buffer a fresh memoryview (a cast or a slice) that nothing but the call refers to."""
+    bad = 0x7FFF_0000  # no such descriptor
+
+    def rw(n: int = 8) -> memoryview:
+        return memoryview(bytearray(n * 2))[n:]
+
+    def ro(n: int = 8) -> memoryview:
+        return memoryview(bytes(n)).cast("B")
+
+    return [
+        ("pwrite, no such descriptor", lambda k: k.pwrite(bad, ro(), 0), errno.EBADF),
+        ("pwrite, a read-only descriptor", lambda k: k.pwrite(readonly_fd, ro(), 0), errno.EBADF),
+        ("write", lambda k: k.write(bad, ro()), errno.EBADF),
+        ("preadinto, a pipe", lambda k: k.preadinto(pipe_r, rw(), 0), errno.ESPIPE),
+        ("preadinto, no such descriptor", lambda k: k.preadinto(bad, rw(), 0), errno.EBADF),
+        ("readinto", lambda k: k.readinto(bad, rw()), errno.EBADF),
+        ("recv_into", lambda k: k.recv_into(bad, rw()), errno.EBADF),
+        ("send", lambda k: k.send(bad, ro()), errno.EBADF),
+        ("writev", lambda k: k.writev(bad, [ro(), ro()]), errno.EBADF),
+        ("readv", lambda k: k.readv(bad, [rw(), rw()]), errno.EBADF),
+        ("pwritev", lambda k: k.pwritev(bad, [ro()], 0), errno.EBADF),
+        ("preadv", lambda k: k.preadv(bad, [rw()], 0), errno.EBADF),
+        ("preadinto_many, a pipe", lambda k: k.preadinto_many(pipe_r, rw(8), 4, [0, 4]), errno.ESPIPE),
+        ("preadinto_many, a bad offset", lambda k: k.preadinto_many(fd, rw(8), 4, [0, -4]), errno.EINVAL),
+        ("pwrite_many, a read-only descriptor", lambda k: k.pwrite_many(readonly_fd, ro(8), 4, [0, 4]), errno.EBADF),
+        ("preadinto_many, a buffer too small", lambda k: k.preadinto_many(fd, rw(4), 4, [0, 4]), 0),
+        ("pwrite, an offset that is not an int", lambda k: k.pwrite(fd, ro(), "0"), 0),
+    ]
+
+
+def scenario_failed_calls_on_memoryviews_in_reference_cycles(scene: Scene) -> None:
+    fd, _ = scene.data_file(4096)
+    readonly_fd = scene.fd(os.open(scene.tmp / "data-0", os.O_RDONLY))
+    pipe_r, pipe_w = os.pipe()
+    scene.fd(pipe_r)
+    scene.fd(pipe_w)
+    calls = _failing_buffer_calls(fd, readonly_fd, pipe_r)
+
+    def check(what: str, exc: BaseException, want: int) -> None:
+        if want:
+            assert isinstance(exc, OSError) and exc.errno == want, f"{what}: {exc!r}, os gives errno {want}"
+        else:
+            assert isinstance(exc, ValueError | TypeError), f"{what}: {exc!r}"
+
+    def cycle(call: Callable[[], Any]) -> None:
+        err = None
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - kept, as programs do, in the frame its traceback holds
+            err = exc
+        assert err is not None, "the call did not fail"
+        raise err
+
+    with ksvc.open(**scene.selection) as k:
+        for what, call, want in calls:
+            scene.watch.step(f"blocking {what}; its OSError kept in a cycle; gc.collect()")
+            for _ in range(3):
+                try:
+                    cycle(lambda call=call: call(k))  # type: ignore[misc]
+                except Exception as exc:  # noqa: BLE001
+                    check(what, exc, want)
+                gc.collect()
+
+    async def acycle(call: Callable[[], Any]) -> None:
+        err = None
+        try:
+            await call()
+        except Exception as exc:  # noqa: BLE001
+            err = exc
+        assert err is not None, "the call did not fail"
+        raise err
+
+    async def main() -> None:
+        async with ksvc.open_async(**scene.selection) as k:
+            for what, call, want in calls:
+                scene.watch.step(f"await {what}; its OSError kept in a cycle; gc.collect()")
+                for _ in range(3):
+                    try:
+                        await acycle(lambda call=call: call(k))  # type: ignore[misc]
+                    except Exception as exc:  # noqa: BLE001
+                        check(what, exc, want)
+                    gc.collect()
+
+    asyncio.run(main())
+
+
+def test_failed_calls_on_memoryviews_kept_in_reference_cycles_do_not_crash_the_collector(scene: Scene) -> None:
+    """A failed call's exception kept by the frame its traceback holds (``err = exc; raise err``) makes a
+    cycle; the call's memoryview is in it. Before the collector clears it, KSVC must have let go of the view
+    it took of the memoryview (CPython's collector crashes clearing a memoryview that is still exported)."""
+    scene.run_child(scenario_failed_calls_on_memoryviews_in_reference_cycles, total=40.0)
 
 
 GC_OPS = 2000

@@ -23,7 +23,7 @@ from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.errors import DispatcherFailed
 from ksvc_host.frontend.blocking import check_route
 from ksvc_host.frontend.core import BULK_MAX, BulkWaiter, Completer, Waiter
-from ksvc_host.frontend.operations import SETTLE_S, BulkOp, LateResult, Op, Operations, ReadStream, oserror
+from ksvc_host.frontend.operations import SETTLE_S, BulkOp, LateResult, Op, Operations, ReadStream, oserror, unpin
 from ksvc_host.frontend.tier0 import SharedPageReads
 from ksvc_host.instance import Instance
 from ksvc_host.lanes import LoopLane
@@ -303,8 +303,7 @@ class AsyncKsvc(SharedPageReads, Operations):
         try:
             check_route(self.instance, op.nr)
         except OSError:
-            if op.cleanup is not None:
-                op.cleanup()
+            op.abandon()  # never submitted
             raise
         lane = self._lane
         if lane is not None:
@@ -402,10 +401,11 @@ class AsyncKsvc(SharedPageReads, Operations):
             if op.n:
                 check_route(self.instance, op.nr)
         except OSError as exc:
+            unpin(op.pins)
             fut.set_exception(exc)
             return fut
         if op.n == 0:
-            fut.set_result(op.finish([]))
+            fut.set_result(op.done([]))
             return fut
         parts: list[BulkWaiter] = []
         left = [0]
@@ -414,6 +414,7 @@ class AsyncKsvc(SharedPageReads, Operations):
             left[0] -= 1
             if left[0]:
                 return
+            unpin(op.pins)  # every entry answered: the kernel is done with the caller's buffer
             if fut.done():  # cancelled: the kernel is done with the memory only now
                 parts.clear()
                 return
@@ -425,7 +426,7 @@ class AsyncKsvc(SharedPageReads, Operations):
                     if self._completer.failure is not None:
                         raise DispatcherFailed(f"the dispatcher failed: {self._completer.failure!r}")
                     raise oserror(-failed)
-                fut.set_result(op.finish(values))
+                fut.set_result(op.done(values))
             except Exception as exc:  # noqa: BLE001 - becomes the awaiting task's exception
                 fut.set_exception(exc)
 
@@ -476,6 +477,40 @@ class AsyncKsvc(SharedPageReads, Operations):
                     raise rest_failed
                 return got
         return await super().pread_many(fd, size, offsets)
+
+    async def preadinto_many(self, fd: int, buffer: Any, size: int, offsets: Sequence[int]) -> Any:
+        """Read entry *i* into ``buffer[i*size:(i+1)*size]`` from ``offsets[i]``; a list of byte counts."""
+        return await self._lane_rw_many(_NR_PREAD64, fd, buffer, size, offsets)
+
+    async def pwrite_many(self, fd: int, data: Any, size: int, offsets: Sequence[int]) -> Any:
+        """Write ``data[i*size:(i+1)*size]`` at ``offsets[i]`` for every *i*; a list of byte counts."""
+        return await self._lane_rw_many(_NR_PWRITE64, fd, data, size, offsets)
+
+    async def _lane_rw_many(self, nr: int, fd: int, buffer: Any, size: int, offsets: Sequence[int]) -> list[int]:
+        """The bulk into or from one buffer: groups on the loop's lane, one C call to start each and one
+        future for its counts, for as long as the lane takes them; the rest (a descriptor or an offset it
+        does not take) through the shared channel. The first failure is raised once every entry has run, as
+        in one bulk. Cancelled, the started entries finish in the background, the lane holding the buffer."""
+        lane, n = self._lane, len(offsets)
+        counts: list[int] = []
+        while lane is not None and len(counts) < n:
+            fut: asyncio.Future[list[int]] = self._new_future()
+            started = lane.start_rw_many(fut, nr, fd, buffer, size, offsets, len(counts))
+            if not started:
+                break
+            if not self._loop_lane.scheduled:
+                self._loop_lane.soon()
+            counts += await fut
+        if len(counts) < n or not n:
+            try:
+                counts += await self._rw_many(nr, fd, buffer, size, offsets, len(counts))
+            except OSError:
+                if all(c >= 0 for c in counts):
+                    raise
+        for c in counts:
+            if c < 0:
+                raise oserror(-c)  # the first failure, after every entry ran (and before any of the rest's)
+        return counts
 
     def pread_iter(self, fd: int, size: int, offsets: Iterable[int], *, depth: int = 64) -> AsyncIterator[bytes]:
         """Read up to *size* bytes at each of *offsets*; ``async for`` yields each result in order.

@@ -15,7 +15,7 @@ from ksvc_host.abi.syscalls import SYSCALL_NAMES
 from ksvc_host.abi.syscalls import SYSCALLS as NR
 from ksvc_host.errors import DispatcherFailed, NotOffloaded, RefusedSyscall
 from ksvc_host.frontend.core import BULK_MAX, STILL_IN_KERNEL, BulkWaiter, Completer, Waiter
-from ksvc_host.frontend.operations import SETTLE_S, BulkOp, LateResult, Op, Operations, ReadStream, oserror
+from ksvc_host.frontend.operations import SETTLE_S, BulkOp, LateResult, Op, Operations, ReadStream, oserror, unpin
 from ksvc_host.frontend.raw import RawChannel
 from ksvc_host.frontend.tier0 import SharedPageReads
 from ksvc_host.instance import Instance
@@ -163,8 +163,7 @@ class Ksvc(SharedPageReads, Operations):
         try:
             check_route(self.instance, op.nr)
         except OSError:
-            if op.cleanup is not None:
-                op.cleanup()
+            op.abandon()  # never submitted
             raise
         c = self._completer
         w = c.new_waiter(op.keep)
@@ -208,8 +207,12 @@ class Ksvc(SharedPageReads, Operations):
 
     def _run_bulk(self, op: BulkOp) -> Any:
         if op.n == 0:
-            return op.finish([])
-        check_route(self.instance, op.nr)
+            return op.done([])
+        try:
+            check_route(self.instance, op.nr)
+        except OSError:
+            unpin(op.pins)  # never submitted
+            raise
         out: list[int] = []
         for start in range(0, op.n, BULK_MAX):  # a bulk group holds BULK_MAX entries
             n = min(BULK_MAX, op.n - start)
@@ -220,7 +223,7 @@ class Ksvc(SharedPageReads, Operations):
                            addrs=addrs)  # fmt: skip
             c.submit_bulk(b)
             out.extend(self._collect_bulk(b))
-        return op.finish(out)
+        return op.done(out)
 
     def _collect_bulk(self, b: BulkWaiter) -> list[int]:
         """Wait for every entry of *b*; their results."""
@@ -316,7 +319,7 @@ class Ksvc(SharedPageReads, Operations):
             if not out:
                 return
             b, op = out.popleft()
-            values, err = op.finish(self._collect_bulk(b))
+            values, err = op.done(self._collect_bulk(b))
             yield from values
             if err is not None:
                 raise err

@@ -38,10 +38,25 @@ _IOVEC = struct.Struct("<QQ")
 PathLike = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 
+def pin(obj: Any, *, writable: bool = False) -> Any:
+    """A cffi view of a caller's buffer, for the kernel to read or fill: the operation lists it in its
+    ``pins``, released as soon as the kernel is done with it, before the result or its ``OSError`` reaches
+    the caller. (A view still holding a memoryview when both end up in a reference cycle, as an exception
+    kept by its own frame does, makes CPython's cycle collector crash: the memoryview cannot be cleared
+    while exported.) Take it after every other argument is checked, so that no error leaves it held."""
+    return ffi.from_buffer(obj, require_writable=writable)
+
+
+def unpin(views: tuple[Any, ...]) -> None:
+    """Release *views* made by :func:`pin` (again: nothing)."""
+    for v in views:
+        ffi.release(v)
+
+
 class Op:
     """One syscall ready to submit."""
 
-    __slots__ = ("nr", "args", "keep", "finish", "filename", "cleanup", "on_error", "capture")
+    __slots__ = ("nr", "args", "keep", "finish", "filename", "cleanup", "on_error", "capture", "pins")
 
     def __init__(
         self,
@@ -53,6 +68,7 @@ class Op:
         filename: Any = None,
         cleanup: Callable[[], None] | None = None,
         on_error: Callable[[int], Any] | None = None,
+        pins: tuple[Any, ...] = (),
     ) -> None:
         self.nr = nr
         self.args = tuple(args) + (0,) * (6 - len(args))
@@ -64,11 +80,16 @@ class Op:
         """Maps an errno to a value instead of raising (``access`` returns False)."""
         self.capture: tuple[int, Callable[[int], bytes]] | None = None
         """``(fd, bytes of a result)`` for reads that consume a stream (read, recv): see ``Operations._keep_late``."""
+        self.pins = pins
+        """Views of the caller's buffers (:func:`pin`), released once the kernel is done with them."""
 
-    def abandon(self) -> None:
-        """The caller gave up on the result (cancelled, interrupted): release what only the result needed."""
+    def abandon(self, *, kernel_done: bool = True) -> None:
+        """The caller gave up on the result (cancelled, interrupted, or it was never submitted): release what
+        only the result needed, and the caller's buffers when the kernel is done with them."""
         if self.cleanup is not None:
             self.cleanup()
+        if kernel_done:
+            unpin(self.pins)
 
     def outcome(self, result: int) -> Any:
         """The Python value for *result*, or raise ``OSError`` like ``os.*``."""
@@ -81,6 +102,7 @@ class Op:
         finally:
             if self.cleanup is not None:
                 self.cleanup()
+            unpin(self.pins)
 
 
 def oserror(err: int, filename: Any = None) -> OSError:
@@ -172,11 +194,13 @@ class BulkOp:
     With *addrs* (a ``uint64_t`` array), entry *i*'s buffer is ``addrs[i]`` instead.
     """
 
-    __slots__ = ("nr", "fd", "addr0", "stride", "length", "offsets", "n", "keep", "finish", "addrs", "tables")
+    __slots__ = ("nr", "fd", "addr0", "stride", "length", "offsets", "n", "keep", "finish", "addrs", "tables",
+                 "pins")  # fmt: skip
 
     def __init__(
         self, nr: int, fd: int, addr0: int, stride: int, length: int, offsets: Sequence[int] | None, n: int,
         keep: Any, finish: Callable[[list[int]], Any], addrs: Any = None, tables: tuple[Any, Any] | None = None,
+        pins: tuple[Any, ...] = (),
     ) -> None:
         self.nr, self.fd, self.addr0, self.stride, self.length = nr, fd, addr0, stride, length
         self.offsets = offsets
@@ -187,6 +211,13 @@ class BulkOp:
         self.addrs = addrs
         self.tables = tables
         """Reused ``(uint64_t offsets[n], int64_t results[n])`` arrays (streams), or ``None``."""
+        self.pins = pins
+        """Views of the caller's buffers (:func:`pin`), released once every entry is answered."""
+
+    def done(self, results: list[int]) -> Any:
+        """Every entry answered: release the caller's buffers, then the caller's value (or raise)."""
+        unpin(self.pins)
+        return self.finish(results)
 
 
 class ReadStream:
@@ -429,14 +460,16 @@ class Operations:
     def _stream_readinto(self, fd: int, buffer: Any, nr: int, flags: int = 0) -> Any:
         raw_fd = _fd(fd)
         key = raw_fd & lx.U32_MASK
-        view = ffi.from_buffer(buffer, require_writable=True)
+        raw_flags = _int(flags)
+        view = pin(buffer, writable=True)
         if self._late:
             kept = self._take_late(key, len(view))
             if kept is not None:
                 ffi.memmove(view, kept, len(kept))
+                unpin((view,))
                 return self._ready(len(kept))
-        args = (raw_fd, _addr(view), len(view)) if nr == _NR_READ else (raw_fd, _addr(view), len(view), _int(flags))
-        op = Op(nr, args, keep=(view, buffer))
+        args = (raw_fd, _addr(view), len(view)) if nr == _NR_READ else (raw_fd, _addr(view), len(view), raw_flags)
+        op = Op(nr, args, keep=(view, buffer), pins=(view,))
         op.capture = (key, lambda r: ffi.buffer(view, r)[:])
         return self._run(op)
 
@@ -468,18 +501,21 @@ class Operations:
 
     def preadinto(self, fd: int, buffer: Any, offset: int) -> Any:
         """Read into a writable *buffer* at *offset*; return the byte count."""
-        view = ffi.from_buffer(buffer, require_writable=True)
-        return self._run(Op(NR["pread64"], (_fd(fd), _addr(view), len(view), _off(offset)), keep=(view, buffer)))
+        raw_fd, off = _fd(fd), _off(offset)
+        view = pin(buffer, writable=True)
+        return self._run(Op(NR["pread64"], (raw_fd, _addr(view), len(view), off), keep=(view, buffer), pins=(view,)))
 
     def write(self, fd: int, data: Any) -> Any:
         """Write *data* at the file position (like ``os.write``); return the byte count."""
-        view = ffi.from_buffer(data)
-        return self._run(Op(NR["write"], (_fd(fd), _addr(view), len(view)), keep=(view, data)))
+        raw_fd = _fd(fd)
+        view = pin(data)
+        return self._run(Op(NR["write"], (raw_fd, _addr(view), len(view)), keep=(view, data), pins=(view,)))
 
     def pwrite(self, fd: int, data: Any, offset: int) -> Any:
         """Write *data* at *offset* (like ``os.pwrite``)."""
-        view = ffi.from_buffer(data)
-        return self._run(Op(NR["pwrite64"], (_fd(fd), _addr(view), len(view), _off(offset)), keep=(view, data)))
+        raw_fd, off = _fd(fd), _off(offset)
+        view = pin(data)
+        return self._run(Op(NR["pwrite64"], (raw_fd, _addr(view), len(view), off), keep=(view, data), pins=(view,)))
 
     # -- many at once: one submission, one wake-up, one result list ------------------------
 
@@ -534,49 +570,68 @@ class Operations:
 
     def preadinto_many(self, fd: int, buffer: Any, size: int, offsets: Sequence[int]) -> Any:
         """Read entry *i* into ``buffer[i*size:(i+1)*size]`` from ``offsets[i]``; a list of byte counts."""
-        view = ffi.from_buffer(buffer, require_writable=True)
-        n = len(offsets)
-        if size < 0 or n * size > len(view):
-            raise ValueError(f"buffer of {len(view)} bytes cannot hold {n} reads of {size} bytes")
-        return self._run_bulk(BulkOp(NR["pread64"], _fd(fd), _addr(view), size, size, offsets, n, (view, buffer),
-                                     _checked_counts))  # fmt: skip
+        return self._rw_many(NR["pread64"], fd, buffer, size, offsets)
 
     def pwrite_many(self, fd: int, data: Any, size: int, offsets: Sequence[int]) -> Any:
         """Write ``data[i*size:(i+1)*size]`` at ``offsets[i]`` for every *i*; a list of byte counts."""
-        view = ffi.from_buffer(data)
-        n = len(offsets)
-        if size < 0 or n * size > len(view):
-            raise ValueError(f"data of {len(view)} bytes holds fewer than {n} blocks of {size} bytes")
-        return self._run_bulk(BulkOp(NR["pwrite64"], _fd(fd), _addr(view), size, size, offsets, n, (view, data),
-                                     _checked_counts))  # fmt: skip
+        return self._rw_many(NR["pwrite64"], fd, data, size, offsets)
 
-    def _iov(self, buffers: Sequence[Any], writable: bool) -> tuple[int, int, Any]:
-        views = [ffi.from_buffer(b, require_writable=writable) for b in buffers]
+    def _rw_many(self, nr: int, fd: int, buffer: Any, size: int, offsets: Sequence[int], first: int = 0) -> Any:
+        """``pread64``/``pwrite64`` of entry *i*, from *first* on, into or from ``buffer[i*size:(i+1)*size]``
+        at ``offsets[i]``; a list of their byte counts."""
+        raw_fd, n = _fd(fd), len(offsets)
+        reads = nr == NR["pread64"]
+        view = pin(buffer, writable=reads)
+        try:
+            if size < 0 or n * size > len(view):
+                what = f"buffer of {len(view)} bytes cannot hold {n} reads" if reads else \
+                    f"data of {len(view)} bytes holds fewer than {n} blocks"  # fmt: skip
+                raise ValueError(f"{what} of {size} bytes")
+        except BaseException:
+            unpin((view,))
+            raise
+        rest = offsets[first:] if first else offsets
+        return self._run_bulk(BulkOp(nr, raw_fd, _addr(view) + first * size, size, size, rest, n - first,
+                                     (view, buffer), _checked_counts, pins=(view,)))  # fmt: skip
+
+    def _iov(self, buffers: Sequence[Any], writable: bool) -> tuple[int, int, Any, tuple[Any, ...]]:
+        """The iovec table of *buffers*: its address, its length, what to keep, the views to release."""
+        views: list[Any] = []
+        try:
+            for b in buffers:
+                views.append(pin(b, writable=writable))
+        except BaseException:
+            unpin(tuple(views))
+            raise
         table = native.alloc(_IOVEC.size * max(1, len(views)))
         tview = ffi.buffer(table)
         for i, v in enumerate(views):
             _IOVEC.pack_into(tview, i * _IOVEC.size, _addr(v), len(v))
-        return _addr(table), len(views), (table, views, buffers)
+        return _addr(table), len(views), (table, views, buffers), tuple(views)
 
     def readv(self, fd: int, buffers: Sequence[Any]) -> Any:
         """Scatter-read into *buffers* (like ``os.readv``)."""
-        addr, n, keep = self._iov(buffers, True)
-        return self._run(Op(NR["readv"], (_fd(fd), addr, n), keep=keep))
+        raw_fd = _fd(fd)
+        addr, n, keep, pins = self._iov(buffers, True)
+        return self._run(Op(NR["readv"], (raw_fd, addr, n), keep=keep, pins=pins))
 
     def writev(self, fd: int, buffers: Sequence[Any]) -> Any:
         """Gather-write *buffers* (like ``os.writev``)."""
-        addr, n, keep = self._iov(buffers, False)
-        return self._run(Op(NR["writev"], (_fd(fd), addr, n), keep=keep))
+        raw_fd = _fd(fd)
+        addr, n, keep, pins = self._iov(buffers, False)
+        return self._run(Op(NR["writev"], (raw_fd, addr, n), keep=keep, pins=pins))
 
     def preadv(self, fd: int, buffers: Sequence[Any], offset: int, flags: int = 0) -> Any:
         """Scatter-read at *offset* (like ``os.preadv``)."""
-        addr, n, keep = self._iov(buffers, True)
-        return self._run(Op(NR["preadv2"], (_fd(fd), addr, n, _off(offset), 0, flags), keep=keep))
+        raw_fd, off = _fd(fd), _off(offset)
+        addr, n, keep, pins = self._iov(buffers, True)
+        return self._run(Op(NR["preadv2"], (raw_fd, addr, n, off, 0, flags), keep=keep, pins=pins))
 
     def pwritev(self, fd: int, buffers: Sequence[Any], offset: int, flags: int = 0) -> Any:
         """Gather-write at *offset* (like ``os.pwritev``)."""
-        addr, n, keep = self._iov(buffers, False)
-        return self._run(Op(NR["pwritev2"], (_fd(fd), addr, n, _off(offset), 0, flags), keep=keep))
+        raw_fd, off = _fd(fd), _off(offset)
+        addr, n, keep, pins = self._iov(buffers, False)
+        return self._run(Op(NR["pwritev2"], (raw_fd, addr, n, off, 0, flags), keep=keep, pins=pins))
 
     # -- files -------------------------------------------------------------------------------
 
@@ -689,9 +744,10 @@ class Operations:
 
     def setxattr(self, path: PathLike, name: str | bytes, value: bytes, flags: int = 0) -> Any:
         """Set extended attribute *name* of *path*."""
-        p, n, v = _path(path), _path(name), ffi.from_buffer(value)
-        return self._run(Op(NR["setxattr"], (_addr(p), _addr(n), _addr(v), len(value), flags), keep=(p, n, v, value),
-                            filename=path, finish=_none))  # fmt: skip
+        p, n = _path(path), _path(name)
+        v = pin(value)
+        return self._run(Op(NR["setxattr"], (_addr(p), _addr(n), _addr(v), len(v), flags), keep=(p, n, v, value),
+                            filename=path, finish=_none, pins=(v,)))  # fmt: skip
 
     def getxattr(self, path: PathLike, name: str | bytes, size: int = 65536) -> Any:
         """Extended attribute *name* of *path*, as bytes."""
@@ -772,16 +828,17 @@ class Operations:
 
     def send(self, fd: int, data: Any, flags: int = 0) -> Any:
         """Send *data*; return the byte count."""
-        view = ffi.from_buffer(data)
-        return self._run(Op(NR["sendto"], (_fd(fd), _addr(view), len(view), flags), keep=(view, data)))
+        raw_fd = _fd(fd)
+        view = pin(data)
+        return self._run(Op(NR["sendto"], (raw_fd, _addr(view), len(view), flags), keep=(view, data), pins=(view,)))
 
     def sendto(self, fd: int, data: Any, address: Any, flags: int = 0) -> Any:
         """Send *data* to *address* (Tier 2: io_uring's SEND carries no address here)."""
-        view = ffi.from_buffer(data)
-        raw = sockaddr.encode(_family_of(address), address)
+        raw_fd, raw = _fd(fd), sockaddr.encode(_family_of(address), address)
         mem = ffi.from_buffer(raw)
-        return self._run(Op(NR["sendto"], (_fd(fd), _addr(view), len(view), flags, _addr(mem), len(raw)),
-                            keep=(view, data, mem, raw)))  # fmt: skip
+        view = pin(data)
+        return self._run(Op(NR["sendto"], (raw_fd, _addr(view), len(view), flags, _addr(mem), len(raw)),
+                            keep=(view, data, mem, raw), pins=(view,)))  # fmt: skip
 
     def recv(self, fd: int, n: int, flags: int = 0) -> Any:
         """Receive up to *n* bytes."""

@@ -70,6 +70,12 @@ class Lane(Protocol):
         """Queue positioned reads at the first offsets (how many started); *fut* gets their results."""
         ...
 
+    def start_rw_many(self, fut: Any, nr: int, fd: int, buffer: Any, size: int, offsets: Any, first: int) -> int:
+        """Queue ``pread64``/``pwrite64`` of entry *i* into or from ``buffer[i*size:(i+1)*size]`` at
+        ``offsets[i]``, from *first* on (how many started); *fut* gets their byte counts (``-errno`` each);
+        the lane holds *buffer* until the last one is answered."""
+        ...
+
     def receive(self, on_data: Any, on_end: Any, fd: int, size: int) -> int | None:
         """A receive loop: ``on_data(bytes)`` per arrival, then ``on_end(why)`` once (0, -errno, exception, None)."""
         ...

@@ -1083,6 +1083,54 @@ static void end_loop(Lane *l, uint32_t i, PyObject *why)
     Py_XDECREF(why);
 }
 
+/* How many of items[0..n) the lane takes as one group: a prefix of offsets >= 0, no more than its free slots. */
+static Py_ssize_t group_prefix(const Lane *l, PyObject **items, Py_ssize_t n)
+{
+    if (n > (Py_ssize_t)l->n_free) n = (Py_ssize_t)l->n_free;
+    Py_ssize_t m = 0;
+    while (m < n && PyLong_Check(items[m]) && PyLong_AsLongLong(items[m]) >= 0) m++;
+    PyErr_Clear();   /* an offset the lane does not take, and those after it: the caller's other path */
+    return m;
+}
+
+/* Queue one group: positioned entries of syscall nr, entry j at items[j], each into new bytes (base 0) or
+ * into or from base + j*size. The first slot leads: it holds the results list and fut until the last
+ * answer (deliver_group). How many started; *leader is the leader's slot (-1: none started). */
+static Py_ssize_t start_group(Lane *l, PyObject *fut, uint32_t nr, int32_t fd, Py_ssize_t size, PyObject **items,
+                              Py_ssize_t m, uint64_t base, int *leader)
+{
+    *leader = -1;
+    PyObject *results = PyList_New(m);
+    if (!results) { PyErr_Clear(); return 0; }
+    for (Py_ssize_t j = 0; j < m; j++) { Py_INCREF(Py_None); PyList_SET_ITEM(results, j, Py_None); }
+    int li = -1;
+    Py_ssize_t started = 0;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        int i = slot_take(l);
+        if (i < 0) break;
+        struct slot *s = &l->slots[i];
+        s->fd = fd;
+        uint64_t off = (uint64_t)PyLong_AsLongLong(items[j]);
+        uint64_t w[6] = {(uint64_t)(int64_t)fd, base + (uint64_t)j * (uint64_t)size, (uint64_t)size, off, 0, 0};
+        if (!base && !slot_read_into_bytes(s, w, size, 0)) { slot_free(l, (uint32_t)i); break; }
+        if (li < 0) li = i;
+        s->group = (uint32_t)li + 1;
+        s->pos = (int32_t)j;
+        write_entry(l, token_of(l, (uint32_t)i), nr, w);
+        started++;
+    }
+    if (li < 0) { Py_DECREF(results); PyErr_Clear(); return 0; }
+    struct slot *lead = &l->slots[li];
+    if (started < m && PyList_SetSlice(results, started, m, NULL) < 0) PyErr_Clear();   /* no memory for the rest */
+    PyErr_Clear();
+    lead->results = results;
+    lead->left = (uint32_t)started;
+    Py_INCREF(fut);
+    lead->fut = fut;
+    *leader = li;
+    return started;
+}
+
 PyDoc_STRVAR(start_read_many_doc,
     "start_read_many(fut, nr, fd, size, offsets) -> how many started (0: none taken): queue positioned reads\n"
     "of size bytes at the first of offsets (as many as the lane has slots for); fut gets the list of their\n"
@@ -1101,37 +1149,57 @@ static PyObject *Lane_start_read_many(Lane *l, PyObject *const *args, Py_ssize_t
         Py_DECREF(seq);
         return PyLong_FromLong(0);
     }
-    if (n > (Py_ssize_t)l->n_free) n = (Py_ssize_t)l->n_free;
-    Py_ssize_t m = 0;
-    while (m < n && PyLong_Check(items[m]) && PyLong_AsLongLong(items[m]) >= 0) m++;
-    PyErr_Clear();   /* an offset the lane does not take, and those after it: the caller's other path */
-    if (!m) { Py_DECREF(seq); return PyLong_FromLong(0); }
-    PyObject *results = PyList_New(m);
-    if (!results) { Py_DECREF(seq); return NULL; }
-    for (Py_ssize_t j = 0; j < m; j++) { Py_INCREF(Py_None); PyList_SET_ITEM(results, j, Py_None); }
-    int li = -1;
-    Py_ssize_t started = 0;
-    for (Py_ssize_t j = 0; j < m; j++) {
-        int i = slot_take(l);
-        if (i < 0) break;
-        struct slot *s = &l->slots[i];
-        uint64_t w[6] = {a[0], 0, 0, (uint64_t)PyLong_AsLongLong(items[j]), 0, 0};
-        if (!slot_read_into_bytes(s, w, size, 0)) { slot_free(l, (uint32_t)i); break; }
-        if (li < 0) li = i;
-        s->group = (uint32_t)li + 1;
-        s->pos = (int32_t)j;
-        write_entry(l, token_of(l, (uint32_t)i), nr, w);
-        started++;
-    }
+    int li;
+    Py_ssize_t m = group_prefix(l, items, n);
+    Py_ssize_t started = m ? start_group(l, args[0], nr, (int32_t)a[0], size, items, m, 0, &li) : 0;
     Py_DECREF(seq);
-    if (li < 0) { Py_DECREF(results); PyErr_Clear(); return PyLong_FromLong(0); }
-    struct slot *lead = &l->slots[li];
-    if (started < m && PyList_SetSlice(results, started, m, NULL) < 0) PyErr_Clear();   /* no memory for the rest */
+    return PyLong_FromSsize_t(started);
+}
+
+PyDoc_STRVAR(start_rw_many_doc,
+    "start_rw_many(fut, nr, fd, buffer, size, offsets, first) -> how many started (0: none taken): queue\n"
+    "pread64 or pwrite64 of entry i into or from buffer[i*size:(i+1)*size] at offsets[i], for i from first on\n"
+    "(as many as the lane has slots for); fut gets the list of their byte counts (or -errno), in order, once\n"
+    "all are answered. The lane holds the buffer until then, also when fut is cancelled. The buffer must hold\n"
+    "every offset's block.");
+static PyObject *Lane_start_rw_many(Lane *l, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "start_rw_many(fut, nr, fd, buffer, size, offsets, first)");
+        return NULL;
+    }
+    uint32_t nr;
+    PyObject *seq = PySequence_Fast(args[5], "offsets must be a sequence");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    Py_ssize_t first = PyLong_Check(args[6]) ? PyLong_AsSsize_t(args[6]) : -1;
+    if (first < 0 || first >= n || !usable(l) || !buffer_nr(l, args[1], &nr) || l->kind[nr] != K_POSITIONED
+        || !PyLong_Check(args[2]) || !PyLong_Check(args[4])) {
+        PyErr_Clear();
+        Py_DECREF(seq);
+        return PyLong_FromLong(0);
+    }
+    long fd = PyLong_AsLong(args[2]);
+    Py_ssize_t size = PyLong_AsSsize_t(args[4]);
+    Py_ssize_t started = 0;
+    Py_buffer view;
+    if (PyErr_Occurred()) PyErr_Clear();
+    else if (fd >= INT32_MIN && fd <= INT32_MAX && size >= 0 && size <= MAX_RW
+             && PyObject_GetBuffer(args[3], &view, l->opcode[nr] == OP_READ ? PyBUF_WRITABLE : PyBUF_SIMPLE) == 0) {
+        uint64_t base = (uint64_t)(uintptr_t)view.buf;
+        uint64_t a[6] = {(uint64_t)fd, base, (uint64_t)size, 0, 0, 0};
+        int li = -1;
+        if ((!size || n <= view.len / size) && base && lane_accepts(l, nr, a)) {   /* n * size could overflow */
+            Py_ssize_t m = group_prefix(l, items + first, n - first);
+            if (m) started = start_group(l, args[0], nr, (int32_t)fd, size, items + first, m,
+                                         base + (uint64_t)first * (uint64_t)size, &li);
+        }
+        if (li >= 0) { l->slots[li].view = view; l->slots[li].has_view = 1; }   /* the leader holds it */
+        else PyBuffer_Release(&view);
+    }
     PyErr_Clear();
-    lead->results = results;
-    lead->left = (uint32_t)started;
-    Py_INCREF(args[0]);
-    lead->fut = args[0];
+    Py_DECREF(seq);
     return PyLong_FromSsize_t(started);
 }
 
@@ -1622,6 +1690,7 @@ static PyMethodDef Lane_methods[] = {
     {"start_read", (PyCFunction)(void (*)(void))Lane_start_read, METH_FASTCALL, start_read_doc},
     {"start_write", (PyCFunction)(void (*)(void))Lane_start_write, METH_FASTCALL, start_write_doc},
     {"start_read_many", (PyCFunction)(void (*)(void))Lane_start_read_many, METH_FASTCALL, start_read_many_doc},
+    {"start_rw_many", (PyCFunction)(void (*)(void))Lane_start_rw_many, METH_FASTCALL, start_rw_many_doc},
     {"write", (PyCFunction)(void (*)(void))Lane_write, METH_FASTCALL, write_doc},
     {"turn", (PyCFunction)(void (*)(void))Lane_turn, METH_FASTCALL, turn_doc},
     {"receive", (PyCFunction)(void (*)(void))Lane_receive, METH_FASTCALL, receive_doc},

@@ -662,6 +662,8 @@ class Lane:
         except BaseException:
             if self._dead:
                 _STILL_HELD.append(view)  # a lane that died holding it keeps it: the kernel may read it
+            else:
+                ffi.release(view)  # the kernel is done: an OSError's frames must not hold the caller's buffer
             raise
 
     def _wait_chunk(self, idx: list[int], res: list[int], done: list[bool],
@@ -762,6 +764,8 @@ class Lane:
         except BaseException:
             if self._dead:
                 _STILL_HELD.append(cdata)  # a lane that died holding it keeps it: the kernel may use it
+            else:
+                ffi.release(cdata)  # the kernel is done: the exception's frames must not hold the caller's buffer
             raise
 
     def _run_many(self, nr: int, fd: int, size: int, items: list[int] | tuple[int, ...], base: int) -> list[Any]:
@@ -883,32 +887,19 @@ class Lane:
         nr, a, n = got
         return self._start_entry(nr, a, args[0], None, n, self._kind[nr] != K_POSITIONED, None, False)
 
-    def start_read_many(self, *args: Any) -> int:
-        """start_read_many(fut, nr, fd, size, offsets) -> how many started (0: none): positioned reads at the
-        first offsets (as many as there are slots); fut gets their results in order (bytes or -errno)."""
-        if len(args) != 5:
-            raise TypeError("start_read_many(fut, nr, fd, size, offsets)")
-        fut, nr_obj, fd, size_obj, offsets = args
-        try:
-            items = offsets if isinstance(offsets, list | tuple) else list(offsets)
-        except TypeError:
-            raise TypeError("offsets must be a sequence") from None
-        n = len(items)
-        if not n or not self._usable():
-            return 0
-        nr = self._buffer_nr(nr_obj)
-        if nr is None or self._kind[nr] != K_POSITIONED:
-            return 0
-        got = self._read_words(nr, fd, size_obj, items[0])
-        if got is None:
-            return 0
-        a, size = got
-        n = min(n, len(self._free))
+    def _group_prefix(self, items: list[Any] | tuple[Any, ...]) -> int:
+        """How many of items the lane takes as one group: a prefix of offsets >= 0, no more than its free slots."""
+        n = min(len(items), len(self._free))
         m = 0
         while m < n and isinstance(items[m], int) and 0 <= items[m] <= _I64_MAX:
             m += 1  # an offset the lane does not take, and those after it: the caller's other path
-        if not m:
-            return 0
+        return m
+
+    def _start_group(self, fut: Any, nr: int, fd: int, size: int, items: list[Any] | tuple[Any, ...], m: int,
+                     base: int) -> tuple[int, int]:  # fmt: skip
+        """Queue one group: positioned entries of nr, entry j at items[j], each into new bytes (base 0) or into
+        or from base + j*size. The first slot leads: it holds the results and fut until the last answer
+        (_deliver_group). (how many started, the leader's slot or -1)."""
         results: list[Any] = [None] * m
         li = -1
         started = 0
@@ -917,12 +908,14 @@ class Lane:
             if i < 0:
                 break
             s = self._slots[i]
-            w = [a[0], 0, 0, items[j], 0, 0]
-            try:
-                self._read_into(s, w, size, False)
-            except MemoryError:
-                self._slot_free(i)
-                break
+            s.fd = _i32(fd)
+            w = [fd, base + j * size if base else 0, size, items[j], 0, 0]
+            if not base:
+                try:
+                    self._read_into(s, w, size, False)
+                except MemoryError:
+                    self._slot_free(i)
+                    break
             if li < 0:
                 li = i
             s.group = li + 1
@@ -930,12 +923,73 @@ class Lane:
             self._write_entry(self._token(i), nr, w)
             started += 1
         if li < 0:
-            return 0
+            return 0, -1
         del results[started:]
         lead = self._slots[li]
         lead.results = results
         lead.left = started
         lead.fut = fut
+        return started, li
+
+    @staticmethod
+    def _sequence(offsets: Any) -> list[Any] | tuple[Any, ...]:
+        try:
+            return offsets if isinstance(offsets, list | tuple) else list(offsets)
+        except TypeError:
+            raise TypeError("offsets must be a sequence") from None
+
+    def start_read_many(self, *args: Any) -> int:
+        """start_read_many(fut, nr, fd, size, offsets) -> how many started (0: none): positioned reads at the
+        first offsets (as many as there are slots); fut gets their results in order (bytes or -errno)."""
+        if len(args) != 5:
+            raise TypeError("start_read_many(fut, nr, fd, size, offsets)")
+        fut, nr_obj, fd, size_obj, offsets = args
+        items = self._sequence(offsets)
+        if not items or not self._usable():
+            return 0
+        nr = self._buffer_nr(nr_obj)
+        if nr is None or self._kind[nr] != K_POSITIONED:
+            return 0
+        got = self._read_words(nr, fd, size_obj, items[0])  # the descriptor and arguments, checked once
+        if got is None:
+            return 0
+        a, size = got
+        m = self._group_prefix(items)
+        return self._start_group(fut, nr, a[0], size, items, m, 0)[0] if m else 0
+
+    def start_rw_many(self, *args: Any) -> int:
+        """start_rw_many(fut, nr, fd, buffer, size, offsets, first) -> how many started (0: none): pread64 or
+        pwrite64 of entry i into or from buffer[i*size:(i+1)*size] at offsets[i], for i from first on (as many
+        as there are slots); fut gets their byte counts (or -errno) in order. The lane holds the buffer until
+        the last answer, also when fut is cancelled; it must hold every offset's block."""
+        if len(args) != 7:
+            raise TypeError("start_rw_many(fut, nr, fd, buffer, size, offsets, first)")
+        fut, nr_obj, fd_obj, buffer, size_obj, offsets, first_obj = args
+        items = self._sequence(offsets)
+        first = _as_long(first_obj)
+        if first is None or not 0 <= first < len(items) or not self._usable():
+            return 0
+        nr = self._buffer_nr(nr_obj)
+        if nr is None or self._kind[nr] != K_POSITIONED:
+            return 0
+        fd, size = _as_long(fd_obj), _as_long(size_obj)
+        if fd is None or size is None or not _I32_MIN <= fd <= _I32_MAX or not 0 <= size <= _MAX_RW:
+            return 0
+        try:
+            cdata = ffi.from_buffer(buffer, require_writable=self._opcode[nr] == OP_READ)
+        except (TypeError, ValueError, BufferError):
+            return 0
+        base = int(ffi.cast("uintptr_t", cdata))
+        started, li = 0, -1
+        if len(items) * size <= len(cdata) and base and self._accepts(nr, [fd & _U64, base, size, 0, 0, 0]):
+            rest = items[first:]
+            m = self._group_prefix(rest)
+            if m:
+                started, li = self._start_group(fut, nr, fd & _U64, size, rest, m, base + first * size)
+        if li >= 0:
+            self._slots[li].view = cdata  # the leader holds the buffer until the group's last answer
+        else:
+            ffi.release(cdata)
         return started
 
     # Callbacks (transports) ---------------------------------------------------------------------------
