@@ -371,6 +371,23 @@ class KsvcAsync(_AsyncContender):
         super().teardown()
 
 
+class KsvcAsyncInto(KsvcAsync):
+    """KSVC's asyncio front end into one reused buffer: ``await preadinto_many`` of *depth*."""
+
+    def __init__(self, data: Data, depth: int, preset: str) -> None:
+        super().__init__(data, depth, preset, bulk=True)
+        self.name = f"ksvc asyncio preadinto_many, reused buffer ({preset})"
+
+    async def _main(self, items: Sequence[int], out: list[Any] | None) -> None:
+        buf = bytearray(BLOCK * self.depth)
+        i = 0
+        for chunk in _chunks(items, self.depth):
+            counts = await self.k.preadinto_many(self.fd, buf, BLOCK, chunk)
+            if out is not None:
+                out[i : i + len(counts)] = [bytes(buf[j * BLOCK : j * BLOCK + c]) for j, c in enumerate(counts)]
+            i += len(counts)
+
+
 def contenders(data: Data, depth: int) -> list[Contender]:
     """Everything W1 measures at *depth*, the baseline first."""
     out: list[Contender] = [OsPread(data), ToThread(data, depth), Aiofiles(data, depth), Liburing(data, depth)]
@@ -386,6 +403,7 @@ def contenders(data: Data, depth: int) -> list[Contender]:
                 out.append(KsvcBatchVariant(data, depth, no_express=True))
         out.append(KsvcAsync(data, depth, preset, bulk=depth > 1))
         if depth > 1:
+            out.append(KsvcAsyncInto(data, depth, preset))
             out.append(KsvcAsync(data, depth, preset, bulk=False, stream=True))
             out.append(KsvcAsync(data, depth, preset, bulk=False))
     return out
