@@ -136,6 +136,9 @@ class Completer:
         self._cv = threading.Condition(threading.Lock())
         self._leader = False
         self._blocked = 0
+        self._progress_wanted = False
+        """A leader waits on the notifier for the dispatcher to take entries; with a sink that delivers
+        directly the dispatcher notifies nobody, so the next delivery does (once)."""
         self.failure: BaseException | None = None
         self.inline_driver: InlineDriving | None = self.dispatcher.inline_driver
         """How callers run the turns (the inline driver), or None: the dispatcher's thread runs them."""
@@ -223,8 +226,11 @@ class Completer:
     def deliver(self, corr: int, res: int, flags: int) -> None:
         """Direct delivery of one completion (called by a ``direct-wake`` sink, on the dispatcher's thread)."""
         w = self._resolve(corr, res, flags)
-        if w is not None and w.event is not None:
+        if w is not None and w.event is not None and w.done:  # a bulk's waiter: only once all of it is in
             w.event.set()
+        if self._progress_wanted:
+            self._progress_wanted = False
+            self.notifier.notify()
         if self._blocked:
             with self._cv:
                 self._cv.notify_all()
@@ -552,8 +558,14 @@ class Completer:
                     continue
                 self._inline_turn(self.inline_driver, done)
             else:
-                # The dispatcher's thread runs every turn; it notifies once per batch it publishes. The
-                # bounded wait only matters when a broken notifier cannot tell us the dispatcher failed.
+                # The dispatcher's thread runs every turn; it notifies once per batch it publishes (with a
+                # sink that delivers directly, the next delivery notifies). The bounded wait only matters
+                # when a broken notifier cannot tell us the dispatcher failed.
+                if self.direct:
+                    self._progress_wanted = True
+                    self.reap()
+                    if done():
+                        return
                 self.notifier.wait(_LEADER_RECHECK_S)
 
     def _inline_turn(self, driver: InlineDriving | None, done: Callable[[], bool]) -> None:

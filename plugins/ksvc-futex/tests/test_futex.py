@@ -13,6 +13,7 @@ from ksvc_futex.notifier import FutexNotifier
 
 import ksvc_host as ksvc
 from ksvc_host import testing
+from ksvc_host.frontend.core import BULK_MAX
 
 
 def test_notifier_conformance() -> None:
@@ -87,3 +88,60 @@ def test_asyncio_with_futex(sink: str, tmp_path: object) -> None:
             await k.close(fd)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("lanes", [True, False])
+def test_direct_wake_bulk_larger_than_the_ring_is_woken_not_polled(lanes: bool, tmp_path: object) -> None:
+    """A bulk of four submit rings and more, its last entry failing: every entry runs, results equal
+    os.pread, the caller waiting for ring room is woken by the next delivery (not by its recheck timeout),
+    and the bulk's own wake-up is set once, when all of it is in (not at its first entry)."""
+    path = os.path.join(str(tmp_path), "data")
+    payload = os.urandom(1 << 16)
+    with open(path, "wb") as f:
+        f.write(payload)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with ksvc.open(completion_sink="direct-wake", lanes=lanes) as k:
+            c = k._completer
+            n = 4 * c._sring.size + 1
+            offs = [(i * 61) % (len(payload) - 8) for i in range(n)]
+            waits: list[bool] = []
+            real_wait = c.notifier.wait
+
+            def counted_wait(timeout: float | None = None) -> bool:
+                woken = real_wait(timeout)
+                waits.append(woken)
+                return woken
+
+            c.notifier.wait = counted_wait  # type: ignore[method-assign]
+            event_waits = [0]
+            make = c._make_event
+
+            def counted_event() -> FutexEvent:
+                ev = make()
+                real = ev.wait
+
+                class Counted:
+                    def set(self) -> None:
+                        ev.set()
+
+                    def is_set(self) -> bool:
+                        return ev.is_set()
+
+                    def wait(self, timeout: float | None = None) -> bool:
+                        event_waits[0] += 1
+                        return real(timeout)
+
+                return Counted()  # type: ignore[return-value]
+
+            c._make_event = counted_event
+            assert k.pread_many(fd, 8, offs) == [payload[o : o + 8] for o in offs]
+            with pytest.raises(OSError) as exc:
+                k.pread_many(fd, 8, offs[:-1] + [-8])
+            assert exc.value.errno == 22
+            assert waits, "the bulk never waited for ring room: make it larger than the ring"
+            assert waits.count(False) <= 1, f"{waits.count(False)} of {len(waits)} waits for ring room timed out"
+            bulks = 2 * -(-n // BULK_MAX)  # the waiters of both calls
+            assert event_waits[0] <= 2 * bulks, f"{event_waits[0]} waits on the bulk's wake-up: it was set early"
+    finally:
+        os.close(fd)
