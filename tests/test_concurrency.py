@@ -859,6 +859,79 @@ def test_no_garbage_cycles_after_thousands_of_operations_of_each_front_end(scene
     scene.run_child(scenario_no_garbage_cycles, total=60.0)
 
 
+FAILED_OPS = 50
+"""Repetitions of each failing call before the collector is asked what they left."""
+
+
+def _failing_calls(fd: int, pipe_r: int) -> list[tuple[str, Callable[[Any], Any]]]:
+    """(what, call(k)) for calls that fail the way os.* would, through each path of a front end: a lane's
+    entry, the shared channel, a bulk on a lane whose rest fails on the channel, and streams."""
+    bad = 0x7FFF_0000  # no such descriptor
+    many = [0] * 5000 + [-4096]  # more entries than a lane has slots, the last one refused by the kernel
+    return [
+        ("pread, no such descriptor", lambda k: k.pread(bad, 16, 0)),
+        ("pread, a pipe", lambda k: k.pread(pipe_r, 16, 0)),
+        ("pwrite, a bad offset", lambda k: k.pwrite(fd, b"abc", -1)),
+        ("stat, no such file", lambda k: k.stat("/nonexistent/ksvc")),
+        ("pread_many, a bad offset", lambda k: k.pread_many(fd, 16, [0, 16, -4096])),
+        ("pread_many, more than a lane's slots, the last one bad", lambda k: k.pread_many(fd, 8, many)),
+        ("preadinto_many, the same", lambda k: k.preadinto_many(fd, bytearray(8 * len(many)), 8, many)),
+        ("pwrite_many, a bad offset", lambda k: k.pwrite_many(fd, b"abcdabcd", 4, [0, -4])),
+    ]
+
+
+@contextlib.contextmanager
+def _all_unreachable(found: dict[str, int], what: str) -> Iterator[None]:
+    """Collect with the collector off meanwhile; how many objects the final collection finds unreachable."""
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        yield
+        gc.collect()
+        found[what] = len(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+def scenario_no_garbage_cycles_after_failures(scene: Scene) -> None:
+    fd, _ = scene.data_file()
+    pipe_r, _ = scene.pipe()
+    calls = _failing_calls(fd, pipe_r)
+    found: dict[str, int] = {}
+    with ksvc.open(**scene.selection) as k:
+        for what, call in calls + [("pread_iter, a bad offset", lambda k: list(k.pread_iter(fd, 16, [0, -4096])))]:
+            scene.watch.step(f"blocking {what}, {FAILED_OPS} times", 30.0)
+            with _all_unreachable(found, f"blocking {what}"):
+                for _ in range(FAILED_OPS):
+                    with pytest.raises(OSError):
+                        call(k)
+
+    async def stream(k: Any) -> list[bytes]:
+        return [b async for b in k.pread_iter(fd, 16, [0, -4096])]
+
+    async def main() -> None:
+        async with ksvc.open_async(**scene.selection) as k:
+            for what, call in calls + [("pread_iter, a bad offset", stream)]:
+                scene.watch.step(f"await {what}, {FAILED_OPS} times", 30.0)
+                with _all_unreachable(found, f"await {what}"):
+                    for _ in range(FAILED_OPS):
+                        with pytest.raises(OSError):
+                            await call(k)
+
+    asyncio.run(main())
+    bad = {what: n for what, n in found.items() if n}
+    assert not bad, "failed calls left reference cycles for the collector: " + "; ".join(
+        f"{what}: {n} objects" for what, n in bad.items()
+    )
+
+
+def test_failed_calls_leave_no_garbage_cycles(scene: Scene) -> None:
+    scene.run_child(scenario_no_garbage_cycles_after_failures, total=60.0)
+
+
 class Buf(bytearray):
     """A bytearray that can be watched with a weak reference."""
 

@@ -421,14 +421,19 @@ class AsyncKsvc(SharedPageReads, Operations):
             failed = next((p.failed for p in parts if p.failed), 0)
             values = [r for p in parts for r in p.values()]
             parts.clear()  # each part's callback refers to this list: no cycle outlives the operation
-            try:
-                if failed:
-                    if self._completer.failure is not None:
-                        raise DispatcherFailed(f"the dispatcher failed: {self._completer.failure!r}")
-                    raise oserror(-failed)
-                fut.set_result(op.done(values))
-            except Exception as exc:  # noqa: BLE001 - becomes the awaiting task's exception
-                fut.set_exception(exc)
+            # An exception for the awaiting task is made or caught here without a traceback through this
+            # frame, which refers to the future that holds it (a cycle for the collector otherwise).
+            err: BaseException | None = None
+            if failed:
+                failure = self._completer.failure
+                err = oserror(-failed) if failure is None else DispatcherFailed(f"the dispatcher failed: {failure!r}")
+            else:
+                try:
+                    fut.set_result(op.done(values))
+                except Exception as exc:  # noqa: BLE001 - becomes the awaiting task's exception
+                    err = exc.with_traceback(None)
+            if err is not None:
+                fut.set_exception(err)
 
         on_done: Callable[[BulkWaiter], None] = part_done
         if self._completer.direct and not self._completer.inline:
@@ -464,17 +469,15 @@ class AsyncKsvc(SharedPageReads, Operations):
                 if not self._loop_lane.scheduled:
                     self._loop_lane.soon()
                 got = await fut  # cancelled: the reads finish in the background, their bytes unseen
-                rest_failed: OSError | None = None
                 if started < len(offsets):
                     try:
                         got = got + await super().pread_many(fd, size, offsets[started:])
-                    except OSError as exc:  # raised after the lane's own first failure, as in one bulk
-                        rest_failed = exc
+                    except OSError:  # raised after the lane's own first failure, as in one bulk
+                        if all(value.__class__ is not int for value in got):
+                            raise
                 for value in got:
                     if value.__class__ is int:
                         raise oserror(-value)  # the first failure; every read has run
-                if rest_failed is not None:
-                    raise rest_failed
                 return got
         return await super().pread_many(fd, size, offsets)
 
@@ -577,8 +580,8 @@ class AsyncKsvc(SharedPageReads, Operations):
                 values, err = await out.popleft()
                 for v in values:
                     yield v
-                if err is not None:
-                    raise err
+                if err:
+                    raise oserror(err)  # made here: no frame of ours holds it
         finally:
             for fut in out:  # left early: the reads finish in the background and keep their buffers till then
                 fut.cancel()

@@ -321,8 +321,8 @@ class Ksvc(SharedPageReads, Operations):
             b, op = out.popleft()
             values, err = op.done(self._collect_bulk(b))
             yield from values
-            if err is not None:
-                raise err
+            if err:
+                raise oserror(err)  # made here: no frame of ours holds it
 
     def batch(self, *, linked: bool = False) -> Batch:
         """Collect operations and submit them in one go (see :class:`Batch`)."""

@@ -228,7 +228,8 @@ class ReadStream:
     object in place (``fastpath.lib.new_bytes``); on the pure path each part
     reads into a staging buffer of its own, copied out and reused. The front
     end submits :meth:`next_op` while fewer than ``parts_in_flight`` are out
-    and hands each finished part's results to its ``finish``, in order.
+    and hands each finished part's results to its ``finish``, in order: the
+    bytes read up to the first failure, and that failure's errno (0: none).
 
     *parts*: how many pieces the window is cut into. One when the caller's
     own thread does the reads (they complete inside the submission); with a
@@ -273,15 +274,15 @@ class ReadStream:
         view = ffi.from_buffer(buf)
         free = self._free
 
-        def finish(results: list[int]) -> tuple[list[bytes], OSError | None]:
+        def finish(results: list[int]) -> tuple[list[bytes], int]:
             # Runs once every read of the part completed: the kernel is done with *buf*.
             try:
                 with memoryview(buf) as mv:
                     if min(results) == size:
-                        return [mv[i : i + size].tobytes() for i in range(0, n * size, size)], None
+                        return [mv[i : i + size].tobytes() for i in range(0, n * size, size)], 0
                     bad = _first_failure(results)
                     good = [mv[i * size : i * size + r].tobytes() for i, r in enumerate(results[:bad])]
-                    return good, (oserror(-results[bad]) if bad < n else None)
+                    return good, (-results[bad] if bad < n else 0)
             finally:
                 free.append(buf)
 
@@ -306,14 +307,14 @@ class ReadStream:
         objs = new_bytes(n, size, table_addr)
         tables = self._tables
 
-        def finish(results: list[int]) -> tuple[list[bytes], OSError | None]:
+        def finish(results: list[int]) -> tuple[list[bytes], int]:
             tables.append(arrays)
             if min(results) == size:
-                return objs, None  # every read full: the objects as they are
+                return objs, 0  # every read full: the objects as they are
             bad = _first_failure(results)
             if bad == n:
-                return _as_read(objs, results, size), None
-            return _as_read(objs[:bad], results[:bad], size), oserror(-results[bad])
+                return _as_read(objs, results, size), 0
+            return _as_read(objs[:bad], results[:bad], size), -results[bad]
 
         return BulkOp(_NR_PREAD, self.fd, 0, 0, size, chunk, n, (objs, table), finish, table, (offs, res))
 
