@@ -809,20 +809,27 @@ def _ksvc_garbage(objs: list[Any]) -> list[str]:
 
 
 @contextlib.contextmanager
-def _unreachable(scene: Scene, front_end: str, found: dict[str, list[str]]) -> Iterator[None]:
-    """Collect with the collector off meanwhile; what the final collection finds unreachable goes to *found*."""
+def _collected(record: Callable[[list[Any]], None]) -> Iterator[None]:
+    """Collect with the collector off meanwhile; what the final collection finds unreachable goes to *record*."""
     gc.collect()
     gc.disable()
     gc.set_debug(gc.DEBUG_SAVEALL)  # unreachable objects land in gc.garbage instead of being freed
-    scene.watch.step(f"{GC_OPS} operations: {front_end}", 30.0)
     try:
         yield
         gc.collect()
-        found[front_end] = _ksvc_garbage(gc.garbage)
+        record(gc.garbage)
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
+
+
+@contextlib.contextmanager
+def _unreachable(scene: Scene, front_end: str, found: dict[str, list[str]]) -> Iterator[None]:
+    """The KSVC and cffi objects left unreachable by the block go to *found*."""
+    scene.watch.step(f"{GC_OPS} operations: {front_end}", 30.0)
+    with _collected(lambda garbage: found.__setitem__(front_end, _ksvc_garbage(garbage))):
+        yield
 
 
 def scenario_no_garbage_cycles(scene: Scene) -> None:
@@ -880,22 +887,6 @@ def _failing_calls(fd: int, pipe_r: int) -> list[tuple[str, Callable[[Any], Any]
     ]
 
 
-@contextlib.contextmanager
-def _all_unreachable(found: dict[str, int], what: str) -> Iterator[None]:
-    """Collect with the collector off meanwhile; how many objects the final collection finds unreachable."""
-    gc.collect()
-    gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
-        yield
-        gc.collect()
-        found[what] = len(gc.garbage)
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-
-
 def scenario_no_garbage_cycles_after_failures(scene: Scene) -> None:
     fd, _ = scene.data_file()
     pipe_r, _ = scene.pipe()
@@ -904,7 +895,7 @@ def scenario_no_garbage_cycles_after_failures(scene: Scene) -> None:
     with ksvc.open(**scene.selection) as k:
         for what, call in calls + [("pread_iter, a bad offset", lambda k: list(k.pread_iter(fd, 16, [0, -4096])))]:
             scene.watch.step(f"blocking {what}, {FAILED_OPS} times", 30.0)
-            with _all_unreachable(found, f"blocking {what}"):
+            with _collected(lambda garbage, what=what: found.__setitem__(f"blocking {what}", len(garbage))):
                 for _ in range(FAILED_OPS):
                     with pytest.raises(OSError):
                         call(k)
@@ -916,7 +907,7 @@ def scenario_no_garbage_cycles_after_failures(scene: Scene) -> None:
         async with ksvc.open_async(**scene.selection) as k:
             for what, call in calls + [("pread_iter, a bad offset", stream)]:
                 scene.watch.step(f"await {what}, {FAILED_OPS} times", 30.0)
-                with _all_unreachable(found, f"await {what}"):
+                with _collected(lambda garbage, what=what: found.__setitem__(f"await {what}", len(garbage))):
                     for _ in range(FAILED_OPS):
                         with pytest.raises(OSError):
                             await call(k)
