@@ -866,7 +866,7 @@ def test_no_garbage_cycles_after_thousands_of_operations_of_each_front_end(scene
     scene.run_child(scenario_no_garbage_cycles, total=60.0)
 
 
-FAILED_OPS = 50
+FAILED_OPS = 10
 """Repetitions of each failing call before the collector is asked what they left."""
 
 
