@@ -318,7 +318,9 @@ class AsyncKsvc(SharedPageReads, Operations):
                     except asyncio.CancelledError:
                         lane_result = await self._lane_cancelled(token, lane_fut, reads=False)
                 except asyncio.CancelledError:
-                    op.abandon()
+                    # The settle may have timed out with the entry still in the kernel: the lane keeps the
+                    # views in op.keep, so they stay pinned until it lets go of them.
+                    op.abandon(kernel_done=False)
                     del op  # the exception's traceback keeps this frame, not the operation's buffers
                     raise
                 return op.outcome(lane_result)

@@ -563,8 +563,7 @@ class Completer:
                 # when a broken notifier cannot tell us the dispatcher failed.
                 if self.direct:
                     self._progress_wanted = True
-                    self.reap()
-                    if done():
+                    if done():  # progress before the flag was up notifies nobody: look once more
                         return
                 self.notifier.wait(_LEADER_RECHECK_S)
 
