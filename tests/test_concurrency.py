@@ -695,6 +695,63 @@ def test_gc_after_async_pwrite_from_a_memoryview_does_not_crash(scene: Scene) ->
     scene.run_child(scenario_gc_after_async_pwrite_from_memoryview, total=40.0)
 
 
+def _fill(w: int) -> None:
+    """Fill the pipe whose write end is *w*: a write to it waits in the kernel until someone reads."""
+    os.set_blocking(w, False)
+    try:
+        while True:
+            os.write(w, b"x" * 65536)
+    except BlockingIOError:
+        pass
+    os.set_blocking(w, True)
+
+
+async def _open_async(scene: Scene) -> Any:
+    return await ksvc.open_async(**scene.selection)
+
+
+def scenario_abandoned_loop_with_buffers_in_flight(scene: Scene) -> None:
+    full_r, full_w = scene.pipe()
+    empty_r, empty_w = scene.pipe()
+    _fill(full_w)
+
+    def abandon() -> None:
+        loop = asyncio.new_event_loop()
+        k = loop.run_until_complete(_open_async(scene))
+        out, into = memoryview(bytearray(1 << 20)), memoryview(bytearray(4096))
+        scene.watch.step("await k.write to a full pipe, k.readinto from an empty one, both from memoryviews")
+        tasks = [loop.create_task(k.write(full_w, out)), loop.create_task(k.readinto(empty_r, into))]
+        loop.run_until_complete(asyncio.sleep(SETTLE))
+        assert not any(t.done() for t in tasks), "a call on a full or an empty pipe completed"
+        cycle: list[Any] = [loop, k, tasks]
+        cycle.append(cycle)
+        recorder = sys.modules.get("ksvc_test_plugin")  # the test suite's plugin records each instance it sees
+        if recorder is not None:
+            recorder.EVENTS.clear()
+
+    found: list[str] = []
+    with _collected(lambda garbage: found.extend(_buffer_holders(garbage))):
+        abandon()
+        scene.watch.step("the loop, the instance and the tasks dropped in a cycle: gc.collect()")
+    assert not found, ("the collector would clear what an entry in flight still holds (clearing an exported "
+                       f"memoryview crashes it): {', '.join(sorted(set(found)))}")  # fmt: skip
+    gc.collect()
+    os.write(empty_w, b"late")  # the kernel finishes the read into the kept buffer, the write after a drain
+    _drain(full_r, 0.2)
+    time.sleep(SETTLE)
+    gc.collect()
+
+
+def _buffer_holders(objs: list[Any]) -> list[str]:
+    return [type(o).__qualname__ for o in objs if isinstance(o, memoryview) or type(o).__name__ == "__CDataFromBuf"]
+
+
+def test_a_loop_dropped_with_buffers_in_flight_leaves_them_to_the_kernel_not_the_collector(scene: Scene) -> None:
+    """A program that drops its event loop and instance (in a cycle) while a write and a read from memoryviews
+    wait in the kernel: the views stay held as long as the kernel may use them, never cleared by the collector."""
+    scene.run_child(scenario_abandoned_loop_with_buffers_in_flight, total=30.0)
+
+
 def _failing_buffer_calls(fd: int, readonly_fd: int, pipe_r: int) -> list[tuple[str, Callable[[Any], Any], int]]:
     """(what, call(k), the errno ``os`` gives) for every call that takes a caller's buffer, each made so that it
     fails, the buffer a fresh memoryview (a cast or a slice) that nothing but the call refers to."""

@@ -183,6 +183,13 @@ def _unraisable(exc: BaseException, obj: Any) -> None:
     sys.unraisablehook(_Unraisable(exc, obj))  # type: ignore[arg-type]
 
 
+_IN_FLIGHT: dict[int, list[_Slot]] = {}
+"""The slots of each lane with entries in flight. Reachable from this module, a slot and the caller's
+buffer it holds are never garbage while the kernel may use them, as lane.c's untracked references are
+not: the collector clearing a memoryview that an entry's view still exports crashes the interpreter."""
+_LANE_SERIALS = itertools.count()
+
+
 class _Slot:
     """One entry in flight (lane.c's struct slot)."""
 
@@ -259,6 +266,7 @@ class Lane:
         self._slots = [_Slot() for _ in range(nslots)]
         self._free = list(range(nslots - 1, -1, -1))  # slot 0 is taken first, as in lane.c
         self._inflight = 0
+        self._serial = next(_LANE_SERIALS)
         self._settle_ns = int(settle * 1e9)
         self._deadline_ns = 0
         self._busy_blocking = False
@@ -391,6 +399,8 @@ class Lane:
         s.cancelled = s.multi = s.quiet = s.accepts = False
         s.group = s.left = 0
         s.answer = None
+        if not self._inflight:
+            _IN_FLIGHT[self._serial] = self._slots
         self._inflight += 1
         return i
 
@@ -400,6 +410,8 @@ class Lane:
         s.busy = False
         self._free.append(i)
         self._inflight -= 1
+        if not self._inflight:
+            del _IN_FLIGHT[self._serial]
 
     def _token(self, i: int) -> int:
         return (self._slots[i].gen << GEN_SHIFT) | i
