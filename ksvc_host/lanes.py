@@ -23,12 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
 from ksvc_host import forksafety
@@ -165,14 +163,6 @@ class ThreadLanes:
         self._local = threading.local()
 
 
-def _future_maker(loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Future[Any]]:
-    """``loop.create_future``; for asyncio's own loops, the same ``asyncio.Future(loop=loop)`` without the
-    Python frame of ``create_future`` (one per operation)."""
-    if type(loop).create_future is asyncio.BaseEventLoop.create_future:
-        return functools.partial(asyncio.Future, loop=loop)
-    return loop.create_future
-
-
 class LoopLane:
     """The lane of an asyncio front end: owned by the event loop's thread, driven by loop callbacks.
 
@@ -189,9 +179,9 @@ class LoopLane:
         self._settle_s = settle_s
         self.scheduled = False
         """A turn is already scheduled: what is started now goes out with it (callers may skip :meth:`soon`)."""
-        self.new_future = _future_maker(loop)
-        """A new future of this loop (the loop's own ``create_future``, or the same future made without the
-        Python call when the loop is asyncio's)."""
+        self.new_future = self._plan.builder.waiter(loop) if self._plan is not None else loop.create_future
+        """A new future for an entry of this loop's lane: the builder's waiter, which the turn resolving it
+        wakes at the turn's end (no ``call_soon`` handle per operation)."""
         self._efd = -1
         self._guards: list[forksafety.ChildCloses] = []
         self._closed = False

@@ -337,26 +337,16 @@ def test_asyncio_cancelled_lane_read_loses_nothing() -> None:
     asyncio.run(main())
 
 
-def test_loop_lane_futures_belong_to_the_loop_and_honour_a_loops_own_create_future() -> None:
-    from ksvc_host.lanes import _future_maker
+def test_loop_lane_futures_are_the_lanes_waiters_of_the_running_loop(lane_impl: str) -> None:
+    from ksvc_basic import own_rings
 
-    class OwnFutures(asyncio.SelectorEventLoop):
-        made = 0
+    async def main() -> None:
+        async with ksvc.open_async() as a:
+            assert a._lane is not None
+            fut = a._loop_lane.new_future()
+            assert type(fut) is own_rings.lane_module().Waiter and fut.get_loop() is asyncio.get_running_loop()
 
-        def create_future(self) -> asyncio.Future[object]:
-            OwnFutures.made += 1
-            return super().create_future()
-
-    for loop, asked in ((asyncio.new_event_loop(), 0), (OwnFutures(), 1)):
-        try:
-            before = OwnFutures.made
-            fut = _future_maker(loop)()
-            assert OwnFutures.made - before == asked, "a loop that makes its own futures is asked for each"
-            assert isinstance(fut, asyncio.Future) and fut.get_loop() is loop
-            loop.call_soon(fut.set_result, 7)
-            assert loop.run_until_complete(asyncio.wait_for(fut, 5)) == 7
-        finally:
-            loop.close()
+    asyncio.run(main())
 
 
 def test_asyncio_pread_many_takes_the_loop_lane_and_equals_os(data: tuple[int, bytes]) -> None:

@@ -14,7 +14,8 @@ each, and which syscalls the router lets them take.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -174,6 +175,12 @@ class LaneBuilder(Protocol):
     @property
     def calls(self) -> frozenset[int]:
         """The syscall numbers a lane can carry (the host passes those the router sends to io_uring)."""
+        ...
+
+    def waiter(self, loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Future[Any]]:
+        """What makes the futures of *loop*'s lane entries (``lane.start*``): each has the part of
+        ``asyncio.Future`` a task and the front end use, and a turn that resolves it wakes its task at the
+        turn's end, in the task's context, rather than through ``loop.call_soon``."""
         ...
 
     def build(self, routes: Iterable[int], *, entries: int, slots: int, settle_s: float) -> Lane:

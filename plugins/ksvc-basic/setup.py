@@ -22,6 +22,7 @@ HERE = pathlib.Path(__file__).parent
 PACKAGE = HERE / "ksvc_basic"
 FLAGS = ["-O2", "-std=gnu11"]
 TRANSLATION = "ksvc_basic/translation.h"  # included by both: the one syscall -> SQE translation
+WAITER = "ksvc_basic/waiter.h"  # included by lane.c: the futures of loop entries
 
 
 def _express_extension() -> list[Extension]:
@@ -61,6 +62,7 @@ class OptionalBuildExt(build_ext):
             print(f"ksvc-basic: building {ext.name} failed ({exc})", file=sys.stderr)
 
 
-LANE = Extension("ksvc_basic._lane", sources=["ksvc_basic/lane.c"], depends=[TRANSLATION], extra_compile_args=FLAGS)
+LANE = Extension("ksvc_basic._lane", sources=["ksvc_basic/lane.c"], depends=[TRANSLATION, WAITER],
+                 extra_compile_args=FLAGS)
 
 setup(ext_modules=[LANE, *_express_extension()], cmdclass={"build_ext": OptionalBuildExt})

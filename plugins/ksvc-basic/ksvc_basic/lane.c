@@ -56,6 +56,7 @@
 #include <unistd.h>
 
 #include "translation.h"   /* which calls become which SQE: shared with express.c */
+#include "waiter.h"        /* the futures of loop entries, woken in batches at the end of a turn */
 
 /* io_uring ABI ------------------------------------------------------------- */
 #define NR_IO_URING_SETUP 425
@@ -1444,6 +1445,16 @@ static void deliver_multishot(Lane *l, uint32_t i, int64_t res, uint32_t flags)
     write_entry_flags(l, token_of(l, i), s->nr, a, ENTRY_MULTISHOT);
 }
 
+/* fut.set_result(v) or fut.set_exception(v) (meth): a Waiter's directly, into the turn's batch. */
+static PyObject *fut_resolve(PyObject *fut, PyObject *meth, PyObject *v)
+{
+    if (Py_IS_TYPE(fut, &WaiterType)) {
+        int state = meth == str_set_result ? W_RESULT : W_EXCEPTION;
+        return waiter_set((Waiter *)fut, state, v) < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    return PyObject_CallMethodOneArg(fut, meth, v);
+}
+
 /* One read of a group: its value (bytes, or -errno) into the leader's list; the last one resolves the
  * leader's future with the list (a cancelled future just lets it go). */
 static void deliver_group(Lane *l, uint32_t i, int64_t res)
@@ -1458,7 +1469,7 @@ static void deliver_group(Lane *l, uint32_t i, int64_t res)
     s->group = 0;   /* answered (a leader's slot stays taken until the last) */
     if (i != li) slot_free(l, i);
     if (--lead->left) return;
-    PyObject *r = lead->fut && lead->results ? PyObject_CallMethodOneArg(lead->fut, str_set_result, lead->results) : NULL;
+    PyObject *r = lead->fut && lead->results ? fut_resolve(lead->fut, str_set_result, lead->results) : NULL;
     if (r) Py_DECREF(r); else PyErr_Clear();
     slot_free(l, li);
 }
@@ -1488,7 +1499,7 @@ static void resolve(Lane *l, uint64_t token, int64_t res, uint32_t flags)
         }
     }
     if (v) {
-        PyObject *r = PyObject_CallMethodOneArg(s->fut, meth, v);
+        PyObject *r = fut_resolve(s->fut, meth, v);
         if (r) Py_DECREF(r);
         else {
             /* The future was cancelled first: keep the answer for the cancelling task (abandon()). */
@@ -1525,6 +1536,8 @@ static PyObject *Lane_turn(Lane *l, PyObject *const *args, Py_ssize_t nargs)
     if (run_work && !l->unsubmitted && l->inflight && *l->cq_head == load_acquire32(l->cq_tail))
         uring_enter(l, 0, 0, ENTER_GETEVENTS, -1);   /* deferred task work: run it here, now */
     long done = 0;
+    struct waiter_batch batch;
+    waiter_batch_open(&batch);
     l->in_turn = 1;
     for (;;) {
         uint32_t n = lane_reap(l);
@@ -1541,6 +1554,7 @@ static PyObject *Lane_turn(Lane *l, PyObject *const *args, Py_ssize_t nargs)
         if (!n) break;
     }
     l->in_turn = 0;
+    if (waiter_batch_close(&batch) < 0) return NULL;   /* wake the tasks of this reap, in order */
     return PyLong_FromLong(done);
 }
 
@@ -1562,7 +1576,7 @@ static PyObject *Lane_abandon(Lane *l, PyObject *const *args, Py_ssize_t nargs)
         s->orphan = NULL;
         if (data == Py_None) Py_INCREF(data);
         PyObject *v = Py_BuildValue("(LN)", (long long)s->orphan_res, data);
-        PyObject *r = v ? PyObject_CallMethodOneArg(args[1], str_set_result, v) : NULL;
+        PyObject *r = v ? fut_resolve(args[1], str_set_result, v) : NULL;
         Py_XDECREF(v);
         if (!r) PyErr_Clear(); else Py_DECREF(r);
         slot_free(l, i);
@@ -1738,6 +1752,7 @@ PyMODINIT_FUNC PyInit__lane(void)
     if (!m) return NULL;
     Py_INCREF(&LaneType);
     if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) return NULL;
+    if (waiter_init_module(m) < 0) return NULL;
     PyObject *c = Py_BuildValue(
         "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:K,s:K,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:n,s:n}",
         "IORING_OP_FSYNC", OP_FSYNC, "IORING_OP_ACCEPT", OP_ACCEPT, "IORING_OP_ASYNC_CANCEL", OP_ASYNC_CANCEL,

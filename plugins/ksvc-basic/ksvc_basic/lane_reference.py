@@ -33,6 +33,7 @@ from typing import Any, Final
 
 import cffi
 
+from ksvc_basic import waiter_reference
 from ksvc_basic.translation import (
     K_ACCEPT,
     K_LIMIT,
@@ -48,6 +49,7 @@ from ksvc_basic.translation import (
 from ksvc_basic.translation import KINDS as KINDS  # part of the module interface, as lane.c exports it
 from ksvc_basic.translation import i32 as _i32
 from ksvc_basic.uring import IoUring
+from ksvc_basic.waiter_reference import Waiter as Waiter  # part of the module interface, as lane.c exports it
 from ksvc_host import forksafety, native
 from ksvc_host.abi import io_uring as U
 from ksvc_host.abi import layout as L
@@ -1403,6 +1405,7 @@ class Lane:
         if run_work and not self._unsubmitted and self._inflight and ring.cq_ready() == 0:
             self._enter(0, 0, ENTER_GETEVENTS, -1)  # deferred task work: run it here, now
         done = 0
+        outer = waiter_reference.batch_open()
         self._in_turn = True
         try:
             while True:
@@ -1416,8 +1419,12 @@ class Lane:
                         self._submit()
                 if not n:
                     break
-        finally:
+        except BaseException:
             self._in_turn = False
+            waiter_reference.batch_close(outer, wake=False)
+            raise
+        self._in_turn = False
+        waiter_reference.batch_close(outer)  # wake the tasks of this reap, in order
         return done
 
     def abandon(self, *args: Any) -> bool:

@@ -16,8 +16,10 @@ io_uring operation, and when (``translation.h`` for lane.c).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from ksvc_basic import lane_reference, translation
@@ -59,6 +61,10 @@ class UringLanes:
         self._table = translation.table(opcodes)
         self.calls: frozenset[int] = frozenset(self._table)
         self._module = lane_module()  # chosen with the instance: lanes built later are of the same kind
+
+    def waiter(self, loop: asyncio.AbstractEventLoop) -> Callable[[], Any]:
+        """A maker of the futures of *loop*'s lane entries (lane.c's ``Waiter``, or its twin's)."""
+        return functools.partial(self._module.Waiter, loop)
 
     def build(self, routes: Iterable[int], *, entries: int, slots: int, settle_s: float) -> Lane:
         """A lane owned by the calling thread taking *routes* (``OSError`` when the kernel gives no ring)."""
