@@ -8,12 +8,14 @@ fork, and the asyncio loop's lane. Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -91,6 +93,72 @@ def test_ordinary_calls_equal_os_and_take_the_lane(k: ksvc.Ksvc, data: tuple[int
         os.fstat(g)
     assert info.value.errno == 9
     assert _entries(k) - before >= 15, "these calls are the lane's"
+
+
+def _stat_cases(tmp: str, fd: int) -> list[tuple[str, Callable[[Any], Any], Callable[[], Any]]]:
+    """(what, the call through KSVC, the same call through os): files, a directory, symlinks (followed and
+    not), a fifo, a character device (its rdev), a descriptor of each, and the failures."""
+    path = os.path.join(tmp, "data")
+    link, dangling, fifo = os.path.join(tmp, "link"), os.path.join(tmp, "dangling"), os.path.join(tmp, "fifo")
+    os.symlink(path, link)
+    os.symlink(os.path.join(tmp, "missing"), dangling)
+    os.mkfifo(fifo)
+    cases: list[tuple[str, Callable[[Any], Any], Callable[[], Any]]] = []
+    for p in (path, tmp, link, fifo, "/dev/null"):
+        cases.append((f"stat {p}", lambda k, p=p: k.stat(p), lambda p=p: os.stat(p)))
+    for p in (link, dangling, path):
+        cases.append((f"lstat {p}", lambda k, p=p: k.lstat(p), lambda p=p: os.lstat(p)))
+    r, w = os.pipe()
+    cases += [(f"fstat {what}", lambda k, d=d: k.fstat(d), lambda d=d: os.fstat(d))
+              for what, d in (("file", fd), ("pipe", r), ("stdin-like /dev/null", os.open("/dev/null", 0)))]
+    cases += [
+        ("stat missing", lambda k: k.stat(os.path.join(tmp, "missing")), lambda: os.stat(os.path.join(tmp, "missing"))),
+        ("stat dangling", lambda k: k.stat(dangling), lambda: os.stat(dangling)),
+        ("stat too long", lambda k: k.stat("x" * 5000), lambda: os.stat("x" * 5000)),
+        ("stat not a directory", lambda k: k.stat(path + "/x"), lambda: os.stat(path + "/x")),
+        ("fstat closed", lambda k: k.fstat(w + 1000), lambda: os.fstat(w + 1000)),
+    ]
+    return cases
+
+
+_STAT_FIELDS = ("st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_size", "st_atime_ns",
+                "st_mtime_ns", "st_ctime_ns", "st_blocks", "st_blksize", "st_rdev")  # fmt: skip
+"""Every field of a stat result (== compares only the first ten, with times in whole seconds)."""
+
+
+def _outcome(call: Callable[[], Any]) -> Any:
+    try:
+        st = call()
+    except OSError as exc:
+        return ("OSError", exc.errno)
+    return tuple(getattr(st, f) for f in _STAT_FIELDS)
+
+
+def test_stat_calls_equal_os_and_take_the_lane(k: ksvc.Ksvc, data: tuple[int, bytes], tmp_path: object) -> None:
+    fd, _ = data
+    cases = _stat_cases(str(tmp_path), fd)
+    before = _entries(k)
+    for what, through, direct in cases:
+        assert _outcome(functools.partial(through, k)) == _outcome(direct), what
+    assert _entries(k) - before >= len(cases) - 1, "the stat calls are the lane's"
+
+    async def main() -> None:
+        async with ksvc.open_async() as a:
+            lane = a._lane
+            assert lane is not None
+            start = lane.entries
+            for what, through, direct in cases:
+                want = _outcome(direct)
+                try:
+                    st = await asyncio.wait_for(through(a), 5)
+                except OSError as exc:
+                    got: Any = ("OSError", exc.errno)
+                else:
+                    got = tuple(getattr(st, f) for f in _STAT_FIELDS)
+                assert got == want, what
+            assert lane.entries - start >= len(cases) - 1, "the stat calls are the loop lane's"
+
+    asyncio.run(main())
 
 
 def test_a_lane_takes_no_call_translate_would_send_to_a_worker(k: ksvc.Ksvc, data: tuple[int, bytes]) -> None:

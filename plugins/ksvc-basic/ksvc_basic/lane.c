@@ -156,6 +156,7 @@ struct slot {
     uint32_t nr;       /* a receive loop's syscall */
     PyObject *end;     /* a receive loop's on_end callable */
     Py_buffer view;
+    uint64_t stat_out; /* a stat call: the caller's struct stat, filled from the slot's statx buffer */
 };
 
 typedef struct {
@@ -194,6 +195,7 @@ typedef struct {
     uint32_t accept_nr;          /* the syscall routed to ACCEPT with flags (accept4) */
     /* in flight */
     struct slot *slots;
+    uint8_t *statx_bufs;   /* stat calls: a struct statx per slot, made on the first */
     uint32_t *free_list;
     uint32_t n_free;
     uint32_t inflight;
@@ -246,18 +248,28 @@ static long uring_enter(Lane *l, uint32_t submit, uint32_t min_complete, uint32_
 /* Routing and translation ------------------------------------------------------ */
 
 /* May the lane take syscall nr with these arguments? The rules of translation.h. */
-static int lane_accepts(const Lane *l, uint32_t nr, const uint64_t *a)
+static int lane_accepts(Lane *l, uint32_t nr, const uint64_t *a)
 {
     if (nr >= NR_TABLE || !l->kind[nr]) return 0;
     int kind = l->kind[nr];
+    if (is_stat_kind(kind) && !l->statx_bufs && !(l->statx_bufs = PyMem_Malloc((size_t)l->nslots * STATX_BUF_SIZE)))
+        return 0;   /* no memory for the buffers: the generic path */
     return args_fit(kind, a) && fd_suits(kind, (int32_t)a[0]);
 }
 
 /* The SQE of submit entry w (taken by lane_accepts): translation.h's, plus the lane's own entry
  * flags (a receive that polls first, multishot receives and accepts). */
-static void translate(const Lane *l, const uint64_t *w, uint8_t *s)
+static void translate(Lane *l, const uint64_t *w, uint8_t *s)
 {
     uint32_t nr = (uint32_t)w[1] % NR_TABLE;   /* checked when the entry was written */
+    int kind = l->kind[nr];
+    if (is_stat_kind(kind)) {   /* STATX into the slot's buffer; lane_reap converts it for the caller */
+        uint32_t i = (uint32_t)(w[0] & ((1u << GEN_SHIFT) - 1)) & l->slot_mask;
+        l->slots[i].stat_out = stat_out_of(kind, w + 2);
+        fill_statx_sqe(s, l->opcode[nr], kind, w + 2, (uint64_t)(uintptr_t)(l->statx_bufs + (size_t)i * STATX_BUF_SIZE),
+                       w[0]);
+        return;
+    }
     uint32_t eflags = (uint32_t)(w[1] >> 32);
     uint16_t ioprio = eflags & ENTRY_POLL_FIRST ? RECVSEND_POLL_FIRST : 0;
     uint8_t sqe_flags = 0;
@@ -321,6 +333,11 @@ static uint32_t lane_reap(Lane *l)
         memcpy(&ud, c, 8); memcpy(&res, c + 8, 4); memcpy(&flags, c + 12, 4);
         head++;
         if (ud & CANCEL_TAG) continue;
+        uint32_t i = (uint32_t)(ud & ((1u << GEN_SHIFT) - 1));
+        if (i < l->nslots && l->slots[i].stat_out && l->slots[i].gen == (uint32_t)(ud >> GEN_SHIFT)) {
+            if (res == 0) res = statx_to_stat(l->statx_bufs + (size_t)i * STATX_BUF_SIZE, l->slots[i].stat_out);
+            l->slots[i].stat_out = 0;
+        }
         uint64_t w[4] = {ud, (uint64_t)(int64_t)res, flags, 0};
         memcpy(l->cring + (size_t)(l->c_tail & l->slot_mask) * COMPLETE_SIZE, w, sizeof w);
         l->c_tail++;
@@ -352,7 +369,7 @@ static int slot_take(Lane *l)
     struct slot *s = &l->slots[i];
     s->busy = 1; s->gen++; s->raw = 0; s->reads = 0; s->stream = 0; s->ints = 0;
     s->call = 0; s->loop = 0; s->stopping = 0; s->cancelled = 0; s->multi = 0; s->quiet = 0;
-    s->group = 0; s->left = 0; s->accepts = 0;
+    s->group = 0; s->left = 0; s->accepts = 0; s->stat_out = 0;
     l->inflight++;
     return (int)i;
 }
@@ -578,6 +595,7 @@ static void Lane_dealloc(Lane *l)
         if (l->slots[i].busy) slot_free(l, i);
     lane_close_ring(l);
     PyMem_Free(l->slots); PyMem_Free(l->free_list); PyMem_Free(l->sring); PyMem_Free(l->cring);
+    PyMem_Free(l->statx_bufs);
     Py_CLEAR(l->late);
     if (l->weakrefs) PyObject_ClearWeakRefs((PyObject *)l);
     Py_TYPE(l)->tp_free((PyObject *)l);
@@ -1769,10 +1787,11 @@ PyMODINIT_FUNC PyInit__lane(void)
         "SQE_SIZE", SQE_SIZE, "CQE_SIZE", CQE_SIZE, "PARAMS_SIZE", (unsigned)sizeof(struct uring_params),
         "SUBMIT_SIZE", SUBMIT_SIZE, "COMPLETE_SIZE", (Py_ssize_t)COMPLETE_SIZE, "SLOTS", (Py_ssize_t)LANE_SLOTS);
     if (!c || PyModule_AddObject(m, "CONSTANTS", c) < 0) return NULL;
-    PyObject *kinds = Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "stream", K_STREAM,
+    PyObject *kinds = Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "stream", K_STREAM,
                                     "positioned", K_POSITIONED, "socket", K_SOCKET, "close", K_CLOSE, "fsync", K_FSYNC,
                                     "fdatasync", K_FDATASYNC, "openat", K_OPENAT, "accept", K_ACCEPT,
-                                    "accept_plain", K_ACCEPT_PLAIN, "connect", K_CONNECT);
+                                    "accept_plain", K_ACCEPT_PLAIN, "connect", K_CONNECT, "stat", K_STAT,
+                                    "lstat", K_LSTAT, "fstat", K_FSTAT, "fstatat", K_FSTATAT);
     if (!kinds || PyModule_AddObject(m, "KINDS", kinds) < 0) return NULL;
     return m;
 }

@@ -42,9 +42,12 @@ from ksvc_basic.translation import (
     K_SOCKET,
     K_STREAM,
     NR_TABLE,
+    STAT_KINDS,
     args_fit,
     fd_suits,
     sqe_fields,
+    stat_out_of,
+    statx_fields,
 )
 from ksvc_basic.translation import KINDS as KINDS  # part of the module interface, as lane.c exports it
 from ksvc_basic.translation import i32 as _i32
@@ -53,6 +56,7 @@ from ksvc_basic.waiter_reference import Waiter as Waiter  # part of the module i
 from ksvc_host import forksafety, native
 from ksvc_host.abi import io_uring as U
 from ksvc_host.abi import layout as L
+from ksvc_host.abi import linux as lx
 from ksvc_host.traits.io_backend import SqeSpec
 
 ffi = cffi.FFI()
@@ -198,7 +202,7 @@ class _Slot:
     __slots__ = (
         "fut", "obj", "orphan", "orphan_res", "gen", "len", "reads", "raw", "busy", "stream", "view", "ints",
         "call", "loop", "stopping", "cancelled", "multi", "quiet", "accepts", "group", "left", "results", "fd",
-        "pos", "nr", "end", "answer",
+        "pos", "nr", "end", "answer", "stat_out",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -229,6 +233,7 @@ class _Slot:
         self.nr = 0
         self.end: Any = None
         self.answer: int | None = None  # a blocking entry's result once found (kept across an interrupt)
+        self.stat_out = 0  # a stat call: the caller's struct stat, filled from the slot's statx buffer
 
 
 class Lane:
@@ -266,6 +271,7 @@ class Lane:
         self._opcode = [0] * NR_TABLE
         self._recv_nr = self._send_nr = self._accept_nr = NR_TABLE
         self._slots = [_Slot() for _ in range(nslots)]
+        self._statx_bufs: Any = None  # stat calls: a struct statx per slot, made on the first
         self._free = list(range(nslots - 1, -1, -1))  # slot 0 is taken first, as in lane.c
         self._inflight = 0
         self._serial = next(_LANE_SERIALS)
@@ -340,7 +346,14 @@ class Lane:
             ioprio, sqe_flags = RECV_MULTISHOT, SQE_BUFFER_SELECT
         if eflags & ENTRY_ACCEPTS:
             ioprio = ACCEPT_MULTISHOT
-        fd, off, addr, length, op_flags = sqe_fields(self._kind[nr], a)
+        kind = self._kind[nr]
+        if kind in STAT_KINDS:  # STATX into the slot's buffer; _reap converts it for the caller
+            i = corr & _SLOT_MASK & self._mask
+            self._slots[i].stat_out = stat_out_of(kind, a)
+            dirfd, path, flags = statx_fields(kind, a)
+            buf = int(ffi.cast("uintptr_t", self._statx_bufs)) + i * lx.STATX_SIZE
+            return SqeSpec(self._opcode[nr], dirfd, off=buf, addr=path, len=lx.STATX_BASIC_STATS, op_flags=flags)
+        fd, off, addr, length, op_flags = sqe_fields(kind, a)
         return SqeSpec(self._opcode[nr], fd, off=off, addr=addr, len=length, op_flags=op_flags,
                        flags=sqe_flags, ioprio=ioprio, buf_index=PBUF_GROUP)  # fmt: skip
 
@@ -370,6 +383,12 @@ class Lane:
             head = (head + 1) & _U32
             if ud & CANCEL_TAG:
                 continue
+            i = ud & _SLOT_MASK
+            if i < self._nslots and self._slots[i].stat_out and self._slots[i].gen == (ud >> GEN_SHIFT) & _U32:
+                if res == 0:
+                    statx = bytes(ffi.buffer(self._statx_bufs + i * lx.STATX_SIZE, lx.STATX_SIZE))
+                    res = native.write_user(self._slots[i].stat_out, lx.statx_to_stat(statx))  # or -EFAULT
+                self._slots[i].stat_out = 0
             _COMPLETE.pack_into(self._cring, (self._c_tail & self._mask) * _COMPLETE_SIZE, ud, res, flags, 0)
             self._c_tail += 1
             n += 1
@@ -399,7 +418,7 @@ class Lane:
         s.gen = (s.gen + 1) & _U32
         s.raw = s.reads = s.stream = s.ints = s.call = s.loop = s.stopping = False
         s.cancelled = s.multi = s.quiet = s.accepts = False
-        s.group = s.left = 0
+        s.group = s.left = s.stat_out = 0
         s.answer = None
         if not self._inflight:
             _IN_FLIGHT[self._serial] = self._slots
@@ -451,6 +470,8 @@ class Lane:
         if nr >= NR_TABLE or not self._kind[nr]:
             return False
         kind = self._kind[nr]
+        if kind in STAT_KINDS and self._statx_bufs is None:
+            self._statx_bufs = ffi.new("char[]", self._nslots * lx.STATX_SIZE)
         return args_fit(kind, a) and fd_suits(kind, _i32(a[0]))
 
     def _usable(self) -> bool:

@@ -33,6 +33,7 @@ from typing import Final
 
 from ksvc_host import native
 from ksvc_host.abi import io_uring as U
+from ksvc_host.abi import linux as lx
 from ksvc_host.abi.syscalls import SYSCALLS
 
 # The kinds of call (the numbers of translation.h): where its arguments go and which rules apply.
@@ -47,12 +48,18 @@ K_OPENAT: Final = 7  # openat: dirfd, path, flags, mode
 K_ACCEPT: Final = 8  # accept4: fd, addr, addrlen*, flags; a blocking socket
 K_ACCEPT_PLAIN: Final = 9  # accept: fd, addr, addrlen*
 K_CONNECT: Final = 10  # connect: fd, addr, addrlen; a blocking socket
-K_LIMIT: Final = 11
+K_STAT: Final = 11  # stat: path, statbuf (STATX at AT_FDCWD)
+K_LSTAT: Final = 12  # lstat: path, statbuf (STATX, AT_SYMLINK_NOFOLLOW)
+K_FSTAT: Final = 13  # fstat: fd, statbuf (STATX of "", AT_EMPTY_PATH)
+K_FSTATAT: Final = 14  # newfstatat: dirfd, path, statbuf, flags
+K_LIMIT: Final = 15
+STAT_KINDS: Final = frozenset({K_STAT, K_LSTAT, K_FSTAT, K_FSTATAT})
+"""The stat calls: STATX into the lane's buffer, converted into the caller's ``struct stat`` on completion."""
 
 KINDS: Final[dict[str, int]] = {
     "stream": K_STREAM, "positioned": K_POSITIONED, "socket": K_SOCKET, "close": K_CLOSE, "fsync": K_FSYNC,
     "fdatasync": K_FDATASYNC, "openat": K_OPENAT, "accept": K_ACCEPT, "accept_plain": K_ACCEPT_PLAIN,
-    "connect": K_CONNECT,
+    "connect": K_CONNECT, "stat": K_STAT, "lstat": K_LSTAT, "fstat": K_FSTAT, "fstatat": K_FSTATAT,
 }  # fmt: skip
 """Kind names (as the compiled lane exports them too) -> numbers."""
 
@@ -70,9 +77,14 @@ CALLS: Final[dict[str, tuple[U.IoringOp, str]]] = {
     "accept4": (U.IoringOp.ACCEPT, "accept"),
     "accept": (U.IoringOp.ACCEPT, "accept_plain"),
     "connect": (U.IoringOp.CONNECT, "connect"),
+    "stat": (U.IoringOp.STATX, "stat"),
+    "lstat": (U.IoringOp.STATX, "lstat"),
+    "fstat": (U.IoringOp.STATX, "fstat"),
+    "newfstatat": (U.IoringOp.STATX, "fstatat"),
 }
 """The syscalls the lanes translate: io_uring opcode and kind of call. The express lane takes the
-reads and writes among them (:data:`ksvc_basic.express.EXPRESS_KINDS`)."""
+reads and writes among them (:data:`ksvc_basic.express.EXPRESS_KINDS`). The stat calls are x86-64's
+(the ``struct stat`` layout of ``ksvc_host/abi/linux.py``), as the dispatcher's translation is."""
 
 NR_TABLE: Final = 512
 """Syscall numbers a lane's tables cover."""
@@ -113,6 +125,8 @@ def i64(v: int) -> int:
 
 def args_fit(kind: int, a: Sequence[int]) -> bool:
     """Do the argument words *a* of a call of *kind* fit its SQE, with the syscall's meaning?"""
+    if kind in (K_STAT, K_LSTAT):  # a[0] is the path
+        return True
     if not _I32_MIN <= i64(a[0]) <= _I32_MAX:
         return False
     if kind in (K_STREAM, K_POSITIONED, K_SOCKET):
@@ -125,6 +139,8 @@ def args_fit(kind: int, a: Sequence[int]) -> bool:
         return a[3] <= _U32
     if kind == K_CONNECT:
         return a[2] <= _U32
+    if kind == K_FSTATAT:
+        return a[3] <= _U32
     return True
 
 
@@ -159,3 +175,21 @@ def sqe_fields(kind: int, a: Sequence[int]) -> tuple[int, int, int, int, int]:
     elif kind == K_CONNECT:
         addr, off = a[1], a[2] & _U32  # off: the address length
     return i32(a[0]), off, addr, length, op_flags
+
+
+_EMPTY_PATH: Final = native.ffi.new("char[]", b"")
+"""The path of an fstat's STATX (with ``AT_EMPTY_PATH``: the descriptor itself)."""
+
+
+def stat_out_of(kind: int, a: Sequence[int]) -> int:
+    """The caller's ``struct stat`` of a stat call of *kind* (arguments *a*)."""
+    return a[2] if kind == K_FSTATAT else a[1]
+
+
+def statx_fields(kind: int, a: Sequence[int]) -> tuple[int, int, int]:
+    """``(dirfd, path, flags)`` of the STATX a stat call of *kind* becomes (its mask: ``STATX_BASIC_STATS``)."""
+    if kind == K_FSTAT:
+        return i32(a[0]), native.address_of(_EMPTY_PATH), lx.AT_EMPTY_PATH
+    if kind == K_FSTATAT:
+        return i32(a[0]), a[1], a[3] & _U32
+    return lx.AT_FDCWD, a[0], lx.AT_SYMLINK_NOFOLLOW if kind == K_LSTAT else 0

@@ -118,3 +118,59 @@ def test_the_table_names_real_syscalls_and_opcodes() -> None:
         SYSCALLS["pread64"]: (int(U.IoringOp.READ), T.K_POSITIONED),
     }, "opcodes the kernel lacks leave their calls out"
     assert set(T.table(every, frozenset({T.K_SOCKET}))) == {SYSCALLS["recvfrom"], SYSCALLS["sendto"]}
+
+
+STAT_CASES: list[tuple[int, tuple[int, ...]]] = [  # kind, the argument words (the path and struct stat addresses)
+    (T.K_STAT, (0x5000, 0x8000, 0, 0, 0, 0)),
+    (T.K_LSTAT, (0x5000, 0x8000, 0, 0, 0, 0)),
+    (T.K_FSTAT, (7, 0x8000, 0, 0, 0, 0)),
+    (T.K_FSTATAT, ((-100) & U64, 0x5000, 0x8000, 0x100, 0, 0)),
+]
+STATX_BUF = 0x9000
+
+
+def test_the_stat_calls_become_the_same_statx_and_struct_stat_in_c_and_python(tmp_path: Path) -> None:
+    """The STATX SQE of each stat kind, and the conversion of a filled struct statx into struct stat: the
+    header's against the Python statement (which the differential tests pin against os.stat)."""
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is missing: cannot compile translation.h")
+    from ksvc_host.abi import linux as lx
+
+    statx = bytes(range(256))  # every field a distinct pattern
+    rows = ",\n".join(f"{{{k}, {{{', '.join(f'{v}ULL' for v in a)}}}}}" for k, a in STAT_CASES)
+    src = tmp_path / "probe.c"
+    src.write_text(
+        '#include <stdio.h>\n#include "translation.h"\n'
+        f"struct row {{ int kind; uint64_t a[6]; }} rows[] = {{\n{rows}\n}};\n"
+        "int main(void) {\n"
+        "    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {\n"
+        "        uint8_t s[SQE_SIZE]; uint64_t addr;\n"
+        f"        fill_statx_sqe(s, {int(U.IoringOp.STATX)}, rows[i].kind, rows[i].a, {STATX_BUF}ULL,\n"
+        f"                       {USER_DATA}ULL);\n"
+        "        memcpy(&addr, s + 16, 8);\n"
+        "        if (rows[i].kind == K_FSTAT) {\n"
+        "            printf(\"[%s]\", (const char *)(uintptr_t)addr); memset(s + 16, 0, 8);\n"
+        "        }\n"
+        "        for (int j = 0; j < SQE_SIZE; j++) printf(\"%02x\", s[j]);\n"
+        "        printf(\" %llu\\n\", (unsigned long long)stat_out_of(rows[i].kind, rows[i].a));\n"
+        "    }\n"
+        "    uint8_t x[STATX_BUF_SIZE], st[144];\n"
+        "    for (int j = 0; j < STATX_BUF_SIZE; j++) x[j] = (uint8_t)j;\n"
+        "    int r = statx_to_stat(x, (uint64_t)(uintptr_t)st);\n"
+        "    for (int j = 0; j < 144; j++) printf(\"%02x\", st[j]);\n"
+        "    printf(\" %d %d\\n\", r, statx_to_stat(x, 16));\n"
+        "    return 0;\n}\n"
+    )
+    exe = tmp_path / "probe"
+    subprocess.run(["gcc", "-std=gnu11", "-I", str(HEADER.parent), "-o", str(exe), str(src)], check=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split("\n")
+    want = []
+    for kind, a in STAT_CASES:
+        dirfd, path, flags = T.statx_fields(kind, a)
+        prefix = ""
+        if kind == T.K_FSTAT:
+            prefix, path = "[]", 0  # the empty path: the header's own string
+        sqe = SQE.pack(int(U.IoringOp.STATX), 0, 0, dirfd, STATX_BUF, path, lx.STATX_BASIC_STATS, flags, USER_DATA)
+        want.append(f"{prefix}{sqe.hex()} {T.stat_out_of(kind, a)}")
+    assert out[: len(STAT_CASES)] == want
+    assert out[len(STAT_CASES)] == f"{lx.statx_to_stat(statx).hex()} 0 -14", "an unwritable struct stat is EFAULT"
