@@ -50,6 +50,13 @@ def _python(kind: int, a: tuple[int, ...]) -> str:
     return SQE.pack(OPCODE, 0, 0, fd, off, addr, length, op_flags, USER_DATA).hex()
 
 
+def _compile_and_run(src: Path) -> list[str]:
+    """Compile the probe *src* against translation.h and run it: its output lines."""
+    exe = src.with_suffix("")
+    subprocess.run(["gcc", "-std=gnu11", "-I", str(HEADER.parent), "-o", str(exe), str(src)], check=True)
+    return subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split("\n")
+
+
 def test_the_c_header_and_the_python_module_translate_alike(tmp_path: Path) -> None:
     if shutil.which("gcc") is None:
         pytest.skip("gcc is missing: cannot compile translation.h")
@@ -70,9 +77,7 @@ def test_the_c_header_and_the_python_module_translate_alike(tmp_path: Path) -> N
         "    printf(\"%d %d\\n\", K_LIMIT, NR_TABLE);\n"
         "    return 0;\n}\n"
     )
-    exe = tmp_path / "probe"
-    subprocess.run(["gcc", "-std=gnu11", "-I", str(HEADER.parent), "-o", str(exe), str(src)], check=True)
-    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split("\n")
+    out = _compile_and_run(src)
     assert out[: len(CASES)] == [_python(k, a) for k, a, _ in CASES]
     assert out[len(CASES)] == f"{T.K_LIMIT} {T.NR_TABLE}"
 
@@ -161,9 +166,7 @@ def test_the_stat_calls_become_the_same_statx_and_struct_stat_in_c_and_python(tm
         "    printf(\" %d %d\\n\", r, statx_to_stat(x, 16));\n"
         "    return 0;\n}\n"
     )
-    exe = tmp_path / "probe"
-    subprocess.run(["gcc", "-std=gnu11", "-I", str(HEADER.parent), "-o", str(exe), str(src)], check=True)
-    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split("\n")
+    out = _compile_and_run(src)
     want = []
     for kind, a in STAT_CASES:
         dirfd, path, flags = T.statx_fields(kind, a)
