@@ -137,6 +137,19 @@ def test_a_woken_task_runs_in_its_own_context(mod: Any, lane: Any, data: tuple[i
     _run(body)
 
 
+def _three_reads(mod: Any, lane: Any, loop: asyncio.AbstractEventLoop, fd: int,
+                 first: Callable[[Any], Any]) -> list[int]:  # fmt: skip
+    """Three lane reads on waiters whose callbacks record their index, *first* before them on the first;
+    the list the callbacks append to."""
+    ran: list[int] = []
+    waiters = [mod.Waiter(loop) for _ in range(3)]
+    waiters[0].add_done_callback(first)
+    for i, w in enumerate(waiters):
+        w.add_done_callback(lambda _, i=i: ran.append(i))
+        assert lane.start_read(w, NR["pread64"], fd, 10, 0) is not None
+    return ran
+
+
 def test_a_failing_callback_is_reported_and_the_rest_of_the_batch_still_wakes(
     mod: Any, lane: Any, data: tuple[int, bytes]
 ) -> None:
@@ -145,16 +158,10 @@ def test_a_failing_callback_is_reported_and_the_rest_of_the_batch_still_wakes(
     async def body(loop: asyncio.AbstractEventLoop) -> None:
         reported: list[dict[str, Any]] = []
         loop.set_exception_handler(lambda _loop, ctx: reported.append(ctx))
-        ran: list[int] = []
-        waiters = [mod.Waiter(loop) for _ in range(3)]
-
         def bad(_: Any) -> None:
             raise ValueError("from a callback")
 
-        waiters[0].add_done_callback(bad)
-        for i, w in enumerate(waiters):
-            w.add_done_callback(lambda _, i=i: ran.append(i))
-            assert lane.start_read(w, NR["pread64"], fd, 10, 0) is not None
+        ran = _three_reads(mod, lane, loop, fd, first=bad)
         await _in_callback(loop, lambda: _turn_until(lane, lambda: len(ran) == 3))
         assert ran == [0, 1, 2]
         assert [type(c.get("exception")) for c in reported] == [ValueError]
@@ -168,16 +175,10 @@ def test_a_base_exception_from_a_woken_task_leaves_the_rest_scheduled(
     fd, _ = data
 
     async def body(loop: asyncio.AbstractEventLoop) -> None:
-        ran: list[int] = []
-        waiters = [mod.Waiter(loop) for _ in range(3)]
-
         def interrupt(_: Any) -> None:
             raise KeyboardInterrupt
 
-        waiters[0].add_done_callback(interrupt)
-        for i, w in enumerate(waiters):
-            w.add_done_callback(lambda _, i=i: ran.append(i))
-            assert lane.start_read(w, NR["pread64"], fd, 10, 0) is not None
+        ran = _three_reads(mod, lane, loop, fd, first=interrupt)
         at_interrupt: list[int] = []
 
         def turns() -> None:

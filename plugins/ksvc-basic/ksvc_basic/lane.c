@@ -334,7 +334,7 @@ static uint32_t lane_reap(Lane *l)
         head++;
         if (ud & CANCEL_TAG) continue;
         uint32_t i = (uint32_t)(ud & ((1u << GEN_SHIFT) - 1));
-        if (i < l->nslots && l->slots[i].stat_out && l->slots[i].gen == (uint32_t)(ud >> GEN_SHIFT)) {
+        if (l->statx_bufs && i < l->nslots && l->slots[i].stat_out && l->slots[i].gen == (uint32_t)(ud >> GEN_SHIFT)) {
             if (res == 0) res = statx_to_stat(l->statx_bufs + (size_t)i * STATX_BUF_SIZE, l->slots[i].stat_out);
             l->slots[i].stat_out = 0;
         }

@@ -384,7 +384,8 @@ class Lane:
             if ud & CANCEL_TAG:
                 continue
             i = ud & _SLOT_MASK
-            if i < self._nslots and self._slots[i].stat_out and self._slots[i].gen == (ud >> GEN_SHIFT) & _U32:
+            if (self._statx_bufs is not None and i < self._nslots and self._slots[i].stat_out
+                    and self._slots[i].gen == (ud >> GEN_SHIFT) & _U32):  # fmt: skip
                 if res == 0:
                     statx = bytes(ffi.buffer(self._statx_bufs + i * lx.STATX_SIZE, lx.STATX_SIZE))
                     res = native.write_user(self._slots[i].stat_out, lx.statx_to_stat(statx))  # or -EFAULT

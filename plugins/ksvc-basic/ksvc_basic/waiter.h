@@ -83,6 +83,8 @@ static int waiter_call_soon(Waiter *w, PyObject *fn, PyObject *ctx)
     return 0;
 }
 
+static int waiter_has_callbacks(const Waiter *w) { return w->cb0 || (w->more && PyList_GET_SIZE(w->more)); }
+
 /* Take the next callback off w: 1 and (fn, ctx) (new references; ctx may be NULL), or 0 when none is left. */
 static int waiter_pop(Waiter *w, PyObject **fn, PyObject **ctx)
 {
@@ -118,7 +120,7 @@ static void waiter_schedule_rest(Waiter *w)
 /* w is done: into the running turn's batch, or its callbacks through call_soon. */
 static int waiter_done(Waiter *w)
 {
-    if (!w->cb0 && !(w->more && PyList_GET_SIZE(w->more))) return 0;
+    if (!waiter_has_callbacks(w)) return 0;
     struct waiter_batch *b = current_batch;
     if (b) {
         if (!b->woken && !(b->woken = PyList_New(0))) return -1;
@@ -389,7 +391,7 @@ static PyObject *Waiter_add_done_callback(Waiter *w, PyObject *const *args, Py_s
         Py_DECREF(ctx);
         return r < 0 ? NULL : Py_NewRef(Py_None);
     }
-    if (!w->cb0 && !(w->more && PyList_GET_SIZE(w->more))) {
+    if (!waiter_has_callbacks(w)) {
         w->cb0 = Py_NewRef(fn);
         w->ctx0 = ctx;
         Py_RETURN_NONE;

@@ -135,9 +135,7 @@ class Waiter:
         if batch is not None:
             batch.append(self)
             return
-        callbacks, self._callbacks = self._callbacks, []
-        for fn, ctx in callbacks:
-            self._loop.call_soon(fn, self, context=ctx)
+        self._schedule_rest()
 
     def _schedule_rest(self) -> None:
         callbacks, self._callbacks = self._callbacks, []

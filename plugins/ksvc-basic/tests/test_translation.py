@@ -7,6 +7,7 @@ import shutil
 import socket
 import struct
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,15 @@ def _python(kind: int, a: tuple[int, ...]) -> str:
     return SQE.pack(OPCODE, 0, 0, fd, off, addr, length, op_flags, USER_DATA).hex()
 
 
+def _probe(tmp_path: Path, rows: Sequence[tuple[int, tuple[int, ...]]], main: str) -> Path:
+    """A probe's source: translation.h, a table ``rows`` of (kind, argument words), then *main*."""
+    table = ",\n".join(f"{{{k}, {{{', '.join(f'{v}ULL' for v in a)}}}}}" for k, a in rows)
+    src = tmp_path / "probe.c"
+    src.write_text('#include <stdio.h>\n#include "translation.h"\n'
+                   f"struct row {{ int kind; uint64_t a[6]; }} rows[] = {{\n{table}\n}};\n{main}")  # fmt: skip
+    return src
+
+
 def _compile_and_run(src: Path) -> list[str]:
     """Compile the probe *src* against translation.h and run it: its output lines."""
     exe = src.with_suffix("")
@@ -60,12 +70,7 @@ def _compile_and_run(src: Path) -> list[str]:
 def test_the_c_header_and_the_python_module_translate_alike(tmp_path: Path) -> None:
     if shutil.which("gcc") is None:
         pytest.skip("gcc is missing: cannot compile translation.h")
-    words = [", ".join(f"{v}ULL" for v in a) for _, a, _ in CASES]
-    rows = ",\n".join(f"{{{k}, {{{w}}}}}" for (k, _, _), w in zip(CASES, words, strict=True))
-    src = tmp_path / "probe.c"
-    src.write_text(
-        '#include <stdio.h>\n#include "translation.h"\n'
-        f"struct row {{ int kind; uint64_t a[6]; }} rows[] = {{\n{rows}\n}};\n"
+    src = _probe(tmp_path, [(k, a) for k, a, _ in CASES],
         "int main(void) {\n"
         "    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {\n"
         "        if (!args_fit(rows[i].kind, rows[i].a)) { puts(\"refused\"); continue; }\n"
@@ -142,11 +147,7 @@ def test_the_stat_calls_become_the_same_statx_and_struct_stat_in_c_and_python(tm
     from ksvc_host.abi import linux as lx
 
     statx = bytes(range(256))  # every field a distinct pattern
-    rows = ",\n".join(f"{{{k}, {{{', '.join(f'{v}ULL' for v in a)}}}}}" for k, a in STAT_CASES)
-    src = tmp_path / "probe.c"
-    src.write_text(
-        '#include <stdio.h>\n#include "translation.h"\n'
-        f"struct row {{ int kind; uint64_t a[6]; }} rows[] = {{\n{rows}\n}};\n"
+    src = _probe(tmp_path, STAT_CASES,
         "int main(void) {\n"
         "    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {\n"
         "        uint8_t s[SQE_SIZE]; uint64_t addr;\n"
