@@ -244,7 +244,7 @@ class LoopLane:
         lane = self.lane
         if lane is not None:
             lane.turn(False)  # submit what was started; what completes later, the eventfd reports
-            if lane.queued:  # the SQ was full: the rest next iteration
+            if lane.queued or lane.unfinished:  # the SQ was full, or the turn's budget spent: the rest next iteration
                 self.soon()
 
     def _completed(self) -> None:

@@ -665,3 +665,31 @@ def test_bulks_into_buffers_from_threads_sharing_one_instance_while_one_waits(
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_turn_delivers_a_bounded_batch_and_says_when_more_wait(data: tuple[int, bytes]) -> None:
+    # Three budgets' worth of reads queued at once: the page cache answers each inside the submit, so an
+    # unbounded turn would deliver them all in one call (and a server's busy peers, one turn for ever).
+    from ksvc_basic import own_rings
+
+    fd, payload = data
+    budget = own_rings.lane_module().CONSTANTS["TURN_BUDGET"]
+
+    async def main() -> None:
+        async with ksvc.open_async() as a:
+            lane = a._lane
+            assert lane is not None
+            loop = asyncio.get_running_loop()
+            futs = [loop.create_future() for _ in range(3 * budget)]
+            for i, fut in enumerate(futs):
+                assert lane.start_read(fut, NR["pread64"], fd, 8, i) is not None
+            turns = [lane.turn()]  # no await until every read is in: the loop's own turns stay out of it
+            assert budget <= turns[0] < 3 * budget and lane.unfinished
+            while lane.unfinished and len(turns) < 50:  # a turn at its budget may find nothing left
+                turns.append(lane.turn())
+            assert sum(turns) == len(futs) and not lane.unfinished, turns
+            assert max(turns) < 3 * budget
+            await asyncio.sleep(0)
+            assert [f.result() for f in futs] == [payload[i : i + 8] for i in range(len(futs))]
+
+    asyncio.run(main())

@@ -414,3 +414,53 @@ def test_ctrl_c_mid_traffic_stops_the_server_cleanly(transport_path: str, lane_i
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_busy_connections_leave_the_event_loop_free_for_other_callbacks(transport_path: str, lane_impl: str) -> None:
+    # 32 pairs of KSVC connections in one loop, each answering the other at once, for ever: a callback
+    # scheduled meanwhile (a new connection's set-up, a timer) must still run soon. A turn that delivered
+    # while completions kept coming never returned to the loop; a child process, so that hang is a failure.
+    import subprocess
+    import sys
+
+    code = (
+        "import asyncio, json, os, sys, time\n"
+        "from ksvc_host import lanes; from ksvc_basic import lane_reference, own_rings\n"
+        "if os.environ['KSVC_PATH'] == 'channel': lanes.plan = lambda instance: None\n"
+        "if os.environ['KSVC_LANE_IMPL'] == 'twin': own_rings.lane_module = lambda: lane_reference\n"
+        "import ksvc_host as ksvc\n"
+        "class Echo(asyncio.Protocol):\n"
+        "    moved = 0\n"
+        "    def connection_made(self, t): self.t = t\n"
+        "    def data_received(self, d): Echo.moved += 1; self.t.write(d)\n"
+        "async def main():\n"
+        "    loop = asyncio.get_running_loop()\n"
+        "    async with ksvc.open_async() as k:\n"
+        "        server = await ksvc.create_server(Echo, '127.0.0.1', 0, ksvc=k)\n"
+        "        port = server.sockets[0].getsockname()[1]\n"
+        "        pairs = [await ksvc.create_connection(Echo, '127.0.0.1', port, ksvc=k) for _ in range(32)]\n"
+        "        for t, _ in pairs: t.write(b'x' * 64)\n"
+        "        delays = []\n"
+        "        for _ in range(20):\n"
+        "            ran = loop.create_future(); t0 = time.monotonic()\n"
+        "            loop.call_soon(ran.set_result, None)\n"
+        "            await ran\n"
+        "            delays.append(time.monotonic() - t0)\n"
+        "            await asyncio.sleep(0.005)\n"
+        "        moved = Echo.moved\n"
+        "        for t, _ in pairs: t.close()\n"
+        "        server.close()\n"
+        "    print(json.dumps({'worst': max(delays), 'moved': moved}))\n"
+        "asyncio.run(main())\n"
+    )
+    env = dict(os.environ, KSVC_PATH=transport_path, KSVC_LANE_IMPL=lane_impl)
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=40)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the event loop never ran a callback scheduled while 32 connection pairs were echoing")
+    assert done.returncode == 0, done.stderr
+    import json
+
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["moved"] > 1000, got  # the pairs were busy all along
+    assert got["worst"] < 1.0, f"a callback waited {got['worst'] * 1e3:.0f} ms behind the connections' traffic"

@@ -106,7 +106,10 @@ class Lane(Protocol):
         ...
 
     def turn(self, run_work: bool = True) -> int:
-        """Submit queued entries, reap, deliver every completion in one call; how many were delivered."""
+        """Submit queued entries, reap, deliver the completions in one call; how many were delivered.
+
+        A turn delivers a bounded number (then :attr:`unfinished` is true), so that peers which answer at once
+        cannot keep it going while the event loop's other callbacks wait."""
         ...
 
     def abandon(self, token: int, fut: Any) -> bool:
@@ -156,6 +159,11 @@ class Lane(Protocol):
     @property
     def queued(self) -> int:
         """Entries written, not yet submitted."""
+        ...
+
+    @property
+    def unfinished(self) -> bool:
+        """The last turn ended at its budget with completions possibly still waiting: run another soon."""
         ...
 
     @property

@@ -121,6 +121,7 @@ struct kernel_ts { int64_t tv_sec; int64_t tv_nsec; };
 #define MANY_CHUNK 256          /* read_many, rw_many: entries per chunk at most */
 #define MAX_RW 0x7ffff000       /* the most one read or write moves (Linux's MAX_RW_COUNT) */
 #define TURN_FLUSH 16           /* a loop turn submits what its callbacks started once this many are queued */
+#define TURN_BUDGET 256         /* completions after which a turn ends, so the event loop's other callbacks run */
 #define PBUF_COUNT 512          /* provided buffers of a lane's receive loops (a power of two) */
 #define PBUF_SIZE 16384         /* bytes each: what one receive completion delivers at most */
 #define PBUF_GROUP 0            /* their buffer group id */
@@ -204,6 +205,7 @@ typedef struct {
     int64_t deadline_ns;   /* > 0: closing; a blocked caller cancels its entry once it passes */
     int busy_blocking;     /* a blocking call is inside the kernel wait */
     int in_turn;           /* turn() is delivering: a callback's own turn() call does nothing */
+    int unfinished;        /* the last turn stopped at TURN_BUDGET: completions may be waiting */
     PyObject *late;        /* (fd, result, bytes or None) of an interrupted call, once settled; or NULL */
     uint64_t entries;      /* entries the lane ran */
     uint64_t enters;       /* io_uring_enter calls */
@@ -1539,7 +1541,8 @@ static void resolve(Lane *l, uint64_t token, int64_t res, uint32_t flags)
 
 PyDoc_STRVAR(turn_doc,
     "turn(run_work=True) -> completions delivered: submit queued entries, reap, deliver. run_work: with\n"
-    "nothing to submit, enter the kernel anyway to run deferred work (the lane's eventfd said there is some).");
+    "nothing to submit, enter the kernel anyway to run deferred work (the lane's eventfd said there is some).\n"
+    "A turn ends after about TURN_BUDGET completions even if more are ready; unfinished then says so.");
 static PyObject *Lane_turn(Lane *l, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs > 1) { PyErr_SetString(PyExc_TypeError, "turn(run_work=True)"); return NULL; }
@@ -1557,6 +1560,7 @@ static PyObject *Lane_turn(Lane *l, PyObject *const *args, Py_ssize_t nargs)
     struct waiter_batch batch;
     waiter_batch_open(&batch);
     l->in_turn = 1;
+    l->unfinished = 0;
     for (;;) {
         uint32_t n = lane_reap(l);
         while (l->c_head != l->c_tail) {
@@ -1570,6 +1574,9 @@ static PyObject *Lane_turn(Lane *l, PyObject *const *args, Py_ssize_t nargs)
             if (l->s_tail - l->s_head >= TURN_FLUSH) lane_submit(l);
         }
         if (!n) break;
+        /* Peers that answer at once (a busy server's connections) would keep one turn going for ever:
+         * stop, and let the caller run another after the loop's other callbacks. */
+        if (done >= TURN_BUDGET) { l->unfinished = 1; break; }
     }
     l->in_turn = 0;
     if (waiter_batch_close(&batch) < 0) return NULL;   /* wake the tasks of this reap, in order */
@@ -1694,6 +1701,7 @@ static PyObject *Lane_get_fileno(Lane *l, void *c) { (void)c; return PyLong_From
 static PyObject *Lane_get_dead(Lane *l, void *c) { (void)c; return PyBool_FromLong(l->dead); }
 static PyObject *Lane_get_inflight(Lane *l, void *c) { (void)c; return PyLong_FromUnsignedLong(l->inflight); }
 static PyObject *Lane_get_queued(Lane *l, void *c) { (void)c; return PyLong_FromUnsignedLongLong(l->s_tail - l->s_head); }
+static PyObject *Lane_get_unfinished(Lane *l, void *c) { (void)c; return PyBool_FromLong(l->unfinished); }
 static PyObject *Lane_get_setup_flags(Lane *l, void *c) { (void)c; return PyLong_FromUnsignedLong(l->setup_flags); }
 static PyObject *Lane_get_entries(Lane *l, void *c) { (void)c; return PyLong_FromUnsignedLongLong(l->entries); }
 static PyObject *Lane_get_enters(Lane *l, void *c) { (void)c; return PyLong_FromUnsignedLongLong(l->enters); }
@@ -1705,6 +1713,7 @@ static PyGetSetDef Lane_getset[] = {
     {"dead", (getter)Lane_get_dead, NULL, "True once the lane takes nothing more", NULL},
     {"inflight", (getter)Lane_get_inflight, NULL, "entries not yet answered", NULL},
     {"queued", (getter)Lane_get_queued, NULL, "entries written, not yet submitted", NULL},
+    {"unfinished", (getter)Lane_get_unfinished, NULL, "the last turn stopped at its budget: run another", NULL},
     {"setup_flags", (getter)Lane_get_setup_flags, NULL, "the io_uring setup flags the kernel accepted", NULL},
     {"entries", (getter)Lane_get_entries, NULL, "entries the lane ran", NULL},
     {"enters", (getter)Lane_get_enters, NULL, "io_uring_enter calls made", NULL},
@@ -1772,7 +1781,7 @@ PyMODINIT_FUNC PyInit__lane(void)
     if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) return NULL;
     if (waiter_init_module(m) < 0) return NULL;
     PyObject *c = Py_BuildValue(
-        "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:K,s:K,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:n,s:n}",
+        "{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:K,s:K,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:n,s:n,s:I,s:I}",
         "IORING_OP_FSYNC", OP_FSYNC, "IORING_OP_ACCEPT", OP_ACCEPT, "IORING_OP_ASYNC_CANCEL", OP_ASYNC_CANCEL,
         "IORING_OP_CONNECT", OP_CONNECT, "IORING_OP_OPENAT", OP_OPENAT, "IORING_OP_CLOSE", OP_CLOSE,
         "IORING_OP_READ", OP_READ, "IORING_OP_WRITE", OP_WRITE, "IORING_OP_SEND", OP_SEND, "IORING_OP_RECV", OP_RECV,
@@ -1785,7 +1794,8 @@ PyMODINIT_FUNC PyInit__lane(void)
         "IORING_FSYNC_DATASYNC", FSYNC_DATASYNC, "NR_IO_URING_SETUP", NR_IO_URING_SETUP,
         "NR_IO_URING_ENTER", NR_IO_URING_ENTER, "NR_IO_URING_REGISTER", NR_IO_URING_REGISTER,
         "SQE_SIZE", SQE_SIZE, "CQE_SIZE", CQE_SIZE, "PARAMS_SIZE", (unsigned)sizeof(struct uring_params),
-        "SUBMIT_SIZE", SUBMIT_SIZE, "COMPLETE_SIZE", (Py_ssize_t)COMPLETE_SIZE, "SLOTS", (Py_ssize_t)LANE_SLOTS);
+        "SUBMIT_SIZE", SUBMIT_SIZE, "COMPLETE_SIZE", (Py_ssize_t)COMPLETE_SIZE, "SLOTS", (Py_ssize_t)LANE_SLOTS,
+        "TURN_FLUSH", TURN_FLUSH, "TURN_BUDGET", TURN_BUDGET);
     if (!c || PyModule_AddObject(m, "CONSTANTS", c) < 0) return NULL;
     PyObject *kinds = Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "stream", K_STREAM,
                                     "positioned", K_POSITIONED, "socket", K_SOCKET, "close", K_CLOSE, "fsync", K_FSYNC,

@@ -75,6 +75,7 @@ LANE_SLOTS: Final = 256  # default entries in flight at once
 MAX_SLOTS: Final = 1 << 16  # a token keeps the slot in its low GEN_SHIFT bits
 MANY_CHUNK: Final = 256  # read_many: entries per chunk at most
 TURN_FLUSH: Final = 16  # a turn submits what its callbacks started once this many are queued
+TURN_BUDGET: Final = 256  # completions after which a turn ends, so the event loop's other callbacks run
 PBUF_COUNT: Final = 512  # provided buffers of a lane's receive loops (a power of two)
 PBUF_SIZE: Final = 16384
 PBUF_GROUP: Final = 0
@@ -144,7 +145,7 @@ CONSTANTS: Final[dict[str, int]] = {
     "IORING_FSYNC_DATASYNC": FSYNC_DATASYNC, "NR_IO_URING_SETUP": U.NR_IO_URING_SETUP,
     "NR_IO_URING_ENTER": U.NR_IO_URING_ENTER, "NR_IO_URING_REGISTER": U.NR_IO_URING_REGISTER,
     "SQE_SIZE": 64, "CQE_SIZE": 16, "PARAMS_SIZE": 120, "SUBMIT_SIZE": _SUBMIT_SIZE,
-    "COMPLETE_SIZE": _COMPLETE_SIZE, "SLOTS": LANE_SLOTS,
+    "COMPLETE_SIZE": _COMPLETE_SIZE, "SLOTS": LANE_SLOTS, "TURN_FLUSH": TURN_FLUSH, "TURN_BUDGET": TURN_BUDGET,
 }  # fmt: skip
 """The ABI values the lane is built on (lane.c exports the same table; tests pin both)."""
 
@@ -279,6 +280,7 @@ class Lane:
         self._deadline_ns = 0
         self._busy_blocking = False
         self._in_turn = False
+        self._unfinished = False
         self._late: tuple[int, int, bytes | None] | None = None
         self._entries = 0
         self._enters = 0
@@ -1414,7 +1416,8 @@ class Lane:
 
     def turn(self, *args: Any) -> int:
         """turn(run_work=True) -> completions delivered: submit queued entries, reap, deliver. run_work: with
-        nothing to submit, enter the kernel anyway to run deferred work (the lane's eventfd said so)."""
+        nothing to submit, enter the kernel anyway to run deferred work (the lane's eventfd said so).
+        A turn ends after about TURN_BUDGET completions even if more are ready; unfinished then says so."""
         if len(args) > 1:
             raise TypeError("turn(run_work=True)")
         run_work = bool(args[0]) if args else True
@@ -1429,6 +1432,7 @@ class Lane:
         done = 0
         outer = waiter_reference.batch_open()
         self._in_turn = True
+        self._unfinished = False
         try:
             while True:
                 n = self._reap()
@@ -1440,6 +1444,11 @@ class Lane:
                     if self._s_tail - self._s_head >= TURN_FLUSH:
                         self._submit()
                 if not n:
+                    break
+                # Peers that answer at once (a busy server's connections) would keep one turn going for ever:
+                # stop, and let the caller run another after the loop's other callbacks.
+                if done >= TURN_BUDGET:
+                    self._unfinished = True
                     break
         except BaseException:
             self._in_turn = False
@@ -1597,6 +1606,11 @@ class Lane:
     def queued(self) -> int:
         """Entries written, not yet submitted."""
         return self._s_tail - self._s_head
+
+    @property
+    def unfinished(self) -> bool:
+        """The last turn stopped at its budget: run another."""
+        return self._unfinished
 
     @property
     def setup_flags(self) -> int:
