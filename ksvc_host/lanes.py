@@ -13,7 +13,11 @@ first use; :class:`LoopLane` makes the one lane of an event loop's thread
 (asyncio). A lane takes only what it can run exactly as the direct syscall
 would, and only the syscalls the router sends to io_uring; for anything else
 it returns ``None`` and the caller takes the shared channel and the
-dispatcher.
+dispatcher. The calls a lane has no translation of its own for (``preadv``,
+``unlinkat``, ``fallocate``, ...) travel the same path with an SQE built by the
+host's translation (:meth:`LanePlan.prebuilt`); only a call io_uring would not
+answer as the syscall does (:mod:`ksvc_host.translate`), or one the router
+sends elsewhere, takes the shared channel.
 
 Without a backend that offers lanes (or with ``ksvc.open(lanes=False)``),
 every call takes the shared channel, with the same results.
@@ -33,6 +37,7 @@ from ksvc_host import forksafety
 from ksvc_host.instance import Instance
 from ksvc_host.routing import io_uring_calls
 from ksvc_host.traits import Lane, LaneBuilder, OwnRings
+from ksvc_host.translate import Translation, translate
 
 
 class LanePlan(NamedTuple):
@@ -41,6 +46,9 @@ class LanePlan(NamedTuple):
     builder: LaneBuilder
     routes: tuple[int, ...]
     """The syscalls a lane takes: those the builder can carry and the router sends to io_uring."""
+    host_translated: frozenset[int]
+    """The syscalls the router sends to io_uring that the builder has no translation for: a lane runs them
+    with the SQE of :func:`ksvc_host.translate.translate`."""
 
     def build(self, *, settle_s: float, entries: int = 0, slots: int = 0) -> Lane:
         """A lane owned by the calling thread (``OSError`` when the kernel gives no ring).
@@ -49,6 +57,11 @@ class LanePlan(NamedTuple):
         return self.builder.build(self.routes, entries=entries or _THREAD_ENTRIES, slots=slots or _THREAD_SLOTS,
                                   settle_s=settle_s)
 
+    def prebuilt(self, nr: int, args: tuple[int, ...]) -> Translation | None:
+        """The SQE, for a lane's ``call_sqe``/``start_sqe``, of a call no lane translates itself; ``None`` when
+        the router sends *nr* elsewhere or io_uring would not answer this call as the syscall does."""
+        return translate(nr, args) if nr in self.host_translated else None
+
 
 def plan(instance: Instance) -> LanePlan | None:
     """This instance's lane plan, or ``None`` when it cannot have lanes."""
@@ -56,8 +69,8 @@ def plan(instance: Instance) -> LanePlan | None:
     builder = backend.lane_builder() if isinstance(backend, OwnRings) and instance.lanes else None
     if builder is None:
         return None
-    routes = tuple(sorted(builder.calls & io_uring_calls(instance.router)))
-    return LanePlan(builder, routes)
+    to_uring = io_uring_calls(instance.router)
+    return LanePlan(builder, tuple(sorted(builder.calls & to_uring)), frozenset(to_uring - builder.calls))
 
 
 def _release(guards: dict[int, forksafety.ChildCloses], key: int) -> None:
@@ -71,12 +84,13 @@ class ThreadLanes:
 
     def __init__(self, instance: Instance, *, settle_s: float) -> None:
         self._settle_s = settle_s
-        self._plan = plan(instance)
+        self.plan = plan(instance)
+        """How the lanes are built and what they take (``None``: no lanes)."""
         self._local = threading.local()
         self._lanes: weakref.WeakSet[Lane] = weakref.WeakSet()
         self._guards: dict[int, forksafety.ChildCloses] = {}
         self._lock = threading.Lock()
-        self._closed = self._plan is None
+        self._closed = self.plan is None
         self._deadline = 0.0
         self.retired: list[Lane] = []
         """Lanes whose kernel still held a call's memory when its caller gave up: kept for good."""
@@ -94,9 +108,9 @@ class ThreadLanes:
     def _build(self) -> Lane | None:
         lane = None
         with self._lock:
-            if not self._closed and self._plan is not None:
+            if not self._closed and self.plan is not None:
                 try:
-                    lane = self._plan.build(settle_s=self._settle_s)
+                    lane = self.plan.build(settle_s=self._settle_s)
                 except OSError:
                     lane = None  # no ring for this thread (limits): it uses the shared channel
                 if lane is not None:
@@ -174,12 +188,13 @@ class LoopLane:
     """
 
     def __init__(self, instance: Instance, loop: asyncio.AbstractEventLoop, *, settle_s: float) -> None:
-        self._plan = plan(instance)
+        self.plan = plan(instance)
+        """How the lanes are built and what they take (``None``: no lanes)."""
         self._loop = loop
         self._settle_s = settle_s
         self.scheduled = False
         """A turn is already scheduled: what is started now goes out with it (callers may skip :meth:`soon`)."""
-        self.new_future = self._plan.builder.waiter(loop) if self._plan is not None else loop.create_future
+        self.new_future = self.plan.builder.waiter(loop) if self.plan is not None else loop.create_future
         """A new future for an entry of this loop's lane: the builder's waiter, which the turn resolving it
         wakes at the turn's end (no ``call_soon`` handle per operation)."""
         self._efd = -1
@@ -190,10 +205,10 @@ class LoopLane:
         self._build()
 
     def _build(self) -> None:
-        if self._plan is None:
+        if self.plan is None:
             return
         try:
-            self.lane = self._plan.build(settle_s=self._settle_s, entries=_LOOP_ENTRIES, slots=_LOOP_SLOTS)
+            self.lane = self.plan.build(settle_s=self._settle_s, entries=_LOOP_ENTRIES, slots=_LOOP_SLOTS)
         except OSError:
             self.lane = None  # no ring (limits): every operation takes the shared channel
         if self.lane is None:

@@ -11,7 +11,7 @@ import pytest
 import ksvc_host as ksvc
 from ksvc_host.abi.syscalls import SYSCALLS
 from ksvc_host.plugins import PluginManager
-from ksvc_host.testing import FaultInjector, faulty_plugin
+from ksvc_host.testing import FaultInjector, faulty_plugin, shared_ring_statx
 
 
 def _pm(*plugins: tuple[str, object]) -> PluginManager:
@@ -31,7 +31,7 @@ def test_refused_submits_and_enqueues_are_back_pressure(dispatcher: str) -> None
                    completion_sink="faulty-ring", dispatcher=dispatcher) as k:  # fmt: skip
         r, w = os.pipe()
         for _ in range(30):
-            assert k.statx("/")  # Tier 1 through the shared ring (a thread's lane takes no raw statx)
+            assert isinstance(shared_ring_statx(k), bytes)  # Tier 1 through the shared ring
             assert k.fcntl(r, 1) >= 0  # Tier 2
         assert io[1].built[0].calls["submit"] >= 40 and pool[1].built[0].calls["enqueue"] >= 40
         os.close(r)
@@ -47,7 +47,7 @@ def test_a_component_failing_while_serving_fails_pending_work_clearly(trait: str
     r, w = os.pipe()
     with pytest.raises((ksvc.DispatcherFailed, OSError)) as info:
         for _ in range(10):
-            k.statx("/")  # Tier 1 through the shared ring
+            shared_ring_statx(k)  # Tier 1 through the shared ring
             k.fcntl(r, 1)
     assert "injected fault" in str(info.value) or isinstance(info.value, ksvc.DispatcherFailed)
     with pytest.raises(ksvc.DispatcherFailed, match="injected fault"):
@@ -120,7 +120,7 @@ def test_both_dispatchers_fail_pending_callers_at_once(dispatcher: str, trait: s
     t0 = time.monotonic()
     with pytest.raises(ksvc.DispatcherFailed, match="injected fault"):
         for _ in range(5):
-            k.statx("/proc/self/stat")  # the shared ring: the reader above waits in its thread's lane (or there)
+            shared_ring_statx(k, "/proc/self/stat")  # the reader above waits in its lane (or there)
             time.sleep(0.05)
     t.join(2.0)
     assert not t.is_alive(), "a caller waiting on another thread was never told of the failure"

@@ -8,6 +8,8 @@ fork, and the asyncio loop's lane. Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import functools
 import gc
 import os
@@ -691,5 +693,180 @@ def test_a_turn_delivers_a_bounded_batch_and_says_when_more_wait(data: tuple[int
             assert max(turns) < 3 * budget
             await asyncio.sleep(0)
             assert [f.result() for f in futs] == [payload[i : i + 8] for i in range(len(futs))]
+
+    asyncio.run(main())
+
+
+def _host_translated_cases() -> list[tuple[str, Callable[[Any, str], Any], Callable[[str], Any]]]:
+    """(what, the call through KSVC in a directory, the same call through os in its twin): calls no lane
+    translates itself, so a lane runs them with the host's SQE. Each returns what can be compared."""
+
+    def pipe_with(data: bytes) -> tuple[int, int]:
+        r, w = os.pipe()
+        os.write(w, data)
+        return r, w
+
+    def f(d: str) -> int:
+        return os.open(os.path.join(d, "f"), os.O_RDWR)
+
+    def vec(call: Callable[[int, list[bytearray]], Any], d: str) -> Any:
+        fd, bufs = f(d), [bytearray(100), bytearray(50)]
+        try:
+            return call(fd, bufs), [bytes(b) for b in bufs]
+        finally:
+            os.close(fd)
+
+    def on_pipe(call: Callable[[int, int], Any]) -> Any:
+        r, w = pipe_with(b"hello, world")
+        try:
+            return call(r, w), os.read(r, 100)
+        finally:
+            os.close(r)
+            os.close(w)
+
+    def on_file(call: Callable[[int], Any], d: str) -> Any:
+        fd = f(d)
+        try:
+            return call(fd), os.fstat(fd).st_size, os.pread(fd, 16, 0)
+        finally:
+            os.close(fd)
+
+    def j(d: str, *names: str) -> str:
+        return os.path.join(d, *names)
+
+    def iov_read(call: Callable[[int, list[bytearray]], Any], fd: int) -> Any:
+        bufs = [bytearray(5), bytearray(3)]
+        return call(fd, bufs), [bytes(b) for b in bufs]
+
+    cases: list[tuple[str, Callable[[Any, str], Any], Callable[[str], Any]]] = [
+        ("preadv", lambda k, d: vec(lambda fd, b: k.preadv(fd, b, 10), d),
+         lambda d: vec(lambda fd, b: os.preadv(fd, b, 10), d)),
+        ("pwritev", lambda k, d: on_file(lambda fd: k.pwritev(fd, [b"ab", b"cde"], 3), d),
+         lambda d: on_file(lambda fd: os.pwritev(fd, [b"ab", b"cde"], 3), d)),
+        ("readv", lambda k, d: on_pipe(lambda r, w: iov_read(k.readv, r)),
+         lambda d: on_pipe(lambda r, w: iov_read(os.readv, r))),
+        ("writev", lambda k, d: on_pipe(lambda r, w: k.writev(w, [b"x", b"yz"])),
+         lambda d: on_pipe(lambda r, w: os.writev(w, [b"x", b"yz"]))),
+        ("ftruncate", lambda k, d: on_file(lambda fd: k.ftruncate(fd, 1000), d),
+         lambda d: on_file(lambda fd: os.ftruncate(fd, 1000), d)),
+        ("fallocate", lambda k, d: on_file(lambda fd: k.fallocate(fd, 0, 0, 200_000), d),
+         lambda d: on_file(lambda fd: os.posix_fallocate(fd, 0, 200_000), d)),
+        ("fadvise", lambda k, d: on_file(lambda fd: k.fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL), d),
+         lambda d: on_file(lambda fd: os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL), d)),
+        ("fadvise bad advice", lambda k, d: on_file(lambda fd: k.fadvise(fd, 0, 0, 99), d),
+         lambda d: on_file(lambda fd: os.posix_fadvise(fd, 0, 0, 99), d)),
+        ("mkdir", lambda k, d: k.mkdir(j(d, "new"), 0o750), lambda d: os.mkdir(j(d, "new"), 0o750)),
+        ("mkdir existing", lambda k, d: k.mkdir(j(d, "new")), lambda d: os.mkdir(j(d, "new"))),
+        ("symlink", lambda k, d: k.symlink("f", j(d, "ln")), lambda d: os.symlink("f", j(d, "ln"))),
+        ("link", lambda k, d: k.link(j(d, "f"), j(d, "hard")), lambda d: os.link(j(d, "f"), j(d, "hard"))),
+        ("link missing", lambda k, d: k.link(j(d, "nope"), j(d, "x")), lambda d: os.link(j(d, "nope"), j(d, "x"))),
+        ("rename", lambda k, d: k.rename(j(d, "hard"), j(d, "moved")),
+         lambda d: os.rename(j(d, "hard"), j(d, "moved"))),
+        ("unlink", lambda k, d: k.unlink(j(d, "moved")), lambda d: os.unlink(j(d, "moved"))),
+        ("unlink missing", lambda k, d: k.unlink(j(d, "moved")), lambda d: os.unlink(j(d, "moved"))),
+        ("rmdir not empty", lambda k, d: k.rmdir(d), lambda d: os.rmdir(d)),
+        ("rmdir", lambda k, d: k.rmdir(j(d, "new")), lambda d: os.rmdir(j(d, "new"))),
+        ("statx size", lambda k, d: k.statx(j(d, "f"))[0x28:0x30],
+         lambda d: os.stat(j(d, "f")).st_size.to_bytes(8, "little")),
+    ]  # fmt: skip
+    return cases
+
+
+def _tree(d: str) -> list[tuple[str, int, int]]:
+    stats = {n: os.lstat(os.path.join(d, n)) for n in os.listdir(d)}
+    return sorted((n, st.st_mode, st.st_size) for n, st in stats.items())
+
+
+def _twin_dirs(tmp: str, name: str) -> tuple[str, str]:
+    dirs = (os.path.join(tmp, name + "-ksvc"), os.path.join(tmp, name + "-os"))
+    for d in dirs:
+        os.mkdir(d)
+        with open(os.path.join(d, "f"), "wb") as out:
+            out.write(bytes(range(256)) * 64)
+    return dirs
+
+
+def _result(call: Callable[[], Any]) -> Any:
+    try:
+        return ("ok", call())
+    except OSError as exc:
+        return ("OSError", exc.errno)
+
+
+def test_calls_no_lane_translates_take_the_lane_with_the_hosts_sqe_and_equal_os(k: ksvc.Ksvc, tmp_path: object) -> None:
+    cases = _host_translated_cases()
+    mine, theirs = _twin_dirs(str(tmp_path), "blocking")
+    before = _entries(k)
+    for what, through, direct in cases:
+        assert _result(functools.partial(through, k, mine)) == _result(functools.partial(direct, theirs)), what
+        assert _tree(mine) == _tree(theirs), what
+    assert _entries(k) - before >= len(cases), "these calls are the lane's"
+
+    async def main() -> None:
+        async with ksvc.open_async() as a:
+            lane = a._lane
+            assert lane is not None
+            loop = asyncio.get_running_loop()
+            mine, theirs = _twin_dirs(str(tmp_path), "loop")
+            start = lane.entries
+            for what, through, direct in cases:
+                got = await loop.run_in_executor(None, _result, functools.partial(through, _OnLoop(a, loop), mine))
+                assert got == _result(functools.partial(direct, theirs)), what
+                assert _tree(mine) == _tree(theirs), what
+            assert lane.entries - start >= len(cases), "these calls are the loop lane's"
+
+    asyncio.run(main())
+
+
+class _OnLoop:
+    """An asyncio instance's calls made from a worker thread: each runs on the loop (its lane), awaited."""
+
+    def __init__(self, a: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._a, self._loop = a, loop
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._a, name)
+
+        async def awaited(*args: Any) -> Any:
+            return await method(*args)
+
+        return lambda *args: asyncio.run_coroutine_threadsafe(awaited(*args), self._loop).result(5)
+
+
+def test_a_lane_runs_a_callers_sqe_only_when_it_stays_apart_from_the_lanes_other_entries() -> None:
+    from ksvc_host.abi.io_uring import IoringOp, SqeFlag
+    from ksvc_host.traits.io_backend import SqeSpec
+
+    nop = SqeSpec(IoringOp.NOP).to_bytes()
+    with ksvc.open() as k:
+        lane = k._lanes.mine()
+        assert lane is not None
+        assert lane.call_sqe(None, nop) == 0
+        forged = nop[:32] + (12345).to_bytes(8, "little") + nop[40:]  # user_data is the lane's to set
+        assert lane.call_sqe(None, forged) == 0 and lane.inflight == 0
+        # A link, a provided buffer, a skipped completion: ties to other entries; the caller takes the channel.
+        for flag in SqeFlag:
+            assert lane.call_sqe(None, SqeSpec(IoringOp.NOP, flags=flag).to_bytes()) is None, flag
+        for bad in (nop[:63], nop + b"\0", bytearray(nop), memoryview(nop)):
+            with pytest.raises(ValueError, match="64 bytes"):
+                lane.call_sqe(None, bad)
+        fd = os.open("/dev/zero", os.O_RDONLY)
+        try:
+            assert lane.call_sqe(None, SqeSpec(IoringOp.CLOSE, fd).to_bytes()) == 0
+            assert lane.call_sqe(None, SqeSpec(IoringOp.CLOSE, fd).to_bytes()) == -errno.EBADF
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    async def main() -> None:
+        async with ksvc.open_async() as a:
+            lane = a._lane
+            assert lane is not None
+            futs = [a._loop_lane.new_future() for _ in range(3)]
+            tokens = [lane.start_sqe(f, None, nop) for f in futs]
+            assert None not in tokens and len(set(tokens)) == 3
+            assert lane.start_sqe(futs[0], None, SqeSpec(IoringOp.NOP, flags=SqeFlag.IO_LINK).to_bytes()) is None
+            a._loop_lane.soon()
+            assert await asyncio.wait_for(asyncio.gather(*futs), 5) == [0, 0, 0]
 
     asyncio.run(main())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
+import struct
 from types import MappingProxyType
 from typing import Final, NamedTuple
 
@@ -296,6 +297,8 @@ SQE_FIELDS: Final = MappingProxyType(
     }
 )
 """``struct io_uring_sqe`` (64 bytes; 56..63 is padding)."""
+SQE_STRUCT: Final = struct.Struct("<BBHiQQIIQHHIQ8x")
+"""The same SQE for ``struct``: the fields of :data:`SQE_FIELDS` in order, ``fd`` signed, then the padding."""
 
 CQE_SIZE: Final = 16
 CQE_FIELDS: Final = MappingProxyType({"user_data": Field(0, 8), "res": Field(8, 4), "flags": Field(12, 4)})

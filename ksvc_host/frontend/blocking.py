@@ -73,12 +73,18 @@ class Ksvc(SharedPageReads, Operations):
     def _run(self, op: Op) -> Any:
         lane = self._lanes.mine()
         if lane is not None:
+            plan = self._lanes.plan
+            tr = None
             try:
                 result = lane.call(op.nr, *op.args)
+                if result is None and plan is not None and (tr := plan.prebuilt(op.nr, op.args)) is not None:
+                    result = lane.call_sqe((op.keep, tr.keep), tr.sqe.to_bytes())  # the host's SQE, same lane
             except BaseException:
                 self._lane_gave_up(lane, op)
                 raise
             if result is not None:
+                if tr is not None and tr.finish is not None:
+                    result = tr.finish(result)
                 return op.outcome(result)
         return self._run_shared(op)
 
@@ -342,6 +348,9 @@ class Ksvc(SharedPageReads, Operations):
                 out.append(op.outcome(w.result))
             except OSError as exc:
                 out.append(exc)
+        failure = self._completer.failure
+        if failure is not None and any(w.flags == -1 for w in waiters):  # as a single call reports it
+            raise DispatcherFailed(f"the dispatcher failed: {failure!r}; open a new instance")
         return out
 
     def accept_iter(self, fd: int, flags: int = 0o2000000) -> Iterator[int]:

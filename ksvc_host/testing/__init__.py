@@ -20,7 +20,7 @@ returns, a completion that never arrives) fails the check with an
 component the stuck stack points at.
 """
 
-from ksvc_host.testing.faults import FaultInjector, InjectedFault, faulty_plugin
+from ksvc_host.testing.faults import FaultInjector, InjectedFault, faulty_plugin, shared_ring_statx
 from ksvc_host.testing.kit import (
     check_buffer_provider,
     check_completion_sink,
@@ -36,6 +36,7 @@ __all__ = [
     "FaultInjector",
     "InjectedFault",
     "faulty_plugin",
+    "shared_ring_statx",
     "check_buffer_provider",
     "check_completion_sink",
     "check_instance",

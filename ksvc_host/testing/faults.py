@@ -228,3 +228,15 @@ def faulty_plugin(trait: str, base: str, **injector: Any) -> tuple[str, Any]:
     register_hook.__name__ = hook
     plugin = type(f"Faulty_{trait}", (), {hook: staticmethod(hookimpl(register_hook)), "built": built})
     return f"faulty-{trait}-{base}", plugin
+
+
+def shared_ring_statx(k: Any, path: str = "/") -> Any:
+    """``statx(path)`` as a Tier 1 entry through the shared ring and the dispatcher, whatever lanes the
+    instance has (a lane takes single calls; a batch always goes to the shared ring): the path an injected
+    io_backend, completion sink or notifier fault is met on. The raw ``struct statx``; a failure raises."""
+    batch = k.batch()
+    batch.statx(path)
+    (out,) = batch.run()
+    if isinstance(out, BaseException):
+        raise out
+    return out

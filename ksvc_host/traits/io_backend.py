@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol, runtime_checkable
 
+from ksvc_host.abi.io_uring import SQE_STRUCT
+
+_U64 = (1 << 64) - 1
+
 
 class SqeSpec:
     """The fields of one io_uring SQE, by their kernel names.
@@ -63,6 +67,20 @@ class SqeSpec:
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__ if getattr(self, k))
         return f"SqeSpec({fields})"
+
+    def to_bytes(self) -> bytes:
+        """The 64-byte ``struct io_uring_sqe`` (``user_data`` zero: whoever submits it sets its own)."""
+        return SQE_STRUCT.pack(self.opcode, self.flags, self.ioprio, self.fd, self.off & _U64, self.addr & _U64,
+                               self.len, self.op_flags, 0, self.buf_index, self.personality, self.file_index,
+                               self.addr3 & _U64)  # fmt: skip
+
+    @classmethod
+    def from_bytes(cls, sqe: bytes) -> SqeSpec:
+        """The fields of a 64-byte SQE (its ``user_data`` is not one of them)."""
+        (opcode, flags, ioprio, fd, off, addr, length, op_flags, _, buf_index, personality, file_index,
+         addr3) = SQE_STRUCT.unpack(sqe)  # fmt: skip
+        return cls(opcode, fd, off=off, addr=addr, len=length, op_flags=op_flags, flags=flags, ioprio=ioprio,
+                   buf_index=buf_index, personality=personality, file_index=file_index, addr3=addr3)
 
 
 class IoCompletion(NamedTuple):

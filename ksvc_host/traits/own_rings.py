@@ -37,6 +37,11 @@ class Lane(Protocol):
         """The syscall's result (``-errno`` on failure)."""
         ...
 
+    def call_sqe(self, keep: Any, sqe: bytes) -> int | None:
+        """Run an SQE the caller built (64 bytes, no SQE flags; the lane sets ``user_data``): the CQE's
+        result. For the calls the lane has no translation of its own for (the host's Python one)."""
+        ...
+
     def read(self, nr: int, fd: int, n: int, offset_or_flags: int) -> bytes | None:
         """``read``/``pread64``/``recvfrom`` into new bytes; a failure raises ``OSError``."""
         ...
@@ -57,6 +62,10 @@ class Lane(Protocol):
     # Loop: queue entries with a future or callback each; turn() submits and delivers.
     def start(self, fut: Any, keep: Any, nr: int, *args: int) -> int | None:
         """Queue a call; *fut* gets its result (``-errno`` on failure); *keep* lives until then."""
+        ...
+
+    def start_sqe(self, fut: Any, keep: Any, sqe: bytes) -> int | None:
+        """Queue an SQE the caller built, as :meth:`call_sqe`; *fut* gets the CQE's result."""
         ...
 
     def start_read(self, fut: Any, nr: int, fd: int, n: int, offset_or_flags: int) -> int | None:

@@ -113,6 +113,7 @@ struct kernel_ts { int64_t tv_sec; int64_t tv_nsec; };
 #define ENTRY_POLL_FIRST (1u << 0)   /* a submit entry's flags (lane-internal): a receive that polls first */
 #define ENTRY_MULTISHOT (1u << 1)    /* a multishot receive into the lane's provided buffers */
 #define ENTRY_ACCEPTS (1u << 2)      /* a multishot accept */
+#define ENTRY_PREBUILT (1u << 3)     /* the caller built the SQE: args[0] points at its 64 bytes */
 
 
 /* Lane limits. */
@@ -263,6 +264,12 @@ static int lane_accepts(Lane *l, uint32_t nr, const uint64_t *a)
  * flags (a receive that polls first, multishot receives and accepts). */
 static void translate(Lane *l, const uint64_t *w, uint8_t *s)
 {
+    uint32_t eflags = (uint32_t)(w[1] >> 32);
+    if (eflags & ENTRY_PREBUILT) {   /* the slot holds the SQE's bytes until the completion */
+        memcpy(s, (const void *)(uintptr_t)w[2], SQE_SIZE);
+        memcpy(s + 32, &w[0], 8);    /* user_data: the entry's correlation id */
+        return;
+    }
     uint32_t nr = (uint32_t)w[1] % NR_TABLE;   /* checked when the entry was written */
     int kind = l->kind[nr];
     if (is_stat_kind(kind)) {   /* STATX into the slot's buffer; lane_reap converts it for the caller */
@@ -272,7 +279,6 @@ static void translate(Lane *l, const uint64_t *w, uint8_t *s)
                        w[0]);
         return;
     }
-    uint32_t eflags = (uint32_t)(w[1] >> 32);
     uint16_t ioprio = eflags & ENTRY_POLL_FIRST ? RECVSEND_POLL_FIRST : 0;
     uint8_t sqe_flags = 0;
     uint16_t buf_group = 0;
@@ -711,15 +717,17 @@ static int wait_for(Lane *l, uint64_t corr, uint32_t slot, int64_t *res)
 }
 
 /* Blocking: run one entry on this thread; return its value, or None when the lane does not take it. */
-static PyObject *run_blocking(Lane *l, uint32_t nr, uint64_t *a, Py_ssize_t read_len, int stream, int raw)
+static PyObject *run_blocking(Lane *l, uint32_t nr, uint64_t *a, Py_ssize_t read_len, int stream, int raw,
+                              PyObject *prebuilt)
 {
     int i = slot_take(l);
     if (i < 0) Py_RETURN_NONE;
     struct slot *s = &l->slots[i];
-    s->fd = (int32_t)a[0];
+    s->fd = prebuilt ? -1 : (int32_t)a[0];
     if (read_len >= 0 && !slot_read_into_bytes(s, a, read_len, stream)) { slot_free(l, (uint32_t)i); return NULL; }
+    if (prebuilt) { Py_INCREF(prebuilt); s->obj = prebuilt; }   /* the SQE and what it points at */
     uint64_t corr = token_of(l, (uint32_t)i);
-    write_entry(l, corr, nr, a);
+    write_entry_flags(l, corr, nr, a, prebuilt ? ENTRY_PREBUILT : 0);
     long r = lane_submit(l);
     if (r < 0 && r != -EAGAIN && r != -EBUSY) {
         /* Nothing reached the kernel (the ring itself refused): the generic path runs it. */
@@ -755,7 +763,7 @@ static PyObject *Lane_call(Lane *l, PyObject *const *args, Py_ssize_t nargs)
     if (PyErr_Occurred()) { PyErr_Clear(); Py_RETURN_NONE; }
     uint64_t a[6];
     if (!words(args + 1, nargs - 1, a) || nr >= NR_TABLE || !lane_accepts(l, (uint32_t)nr, a)) Py_RETURN_NONE;
-    return run_blocking(l, (uint32_t)nr, a, -1, 0, 1);
+    return run_blocking(l, (uint32_t)nr, a, -1, 0, 1, NULL);
 }
 
 /* A syscall number argument the lane routes to a read or write into a buffer; 0 otherwise. */
@@ -799,7 +807,7 @@ static PyObject *Lane_read(Lane *l, PyObject *const *args, Py_ssize_t nargs)
 {
     uint32_t nr; uint64_t a[6]; Py_ssize_t n;
     if (!usable(l) || !read_args(l, args, nargs, &nr, a, &n)) Py_RETURN_NONE;
-    return run_blocking(l, nr, a, n, l->kind[nr] != K_POSITIONED, 0);
+    return run_blocking(l, nr, a, n, l->kind[nr] != K_POSITIONED, 0, NULL);
 }
 
 /* Wait for the entries of one read_many chunk; 0 with an exception (everything settled first). */
@@ -986,7 +994,7 @@ static PyObject *Lane_write(Lane *l, PyObject *const *args, Py_ssize_t nargs)
 {
     uint32_t nr; uint64_t a[6]; Py_buffer view;
     if (!usable(l) || !write_args(l, args, nargs, &nr, a, &view)) Py_RETURN_NONE;
-    PyObject *r = run_blocking(l, nr, a, -1, 0, 0);
+    PyObject *r = run_blocking(l, nr, a, -1, 0, 0, NULL);
     if (!l->dead || r) PyBuffer_Release(&view);   /* a lane that died holding it keeps it: the kernel may read it */
     return r;
 }
@@ -996,8 +1004,8 @@ static PyObject *Lane_write(Lane *l, PyObject *const *args, Py_ssize_t nargs)
 /* Queue one entry with its future. The slot holds, until the completion: a new bytes object to
  * read into (read_len >= 0), the buffer view a write sends from (view), or keep. ints: deliver
  * the raw result (-errno included) rather than a value or an OSError. None: no free slot. */
-static PyObject *start_entry(Lane *l, uint32_t nr, uint64_t *a, PyObject *fut, PyObject *keep, Py_ssize_t read_len,
-                             int stream, Py_buffer *view, int ints)
+static PyObject *start_entry_flags(Lane *l, uint32_t nr, uint64_t *a, PyObject *fut, PyObject *keep,
+                                   Py_ssize_t read_len, int stream, Py_buffer *view, int ints, uint32_t eflags)
 {
     int i = slot_take(l);
     if (i < 0) Py_RETURN_NONE;
@@ -1013,8 +1021,61 @@ static PyObject *start_entry(Lane *l, uint32_t nr, uint64_t *a, PyObject *fut, P
     Py_INCREF(fut);
     s->fut = fut;
     uint64_t t = token_of(l, (uint32_t)i);
-    write_entry(l, t, nr, a);
+    write_entry_flags(l, t, nr, a, eflags);
     return PyLong_FromUnsignedLongLong(t);
+}
+
+static PyObject *start_entry(Lane *l, uint32_t nr, uint64_t *a, PyObject *fut, PyObject *keep, Py_ssize_t read_len,
+                             int stream, Py_buffer *view, int ints)
+{
+    return start_entry_flags(l, nr, a, fut, keep, read_len, stream, view, ints, 0);
+}
+
+/* A caller-built SQE (start_sqe, call_sqe): 64 bytes with no SQE flags, since a link, a provided buffer or
+ * a skipped completion would tie it to the lane's other entries. 1: taken, *hold the tuple its slot keeps
+ * (keep and the SQE) and a[0] the SQE's address; 0: refused; -1: an error is set. */
+static int prebuilt_args(PyObject *keep, PyObject *sqe, uint64_t *a, PyObject **hold)
+{
+    if (!PyBytes_CheckExact(sqe) || PyBytes_GET_SIZE(sqe) != SQE_SIZE) {
+        PyErr_Format(PyExc_ValueError, "an SQE is %d bytes (bytes), not %.100s", SQE_SIZE, Py_TYPE(sqe)->tp_name);
+        return -1;
+    }
+    if (PyBytes_AS_STRING(sqe)[1]) return 0;
+    *hold = PyTuple_Pack(2, keep, sqe);
+    if (!*hold) return -1;
+    memset(a, 0, 6 * sizeof *a);
+    a[0] = (uint64_t)(uintptr_t)PyBytes_AS_STRING(sqe);
+    return 1;
+}
+
+PyDoc_STRVAR(start_sqe_doc,
+    "start_sqe(fut, keep, sqe) -> token, or None: queue an SQE built by the caller (64 bytes, no SQE flags;\n"
+    "its user_data is the lane's); turn() resolves fut with the CQE's result. keep and sqe stay referenced.");
+static PyObject *Lane_start_sqe(Lane *l, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "start_sqe(fut, keep, sqe)"); return NULL; }
+    uint64_t a[6]; PyObject *hold = NULL;
+    int ok = prebuilt_args(args[1], args[2], a, &hold);
+    if (ok < 0) return NULL;
+    if (!ok || !usable(l)) { Py_XDECREF(hold); Py_RETURN_NONE; }
+    PyObject *t = start_entry_flags(l, 0, a, args[0], hold, -1, 0, NULL, 1, ENTRY_PREBUILT);
+    Py_DECREF(hold);
+    return t;
+}
+
+PyDoc_STRVAR(call_sqe_doc,
+    "call_sqe(keep, sqe) -> the CQE's result (-errno on failure), or None when the lane does not take it:\n"
+    "run an SQE built by the caller (64 bytes, no SQE flags) on this thread, blocking.");
+static PyObject *Lane_call_sqe(Lane *l, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "call_sqe(keep, sqe)"); return NULL; }
+    uint64_t a[6]; PyObject *hold = NULL;
+    int ok = prebuilt_args(args[0], args[1], a, &hold);
+    if (ok < 0) return NULL;
+    if (!ok || !usable(l)) { Py_XDECREF(hold); Py_RETURN_NONE; }
+    PyObject *r = run_blocking(l, 0, a, -1, 0, 1, hold);
+    Py_DECREF(hold);
+    return r;
 }
 
 PyDoc_STRVAR(start_doc,
@@ -1724,6 +1785,8 @@ static PyGetSetDef Lane_getset[] = {
 
 static PyMethodDef Lane_methods[] = {
     {"call", (PyCFunction)(void (*)(void))Lane_call, METH_FASTCALL, call_doc},
+    {"call_sqe", (PyCFunction)(void (*)(void))Lane_call_sqe, METH_FASTCALL, call_sqe_doc},
+    {"start_sqe", (PyCFunction)(void (*)(void))Lane_start_sqe, METH_FASTCALL, start_sqe_doc},
     {"read", (PyCFunction)(void (*)(void))Lane_read, METH_FASTCALL, read_doc},
     {"read_many", (PyCFunction)(void (*)(void))Lane_read_many, METH_FASTCALL, read_many_doc},
     {"rw_many", (PyCFunction)(void (*)(void))Lane_rw_many, METH_FASTCALL, rw_many_doc},

@@ -88,6 +88,7 @@ _SLOT_MASK: Final = (1 << GEN_SHIFT) - 1
 ENTRY_POLL_FIRST: Final = 1 << 0  # a receive that arms its poll before trying
 ENTRY_MULTISHOT: Final = 1 << 1  # a multishot receive into the lane's provided buffers
 ENTRY_ACCEPTS: Final = 1 << 2  # a multishot accept
+ENTRY_PREBUILT: Final = 1 << 3  # the caller built the SQE: args[0] points at its 64 bytes
 
 # The kernel's io_uring ABI, as plain ints (the turn's paths are hot).
 OP_FSYNC: Final = int(U.IoringOp.FSYNC)
@@ -341,6 +342,8 @@ class Lane:
         return True
 
     def _translate(self, corr: int, nr: int, eflags: int, a: tuple[int, ...]) -> SqeSpec:
+        if eflags & ENTRY_PREBUILT:  # the slot holds the SQE's bytes until the completion
+            return SqeSpec.from_bytes(ffi.buffer(ffi.cast("char *", a[0]), U.SQE_SIZE)[:])
         nr %= NR_TABLE
         ioprio = RECVSEND_POLL_FIRST if eflags & ENTRY_POLL_FIRST else 0
         sqe_flags = 0
@@ -626,7 +629,8 @@ class Lane:
             self._late = (s.fd, res, data)
             self._slot_free(i)
 
-    def _run_blocking(self, nr: int, a: list[int], read_len: int, stream: bool, raw: bool) -> Any:
+    def _run_blocking(self, nr: int, a: list[int], read_len: int, stream: bool, raw: bool,
+                      prebuilt: tuple[Any, bytes] | None = None) -> Any:  # fmt: skip
         """Run one entry on this thread; its value, or None when the lane does not take it."""
         tail0 = self._s_tail
         i = self._slot_take()
@@ -635,10 +639,12 @@ class Lane:
         s = self._slots[i]
         corr = self._token(i)
         try:
-            s.fd = _i32(a[0])
+            s.fd = -1 if prebuilt is not None else _i32(a[0])
             if read_len >= 0:
                 self._read_into(s, a, read_len, stream)
-            self._write_entry(corr, nr, a)
+            if prebuilt is not None:
+                s.obj = prebuilt  # the SQE and what it points at
+            self._write_entry(corr, nr, a, ENTRY_PREBUILT if prebuilt is not None else 0)
             r = self._submit()
             if r < 0 and r not in (-errno.EAGAIN, -errno.EBUSY):
                 # Nothing reached the kernel (the ring itself refused): the generic path runs it.
@@ -868,7 +874,7 @@ class Lane:
     # Loop lanes -------------------------------------------------------------------------------------
 
     def _start_entry(self, nr: int, a: list[int], fut: Any, keep: Any, read_len: int, stream: bool, view: Any,
-                     ints: bool) -> int | None:  # fmt: skip
+                     ints: bool, eflags: int = 0) -> int | None:  # fmt: skip
         """Queue one entry with its future; the slot holds the read's buffer, the write's view, or keep."""
         i = self._slot_take()
         if i < 0:
@@ -886,8 +892,41 @@ class Lane:
         s.ints = ints
         s.fut = fut
         t = self._token(i)
-        self._write_entry(t, nr, a)
+        self._write_entry(t, nr, a, eflags)
         return t
+
+    @staticmethod
+    def _prebuilt(keep: Any, sqe: Any) -> tuple[list[int], tuple[Any, bytes]] | None:
+        """A caller-built SQE: 64 bytes with no SQE flags, since a link, a provided buffer or a skipped
+        completion would tie it to the lane's other entries. The entry's words (args[0]: the SQE's address)
+        and what its slot keeps, or None when refused."""
+        if sqe.__class__ is not bytes or len(sqe) != U.SQE_SIZE:
+            raise ValueError(f"an SQE is {U.SQE_SIZE} bytes (bytes), not {type(sqe).__name__}")
+        if sqe[1]:
+            return None
+        return [int(ffi.cast("uintptr_t", ffi.from_buffer(sqe))), 0, 0, 0, 0, 0], (keep, sqe)
+
+    def start_sqe(self, *args: Any) -> Any:
+        """start_sqe(fut, keep, sqe) -> token, or None: queue an SQE built by the caller (64 bytes, no SQE
+        flags; its user_data is the lane's); turn() resolves fut with the CQE's result."""
+        if len(args) != 3:
+            raise TypeError("start_sqe(fut, keep, sqe)")
+        got = self._prebuilt(args[1], args[2])
+        if got is None or not self._usable():
+            return None
+        a, hold = got
+        return self._start_entry(0, a, args[0], hold, -1, False, None, True, ENTRY_PREBUILT)
+
+    def call_sqe(self, *args: Any) -> Any:
+        """call_sqe(keep, sqe) -> the CQE's result (-errno on failure), or None when the lane does not take
+        it: run an SQE built by the caller (64 bytes, no SQE flags) on this thread, blocking."""
+        if len(args) != 2:
+            raise TypeError("call_sqe(keep, sqe)")
+        got = self._prebuilt(args[0], args[1])
+        if got is None or not self._usable():
+            return None
+        a, hold = got
+        return self._run_blocking(0, a, -1, False, True, hold)
 
     def start(self, *args: Any) -> Any:
         """start(fut, keep, nr, *args) -> token, or None: queue an entry; turn() resolves fut with the result."""

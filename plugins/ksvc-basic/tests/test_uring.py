@@ -67,6 +67,27 @@ def test_struct_layouts_match_the_c_header(tmp_path: Path) -> None:
             assert c[(key, name)] == fields[name].offset == ffi.offsetof(cffi_types[key], name), (key, name)
 
 
+def test_sqe_bytes_put_every_field_where_the_kernel_reads_it() -> None:
+    # Distinct values per field: each must land at its SQE_FIELDS offset (pinned to the C header above),
+    # as the cffi struct IoUring.prep writes through would place it; user_data stays zero.
+    values = {"opcode": 0x11, "flags": 0x22, "ioprio": 0x3344, "fd": -100, "off": 0x0102030405060708,
+              "addr": 0x1112131415161718, "len": 0x21222324, "op_flags": 0x31323334, "buf_index": 0x4142,
+              "personality": 0x5152, "file_index": 0x61626364, "addr3": 0x7172737475767778}  # fmt: skip
+    spec = SqeSpec(values["opcode"], values["fd"], **{k: v for k, v in values.items() if k not in ("opcode", "fd")})
+    raw = spec.to_bytes()
+    assert len(raw) == U.SQE_SIZE == ffi.sizeof("struct io_uring_sqe")
+    sqe = ffi.new("struct io_uring_sqe *")
+    for name, v in values.items():
+        setattr(sqe, name, v)
+    assert raw == bytes(ffi.buffer(sqe))
+    for name, v in values.items():
+        field = U.SQE_FIELDS[name]
+        assert raw[field.offset : field.offset + field.size] == v.to_bytes(field.size, "little", signed=v < 0), name
+    assert raw[32:40] == bytes(8)
+    back = SqeSpec.from_bytes(raw)
+    assert {k: getattr(back, k) for k in values} == values
+
+
 def test_constants_match_the_c_header(tmp_path: Path) -> None:
     names = {f"IORING_OP_{op.name}": int(op) for op in IoringOp}
     names.update({f"IORING_SETUP_{f.name}": int(f) for f in U.SetupFlag})
