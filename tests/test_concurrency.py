@@ -280,9 +280,12 @@ class Scene:
 
     def run_child(self, body: Callable[[Scene], None], total: float = 20.0) -> None:
         """Run *body* in a child Python, on its main thread, under the same watch; fail on any non-zero exit."""
+        from ksvc_basic import lane_reference, own_rings
+
         here = Path(__file__)
+        twin = own_rings.lane_module() is lane_reference  # the lane_impl fixture's choice, for the child too
         code = (f"import sys; sys.path.insert(0, {str(here.parent)!r}); import {here.stem} as m; "
-                f"m.child_main({body.__name__!r}, {self.stack.id!r}, {total!r})")  # fmt: skip
+                f"m.child_main({body.__name__!r}, {self.stack.id!r}, {total!r}, twin={twin!r})")  # fmt: skip
         try:
             proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=total + 10,
                                   stdin=subprocess.DEVNULL)  # fmt: skip
@@ -344,9 +347,14 @@ def _last_resort() -> Iterator[None]:
     faulthandler.cancel_dump_traceback_later()
 
 
-def child_main(name: str, stack_id: str, total: float) -> None:
-    """The child's side of :meth:`Scene.run_child`: run scenario *name* on the main thread, watched."""
+def child_main(name: str, stack_id: str, total: float, twin: bool = False) -> None:
+    """The child's side of :meth:`Scene.run_child`: run scenario *name* on the main thread, watched (on the
+    lanes' pure-Python twin when *twin*)."""
     faulthandler.enable()
+    if twin:
+        from ksvc_basic import lane_reference, own_rings
+
+        own_rings.lane_module = lambda: lane_reference
     scene = Scene(next(s for s in STACKS if s.id == stack_id))
     deadline = time.monotonic() + total
 
@@ -633,6 +641,54 @@ def scenario_sigint_storm(scene: Scene) -> None:
 
 def test_sigint_storm_leaves_the_instance_working(scene: Scene) -> None:
     scene.run_child(scenario_sigint_storm)
+
+
+def scenario_sigint_mid_asyncio_batches(scene: Scene) -> None:
+    # Ctrl-C while 64 tasks loop on k.pread (completions delivered a turn's batch at a time) and one task
+    # waits in k.read on an empty pipe: asyncio.run ends with KeyboardInterrupt, no task reports an error
+    # on the way out, every read returned the right bytes, and the waiting read ate nothing written later.
+    fd, data = scene.data_file()
+    r, w = scene.pipe()
+    reads = {"done": 0, "wrong": 0}
+    reported: list[str] = []
+
+    async def reader(k: Any, rnd: random.Random) -> None:
+        while True:
+            off = rnd.randrange(len(data) - 4096)
+            if await k.pread(fd, 4096, off) != data[off : off + 4096]:
+                reads["wrong"] += 1
+            reads["done"] += 1
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda loop, context: reported.append(str(context.get("exception") or context)))
+        async with ksvc.open_async(**scene.selection) as k:
+            readers = [asyncio.ensure_future(reader(k, random.Random(i))) for i in range(64)]
+            waiting = asyncio.ensure_future(k.read(r, 10))
+            await asyncio.gather(*readers, waiting)
+
+    _signal_main_after(SETTLE)
+    scene.watch.step("64 tasks on k.pread, one k.read on an empty pipe, SIGINT after 0.2 s", SETTLE + 5.0)
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    else:
+        raise AssertionError("asyncio.run returned instead of raising KeyboardInterrupt")
+    assert reads["done"] > 0 and reads["wrong"] == 0, reads
+    assert not reported, f"tasks reported errors while the interrupted program stopped: {reported[:3]}"
+    os.write(w, b"later")
+
+    async def read_again() -> bytes:
+        async with ksvc.open_async(**scene.selection) as k:
+            return bytes(await asyncio.wait_for(k.read(r, 10), 5))
+
+    scene.watch.step("a new instance reads what was written after the interrupt", 10.0)
+    assert asyncio.run(read_again()) == b"later", "the interrupted k.read consumed bytes written after it"
+
+
+def test_sigint_mid_asyncio_batches_stops_cleanly_and_loses_no_data(scene: Scene) -> None:
+    scene.run_child(scenario_sigint_mid_asyncio_batches)
 
 
 class Custom(Exception):

@@ -138,6 +138,8 @@ class AsyncKsvc(SharedPageReads, Operations):
 
     def _drive(self) -> None:
         self._drive_scheduled = False
+        if self._closed:  # aclose() is closing the instance on another thread, which releases the rings
+            return
         driver = self._completer.inline_driver
         assert driver is not None
         driver.clear_wakeup()
