@@ -883,3 +883,54 @@ def test_a_lane_runs_a_callers_sqe_only_when_it_stays_apart_from_the_lanes_other
             assert await asyncio.wait_for(asyncio.gather(*futs), 5) == [0, 0, 0]
 
     asyncio.run(main())
+
+
+def test_a_cancelled_readv_on_the_loop_lane_loses_nothing() -> None:
+    # readv takes the loop's lane with the host's SQE. Cancelled while it waits on an empty pipe, or just as
+    # the bytes arrive: either the task is cancelled and the bytes are still in the pipe, or the read won
+    # the race and its result (with the bytes in the caller's buffer) is delivered instead.
+    async def main() -> None:
+        async with ksvc.open_async() as a:
+            lane = a._lane
+            assert lane is not None
+            r, w = os.pipe()
+            try:
+                start = lane.entries
+                for _ in range(10):
+                    task = asyncio.ensure_future(a.readv(r, [bytearray(10)]))
+                    await asyncio.sleep(0.002)
+                    task.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await asyncio.wait_for(task, 5)
+                assert lane.entries - start == 10 and lane.inflight == 0, "the readvs were not the lane's"
+                outcomes = {"cancelled": 0, "delivered": 0}
+                for i in range(100):
+                    buf, msg = bytearray(4), b"%04d" % i
+                    task = asyncio.ensure_future(a.readv(r, [buf]))
+                    await asyncio.sleep(0)
+                    os.write(w, msg)
+                    task.cancel()
+                    try:
+                        n = await asyncio.wait_for(task, 5)
+                    except asyncio.CancelledError:
+                        outcomes["cancelled"] += 1
+                        assert _drain_nonblocking(r) == msg, f"round {i}: cancelled, and the bytes are gone"
+                    else:
+                        outcomes["delivered"] += 1
+                        assert bytes(buf[:n]) == msg[:n] and _drain_nonblocking(r) == msg[n:], i
+                assert sum(outcomes.values()) == 100 and lane.inflight == 0, outcomes
+            finally:
+                os.close(r)
+                os.close(w)
+
+    asyncio.run(main())
+
+
+def _drain_nonblocking(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 100)
+    except BlockingIOError:
+        return b""
+    finally:
+        os.set_blocking(fd, True)
