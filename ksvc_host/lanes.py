@@ -31,13 +31,28 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
 from ksvc_host import forksafety
 from ksvc_host.instance import Instance
 from ksvc_host.routing import io_uring_calls
 from ksvc_host.traits import Lane, LaneBuilder, OwnRings
-from ksvc_host.translate import Translation, translate
+from ksvc_host.translate import translate
+
+
+class Prebuilt(NamedTuple):
+    """A call's SQE built by the host, for a lane's ``call_sqe``/``start_sqe``."""
+
+    sqe: bytes
+    keep: Any
+    """The operation's memory and the translation's, held by the lane until the kernel lets go."""
+    finish: Callable[[int], int] | None
+    """Maps the CQE's result to the syscall's (may copy data out)."""
+
+    def result(self, res: int) -> int:
+        """The syscall's result for the CQE's *res*."""
+        return res if self.finish is None else self.finish(res)
 
 
 class LanePlan(NamedTuple):
@@ -57,10 +72,11 @@ class LanePlan(NamedTuple):
         return self.builder.build(self.routes, entries=entries or _THREAD_ENTRIES, slots=slots or _THREAD_SLOTS,
                                   settle_s=settle_s)
 
-    def prebuilt(self, nr: int, args: tuple[int, ...]) -> Translation | None:
-        """The SQE, for a lane's ``call_sqe``/``start_sqe``, of a call no lane translates itself; ``None`` when
-        the router sends *nr* elsewhere or io_uring would not answer this call as the syscall does."""
-        return translate(nr, args) if nr in self.host_translated else None
+    def prebuilt(self, nr: int, args: tuple[int, ...], keep: Any) -> Prebuilt | None:
+        """The SQE of a call no lane translates itself (*keep*: the operation's memory); ``None`` when the
+        router sends *nr* elsewhere or io_uring would not answer this call as the syscall does."""
+        tr = translate(nr, args) if nr in self.host_translated else None
+        return None if tr is None else Prebuilt(tr.sqe.to_bytes(), (keep, tr.keep), tr.finish)
 
 
 def plan(instance: Instance) -> LanePlan | None:

@@ -312,9 +312,9 @@ class AsyncKsvc(SharedPageReads, Operations):
             lane_fut = self._new_future()
             token = lane.start(lane_fut, op.keep, op.nr, *op.args)
             plan = self._loop_lane.plan
-            tr = None
-            if token is None and plan is not None and (tr := plan.prebuilt(op.nr, op.args)) is not None:
-                token = lane.start_sqe(lane_fut, (op.keep, tr.keep), tr.sqe.to_bytes())  # the host's SQE, same lane
+            pre = None
+            if token is None and plan is not None and (pre := plan.prebuilt(op.nr, op.args, op.keep)):
+                token = lane.start_sqe(lane_fut, pre.keep, pre.sqe)  # the host's SQE, same lane
             if token is not None:
                 if not self._loop_lane.scheduled:  # else the scheduled turn takes it (saves a call per op)
                     self._loop_lane.soon()
@@ -327,11 +327,9 @@ class AsyncKsvc(SharedPageReads, Operations):
                     # The settle may have timed out with the entry still in the kernel: the lane keeps the
                     # views in op.keep, so they stay pinned until it lets go of them.
                     op.abandon(kernel_done=False)
-                    del op, tr  # the exception's traceback keeps this frame, not the operation's buffers
+                    del op, pre  # the exception's traceback keeps this frame, not the operation's buffers
                     raise
-                if tr is not None and tr.finish is not None:
-                    lane_result = tr.finish(lane_result)
-                return op.outcome(lane_result)
+                return op.outcome(lane_result if pre is None else pre.result(lane_result))
             if self._rebind():
                 return await self._call(op)
         c = self._completer

@@ -74,18 +74,16 @@ class Ksvc(SharedPageReads, Operations):
         lane = self._lanes.mine()
         if lane is not None:
             plan = self._lanes.plan
-            tr = None
+            pre = None
             try:
                 result = lane.call(op.nr, *op.args)
-                if result is None and plan is not None and (tr := plan.prebuilt(op.nr, op.args)) is not None:
-                    result = lane.call_sqe((op.keep, tr.keep), tr.sqe.to_bytes())  # the host's SQE, same lane
+                if result is None and plan is not None and (pre := plan.prebuilt(op.nr, op.args, op.keep)):
+                    result = lane.call_sqe(pre.keep, pre.sqe)  # the host's SQE, same lane
             except BaseException:
                 self._lane_gave_up(lane, op)
                 raise
             if result is not None:
-                if tr is not None and tr.finish is not None:
-                    result = tr.finish(result)
-                return op.outcome(result)
+                return op.outcome(result if pre is None else pre.result(result))
         return self._run_shared(op)
 
     def _lane_gave_up(self, lane: Any, op: Op | None) -> None:

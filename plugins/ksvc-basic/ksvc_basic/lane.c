@@ -1033,14 +1033,15 @@ static PyObject *start_entry(Lane *l, uint32_t nr, uint64_t *a, PyObject *fut, P
 
 /* A caller-built SQE (start_sqe, call_sqe): 64 bytes with no SQE flags, since a link, a provided buffer or
  * a skipped completion would tie it to the lane's other entries. 1: taken, *hold the tuple its slot keeps
- * (keep and the SQE) and a[0] the SQE's address; 0: refused; -1: an error is set. */
-static int prebuilt_args(PyObject *keep, PyObject *sqe, uint64_t *a, PyObject **hold)
+ * (keep and the SQE) and a[0] the SQE's address; 0: refused (or the lane takes nothing now); -1: an error
+ * is set. */
+static int prebuilt_args(Lane *l, PyObject *keep, PyObject *sqe, uint64_t *a, PyObject **hold)
 {
     if (!PyBytes_CheckExact(sqe) || PyBytes_GET_SIZE(sqe) != SQE_SIZE) {
         PyErr_Format(PyExc_ValueError, "an SQE is %d bytes (bytes), not %.100s", SQE_SIZE, Py_TYPE(sqe)->tp_name);
         return -1;
     }
-    if (PyBytes_AS_STRING(sqe)[1]) return 0;
+    if (PyBytes_AS_STRING(sqe)[1] || !usable(l)) return 0;
     *hold = PyTuple_Pack(2, keep, sqe);
     if (!*hold) return -1;
     memset(a, 0, 6 * sizeof *a);
@@ -1055,9 +1056,8 @@ static PyObject *Lane_start_sqe(Lane *l, PyObject *const *args, Py_ssize_t nargs
 {
     if (nargs != 3) { PyErr_SetString(PyExc_TypeError, "start_sqe(fut, keep, sqe)"); return NULL; }
     uint64_t a[6]; PyObject *hold = NULL;
-    int ok = prebuilt_args(args[1], args[2], a, &hold);
-    if (ok < 0) return NULL;
-    if (!ok || !usable(l)) { Py_XDECREF(hold); Py_RETURN_NONE; }
+    int ok = prebuilt_args(l, args[1], args[2], a, &hold);
+    if (ok <= 0) { if (ok < 0) return NULL; Py_RETURN_NONE; }
     PyObject *t = start_entry_flags(l, 0, a, args[0], hold, -1, 0, NULL, 1, ENTRY_PREBUILT);
     Py_DECREF(hold);
     return t;
@@ -1070,9 +1070,8 @@ static PyObject *Lane_call_sqe(Lane *l, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "call_sqe(keep, sqe)"); return NULL; }
     uint64_t a[6]; PyObject *hold = NULL;
-    int ok = prebuilt_args(args[0], args[1], a, &hold);
-    if (ok < 0) return NULL;
-    if (!ok || !usable(l)) { Py_XDECREF(hold); Py_RETURN_NONE; }
+    int ok = prebuilt_args(l, args[0], args[1], a, &hold);
+    if (ok <= 0) { if (ok < 0) return NULL; Py_RETURN_NONE; }
     PyObject *r = run_blocking(l, 0, a, -1, 0, 1, hold);
     Py_DECREF(hold);
     return r;

@@ -895,14 +895,13 @@ class Lane:
         self._write_entry(t, nr, a, eflags)
         return t
 
-    @staticmethod
-    def _prebuilt(keep: Any, sqe: Any) -> tuple[list[int], tuple[Any, bytes]] | None:
+    def _prebuilt(self, keep: Any, sqe: Any) -> tuple[list[int], tuple[Any, bytes]] | None:
         """A caller-built SQE: 64 bytes with no SQE flags, since a link, a provided buffer or a skipped
         completion would tie it to the lane's other entries. The entry's words (args[0]: the SQE's address)
-        and what its slot keeps, or None when refused."""
+        and what its slot keeps, or None when refused (or the lane takes nothing now)."""
         if sqe.__class__ is not bytes or len(sqe) != U.SQE_SIZE:
             raise ValueError(f"an SQE is {U.SQE_SIZE} bytes (bytes), not {type(sqe).__name__}")
-        if sqe[1]:
+        if sqe[1] or not self._usable():
             return None
         return [int(ffi.cast("uintptr_t", ffi.from_buffer(sqe))), 0, 0, 0, 0, 0], (keep, sqe)
 
@@ -912,7 +911,7 @@ class Lane:
         if len(args) != 3:
             raise TypeError("start_sqe(fut, keep, sqe)")
         got = self._prebuilt(args[1], args[2])
-        if got is None or not self._usable():
+        if got is None:
             return None
         a, hold = got
         return self._start_entry(0, a, args[0], hold, -1, False, None, True, ENTRY_PREBUILT)
@@ -923,7 +922,7 @@ class Lane:
         if len(args) != 2:
             raise TypeError("call_sqe(keep, sqe)")
         got = self._prebuilt(args[0], args[1])
-        if got is None or not self._usable():
+        if got is None:
             return None
         a, hold = got
         return self._run_blocking(0, a, -1, False, True, hold)
