@@ -26,7 +26,6 @@ every call takes the shared channel, with the same results.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import threading
 import time
@@ -290,28 +289,6 @@ class LoopLane:
             # The turn's callbacks also woke tasks (call_soon): a turn queued behind them submits what they
             # start in this same loop iteration, in one batch, instead of one iteration later.
             self.soon()
-
-    async def settle(self, token: int) -> tuple[int, Any] | None:
-        """The task awaiting *token* was cancelled: cancel the entry, and wait for the kernel's answer.
-
-        Returns ``(result, value)`` once the kernel answered (``value``: the
-        bytes a read got, else ``None``), or ``None`` after the settle time
-        (the lane keeps the entry's memory until the kernel lets go of it).
-        A second cancellation while waiting does not stop the wait.
-        """
-        assert self.lane is not None
-        answer: asyncio.Future[tuple[int, Any]] = self._loop.create_future()
-        if not self.lane.abandon(token, answer):
-            return None
-        self.soon()
-        deadline = self._loop.time() + self._settle_s
-        while not answer.done():
-            left = deadline - self._loop.time()
-            if left <= 0:
-                return None
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait((answer,), timeout=left)
-        return answer.result()
 
     async def aclose(self, deadline: float) -> None:
         """Refuse new entries, wait for those in flight until *deadline* (loop time), cancel the rest."""

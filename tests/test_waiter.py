@@ -276,33 +276,189 @@ def test_outside_a_turn_a_waiter_behaves_as_an_asyncio_future(mod: Any) -> None:
     _run(body)
 
 
-def test_a_task_cancelled_while_its_lane_read_waits_reads_nothing_later_ones_miss(mod: Any, lane: Any) -> None:
+async def _turning(lane: Any, done: Callable[[], bool]) -> None:
+    """Turn the lane, yielding to the loop between turns, until *done*; fail after SPIN_S."""
+    end = time.monotonic() + SPIN_S
+    while not done():
+        assert time.monotonic() < end, "the lane never delivered the completion"
+        lane.turn()
+        await asyncio.sleep(0.001)
+
+
+def _pipe_lane(mod: Any, settle_s: float) -> Any:
+    from ksvc_basic import own_rings, translation
+
+    lane = mod.Lane(64, int(own_rings.SETUP_FLAGS), settle_s, 64)
+    opcode, kind = translation.table(frozenset(range(64)))[NR["read"]]
+    lane.route(NR["read"], opcode, kind)
+    return lane
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
     r, w = os.pipe()
+    yield r, w
+    os.close(r)
+    os.close(w)
+
+
+async def _task_reading(mod: Any, lane: Any, fd: int) -> tuple[Any, asyncio.Task[Any]]:
+    """A task awaiting a lane read of *fd* that is in the kernel: (its waiter, the task)."""
+    fut = mod.Waiter(asyncio.get_running_loop())
+    assert lane.start_read(fut, NR["read"], fd, 10, 0) is not None
+
+    async def awaits() -> Any:
+        return await fut
+
+    t = asyncio.create_task(awaits())
+    lane.turn(False)
+    await asyncio.sleep(0.01)
+    return fut, t
+
+
+def test_a_task_cancelled_while_its_lane_read_waits_ends_once_the_kernel_cancelled_it(
+    mod: Any, lane: Any, pipe: tuple[int, int]
+) -> None:
+    """The waiter settles its own cancellation: the task's CancelledError comes once the kernel answered the
+    cancel (the entry is gone), not before, and a later read gets every byte written after."""
+    r, w = pipe
 
     async def body(loop: asyncio.AbstractEventLoop) -> None:
-        fut = mod.Waiter(loop)
-        token = lane.start_read(fut, NR["read"], r, 10, 0)
-        assert token is not None
-
-        async def awaits() -> Any:
-            return await fut
-
-        t = loop.create_task(awaits())
-        lane.turn(False)
-        await asyncio.sleep(0.01)
+        fut, t = await _task_reading(mod, lane, r)
         t.cancel()
+        await asyncio.sleep(0.01)
+        assert not t.done() and not fut.done(), "cancelled before the kernel answered the cancel"
+        await _turning(lane, t.done)
         with pytest.raises(asyncio.CancelledError):
             await t
         assert fut.cancelled()
-        answer = loop.create_future()
-        assert lane.abandon(token, answer)
-        _turn_until(lane, answer.done)
-        assert answer.result()[0] < 0, "the kernel did not cancel the read"
+        assert lane.inflight == 0, "the cancelled entry still holds its slot"
+        os.write(w, b"later")
+        assert os.read(r, 10) == b"later"
+
+    _run(body)
+
+
+def test_a_read_racing_its_cancellation_loses_nothing(mod: Any, lane: Any, pipe: tuple[int, int]) -> None:
+    """Bytes arrive as the task is cancelled: either the read got them first and the task gets them instead of
+    CancelledError (and is not left cancelling), or the kernel cancelled the read and they are still in the
+    pipe (with deferred task work the kernel may see the cancel first)."""
+    r, w = pipe
+
+    async def body(loop: asyncio.AbstractEventLoop) -> None:
+        fut, t = await _task_reading(mod, lane, r)
+        os.write(w, b"raced")  # the kernel completes the read; nobody has reaped it yet
+        time.sleep(0.01)
+        t.cancel()
+        await _turning(lane, t.done)
+        if t.cancelled():
+            assert fut.cancelled()
+            assert os.read(r, 10) == b"raced", "a cancelled read took the bytes"
+        else:
+            assert t.result() == b"raced"
+            assert t.cancelling() == 0, "the task was left with a cancellation it never got"
+
+    _run(body)
+
+
+def test_a_cancellation_thrown_into_a_task_whose_read_is_done_takes_the_bytes(
+    mod: Any, lane: Any, pipe: tuple[int, int]
+) -> None:
+    """Cancelled between its read's completion and its wake-up (the waiter cannot refuse: it is done), the
+    task gets the bytes; a failed read's task gets the CancelledError."""
+    r, w = pipe
+
+    async def body(loop: asyncio.AbstractEventLoop) -> None:
+        for payload, fd in ((b"done", r), (None, 1 << 20)):
+            fut = mod.Waiter(loop)
+            assert lane.start_read(fut, NR["read"], fd, 10, 0) is not None
+
+            async def awaits(f: Any = fut) -> Any:
+                return await f
+
+            t = loop.create_task(awaits())
+            await asyncio.sleep(0)
+            if payload:
+                os.write(w, payload)
+            # A turn run inside a task wakes nobody itself: t's wake-up waits in the loop while t is cancelled.
+            _turn_until(lane, fut.done)
+            assert not t.done()
+            assert t.cancel()
+            if payload:
+                assert await t == payload
+                assert t.cancelling() == 0
+            else:
+                with pytest.raises(asyncio.CancelledError):
+                    await t
+
+    _run(body)
+
+
+def test_a_cancellation_the_kernel_never_answers_ends_after_the_settle_time(mod: Any, pipe: tuple[int, int]) -> None:
+    """Nothing reaps the lane: the task is cancelled after the lane's settle time all the same, and the answer
+    that comes later frees the entry's slot."""
+    lane = _pipe_lane(mod, 0.1)
+    r, w = pipe
+
+    async def body(loop: asyncio.AbstractEventLoop) -> None:
+        fut, t = await _task_reading(mod, lane, r)
+        start = time.monotonic()
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(t, 5)
+        assert time.monotonic() - start >= 0.09
+        assert fut.cancelled()
+        await _turning(lane, lambda: lane.inflight == 0)
+
+    try:
+        _run(body)
+    finally:
+        assert lane.close()
+
+
+def test_a_lane_entry_s_waiter_is_a_coroutine_a_task_can_run(mod: Any, lane: Any, data: tuple[int, bytes]) -> None:
+    """A front end returns the waiter as the operation: create_task, gather and wait_for take it."""
+    fd, payload = data
+
+    async def body(loop: asyncio.AbstractEventLoop) -> None:
+        assert asyncio.iscoroutine(mod.Waiter(loop))
+        futs = [mod.Waiter(loop) for _ in range(3)]
+        for i, f in enumerate(futs):
+            assert lane.start_read(f, NR["pread64"], fd, 10, i * 10) is not None
+        t = asyncio.create_task(futs[0])
+        turner = asyncio.create_task(_turning(lane, lambda: all(f.done() for f in futs)))
+        got = await asyncio.gather(t, futs[1], asyncio.wait_for(futs[2], 5))
+        await turner
+        assert got == [payload[0:10], payload[10:20], payload[20:30]]
+
+    _run(body)
+
+
+def test_gather_of_lane_waiters_cancelled_raises_cancelled_error_and_eats_nothing(
+    mod: Any, pipe: tuple[int, int]
+) -> None:
+    """asyncio.gather cancels its children and reads a cancelled child's error (_make_cancelled_error)."""
+    lane = _pipe_lane(mod, 1.0)
+    r, w = pipe
+
+    async def body(loop: asyncio.AbstractEventLoop) -> None:
+        futs = [mod.Waiter(loop) for _ in range(2)]
+        for f in futs:
+            assert lane.start_read(f, NR["read"], r, 10, 0) is not None
+        lane.turn(False)
+        g = asyncio.gather(*futs)
+        turner = asyncio.create_task(_turning(lane, lambda: all(f.done() for f in futs)))
+        await asyncio.sleep(0.01)
+        assert g.cancel("stop")
+        with pytest.raises(asyncio.CancelledError):
+            await g
+        await turner
+        assert all(f.cancelled() for f in futs)
+        assert all(f._make_cancelled_error().args == ("stop",) for f in futs)
         os.write(w, b"later")
         assert os.read(r, 10) == b"later"
 
     try:
         _run(body)
     finally:
-        os.close(r)
-        os.close(w)
+        assert lane.close()

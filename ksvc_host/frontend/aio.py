@@ -40,10 +40,6 @@ _DRIVE_TURNS = 64
 _BACKLOG_RETRY = 0.001
 
 
-async def _value(value: Any) -> Any:
-    return value
-
-
 class _Outcome:
     """Where one operation's completion goes: its future (no reference back to the waiter, so no cycle)."""
 
@@ -198,72 +194,63 @@ class AsyncKsvc(SharedPageReads, Operations):
     def _run(self, op: Op) -> Coroutine[Any, Any, Any]:
         return self._call(op)
 
-    # The loop's lane: the calls programs make in loops, one C call to start, resolved in batches.
+    # The loop's lane: the calls programs make in loops, one C call to start, resolved in batches. What
+    # such a call returns is the entry's waiter itself, a coroutine that settles its own cancellation (the
+    # lane builder's contract): a cancelled task's entry is cancelled in the kernel, and a value that won
+    # the race is delivered instead, so nothing read or written goes unseen.
 
-    async def pread(self, fd: int, n: int, offset: int) -> Any:
+    def pread(self, fd: int, n: int, offset: int) -> Any:
         lane = self._lane
         if lane is not None:
             fut = self._new_future()
-            token = lane.start_read(fut, _NR_PREAD64, fd, n, offset)
-            if token is not None:
+            if lane.start_read(fut, _NR_PREAD64, fd, n, offset) is not None:
                 if not self._loop_lane.scheduled:  # else the scheduled turn takes it (saves a call per op)
                     self._loop_lane.soon()
-                try:
-                    return await fut
-                except asyncio.CancelledError:
-                    return await self._lane_cancelled(token, fut, reads=True)
+                return fut
             if self._rebind():
-                return await self.pread(fd, n, offset)
-        return await super().pread(fd, n, offset)
+                return self.pread(fd, n, offset)
+        return super().pread(fd, n, offset)
 
-    async def read(self, fd: int, n: int) -> Any:
-        return await self._lane_read(_NR_READ, fd, n, 0)
+    def read(self, fd: int, n: int) -> Any:
+        return self._lane_read(_NR_READ, fd, n, 0)
 
-    async def recv(self, fd: int, n: int, flags: int = 0) -> Any:
-        return await self._lane_read(_NR_RECVFROM, fd, n, flags)
+    def recv(self, fd: int, n: int, flags: int = 0) -> Any:
+        return self._lane_read(_NR_RECVFROM, fd, n, flags)
 
-    async def _lane_read(self, nr: int, fd: int, n: int, flags: int) -> Any:
+    def _lane_read(self, nr: int, fd: int, n: int, flags: int) -> Any:
         lane = self._lane if not self._late else None  # bytes kept from a cancelled read come first
         if lane is not None:
             fut = self._new_future()
-            token = lane.start_read(fut, nr, fd, n, flags)
-            if token is not None:
-                if not self._loop_lane.scheduled:  # else the scheduled turn takes it (saves a call per op)
+            if lane.start_read(fut, nr, fd, n, flags) is not None:
+                if not self._loop_lane.scheduled:
                     self._loop_lane.soon()
-                try:
-                    return await fut
-                except asyncio.CancelledError:
-                    return await self._lane_cancelled(token, fut, reads=True)
+                return fut
             if self._rebind():
-                return await self._lane_read(nr, fd, n, flags)
-        return await (super().read(fd, n) if nr == _NR_READ else super().recv(fd, n, flags))
+                return self._lane_read(nr, fd, n, flags)
+        return super().read(fd, n) if nr == _NR_READ else super().recv(fd, n, flags)
 
-    async def pwrite(self, fd: int, data: Any, offset: int) -> Any:
-        return await self._lane_write(_NR_PWRITE64, fd, data, offset)
+    def pwrite(self, fd: int, data: Any, offset: int) -> Any:
+        return self._lane_write(_NR_PWRITE64, fd, data, offset)
 
-    async def write(self, fd: int, data: Any) -> Any:
-        return await self._lane_write(_NR_WRITE, fd, data, 0)
+    def write(self, fd: int, data: Any) -> Any:
+        return self._lane_write(_NR_WRITE, fd, data, 0)
 
-    async def send(self, fd: int, data: Any, flags: int = 0) -> Any:
-        return await self._lane_write(_NR_SENDTO, fd, data, flags)
+    def send(self, fd: int, data: Any, flags: int = 0) -> Any:
+        return self._lane_write(_NR_SENDTO, fd, data, flags)
 
-    async def _lane_write(self, nr: int, fd: int, data: Any, y: int) -> Any:
+    def _lane_write(self, nr: int, fd: int, data: Any, y: int) -> Any:
         lane = self._lane
         if lane is not None:
             fut = self._new_future()
-            token = lane.start_write(fut, nr, fd, data, y)
-            if token is not None:
-                if not self._loop_lane.scheduled:  # else the scheduled turn takes it (saves a call per op)
+            if lane.start_write(fut, nr, fd, data, y) is not None:
+                if not self._loop_lane.scheduled:
                     self._loop_lane.soon()
-                try:
-                    return await fut
-                except asyncio.CancelledError:
-                    return await self._lane_cancelled(token, fut, reads=False)
+                return fut
             if self._rebind():
-                return await self._lane_write(nr, fd, data, y)
+                return self._lane_write(nr, fd, data, y)
         if nr == _NR_PWRITE64:
-            return await super().pwrite(fd, data, y)
-        return await (super().write(fd, data) if nr == _NR_WRITE else super().send(fd, data, y))
+            return super().pwrite(fd, data, y)
+        return super().write(fd, data) if nr == _NR_WRITE else super().send(fd, data, y)
 
     def _rebind(self) -> bool:
         """A lane refused an entry: if only because the loop runs on another thread now, use a new lane."""
@@ -272,28 +259,6 @@ class AsyncKsvc(SharedPageReads, Operations):
             return False
         self._lane = lane
         return True
-
-    async def _lane_cancelled(self, token: int, fut: asyncio.Future[Any], *, reads: bool) -> Any:
-        """The task was cancelled while its entry was in the lane: report the cancellation once the kernel
-        is done with the entry, or, when the entry succeeded first, deliver its value instead (as
-        :func:`asyncio.wait_for` does), so nothing read or written goes unseen. *reads*: the value of a
-        successful entry is bytes (else its count or result)."""
-        if fut.done() and not fut.cancelled():  # answered before the cancellation reached the task
-            if fut.exception() is not None:
-                raise asyncio.CancelledError
-            value = fut.result()
-            if value.__class__ is int and value < 0:  # an entry delivering raw results (start) that failed
-                raise asyncio.CancelledError
-        else:
-            answer = await self._loop_lane.settle(token)
-            if answer is None or answer[0] < 0:
-                raise asyncio.CancelledError
-            result, data = answer
-            value = data if data is not None else (b"" if reads else result)
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
-        return value
 
     async def _call(self, op: Op) -> Any:
         """One operation: submit it, await its completion, return its value (a coroutine: no cycle, no task).
@@ -319,10 +284,7 @@ class AsyncKsvc(SharedPageReads, Operations):
                 if not self._loop_lane.scheduled:  # else the scheduled turn takes it (saves a call per op)
                     self._loop_lane.soon()
                 try:
-                    try:
-                        lane_result = await lane_fut
-                    except asyncio.CancelledError:
-                        lane_result = await self._lane_cancelled(token, lane_fut, reads=False)
+                    lane_result = await lane_fut  # cancelled: once the kernel answered (the waiter settles)
                 except asyncio.CancelledError:
                     # The settle may have timed out with the entry still in the kernel: the lane keeps the
                     # views in op.keep, so they stay pinned until it lets go of them.

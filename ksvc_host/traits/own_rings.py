@@ -196,8 +196,14 @@ class LaneBuilder(Protocol):
 
     def waiter(self, loop: asyncio.AbstractEventLoop) -> Callable[[], asyncio.Future[Any]]:
         """What makes the futures of *loop*'s lane entries (``lane.start*``): each has the part of
-        ``asyncio.Future`` a task and the front end use, and a turn that resolves it wakes its task at the
-        turn's end, in the task's context, rather than through ``loop.call_soon``."""
+        ``asyncio.Future`` a task, the front end and ``asyncio.gather`` use, and a turn that resolves it
+        wakes its task at the turn's end, in the task's context, rather than through ``loop.call_soon``.
+
+        Started as one entry (``start``, ``start_read``, ``start_write``, ``start_sqe``), a waiter settles
+        its own cancellation: ``cancel()`` asks the kernel to cancel the entry and the waiter stays pending
+        until the kernel answers (at most the lane's *settle_s*); a failure ends it cancelled, a value that
+        won the race is delivered and the task taking it uncancelled. It is a coroutine too (``send``,
+        ``throw``, ``close``), so the front end returns it as the operation itself."""
         ...
 
     def build(self, routes: Iterable[int], *, entries: int, slots: int, settle_s: float) -> Lane:

@@ -150,6 +150,7 @@ struct slot {
     uint8_t multi;     /* a receive loop as one multishot receive into the lane's provided buffers */
     uint8_t quiet;     /* a send whose callback runs only if it is short, fails, or was watched */
     uint8_t accepts;   /* an accept loop: one multishot accept, a callback per connection */
+    uint8_t settles;   /* its waiter's cancel() asked the kernel to cancel it: a failure ends it cancelled */
     uint32_t group;    /* a read of a group (start_read_many): its leader's slot + 1 (0: none) */
     uint32_t left;     /* a group's leader: reads of the group not yet answered */
     PyObject *results; /* a group's leader: the list its future gets */
@@ -377,7 +378,7 @@ static int slot_take(Lane *l)
     struct slot *s = &l->slots[i];
     s->busy = 1; s->gen++; s->raw = 0; s->reads = 0; s->stream = 0; s->ints = 0;
     s->call = 0; s->loop = 0; s->stopping = 0; s->cancelled = 0; s->multi = 0; s->quiet = 0;
-    s->group = 0; s->left = 0; s->accepts = 0; s->stat_out = 0;
+    s->group = 0; s->left = 0; s->accepts = 0; s->stat_out = 0; s->settles = 0;
     l->inflight++;
     return (int)i;
 }
@@ -1021,6 +1022,12 @@ static PyObject *start_entry_flags(Lane *l, uint32_t nr, uint64_t *a, PyObject *
     Py_INCREF(fut);
     s->fut = fut;
     uint64_t t = token_of(l, (uint32_t)i);
+    if (Py_IS_TYPE(fut, &WaiterType)) {   /* it settles its own cancellation through this lane */
+        Waiter *w = (Waiter *)fut;
+        Py_XSETREF(w->lane, Py_NewRef((PyObject *)l));
+        w->token = t;
+        w->entry = 1;
+    }
     write_entry_flags(l, t, nr, a, eflags);
     return PyLong_FromUnsignedLongLong(t);
 }
@@ -1554,6 +1561,45 @@ static void deliver_group(Lane *l, uint32_t i, int64_t res)
     slot_free(l, li);
 }
 
+/* The answer to an entry whose waiter asked for its cancellation: a failure (the cancellation among them)
+ * ends the waiter cancelled, anything else with its value; one that gave up waiting (the settle time) has
+ * it dropped. */
+static void deliver_settled(Lane *l, uint32_t i, int64_t res)
+{
+    struct slot *s = &l->slots[i];
+    Waiter *w = (Waiter *)s->fut;
+    int r = 0;
+    if (w->state == W_PENDING) {
+        if (res < 0) {
+            r = waiter_cancel_now(w);
+        } else {
+            PyObject *v = s->ints ? PyLong_FromLongLong(res) : value_of(s, res);
+            r = v ? waiter_set(w, W_RESULT, v) : waiter_cancel_now(w);
+            Py_XDECREF(v);
+        }
+    }
+    if (r < 0) PyErr_WriteUnraisable((PyObject *)w);
+    PyErr_Clear();
+    slot_free(l, i);
+}
+
+static int lane_settle_entry(PyObject *lane, uint64_t token, PyObject *w, double *settle_s)
+{
+    Lane *l = (Lane *)lane;
+    uint32_t i = (uint32_t)(token & ((1u << GEN_SHIFT) - 1));
+    if (i >= l->nslots) return 0;
+    struct slot *s = &l->slots[i];
+    if (!s->busy || s->gen != (uint32_t)(token >> GEN_SHIFT) || s->fut != w || s->group || s->call || s->raw)
+        return 0;
+    s->settles = 1;
+    if (l->ring_fd >= 0 && thread_serial() == l->owner) {
+        lane_submit(l);   /* an entry still queued reaches the kernel first, so the cancel finds it */
+        submit_cancel(l, token);
+    }
+    *settle_s = (double)l->settle_ns / 1e9;
+    return 1;
+}
+
 /* Hand one completion to its future: the value, the OSError, or (result, value) for a settle. */
 static void resolve(Lane *l, uint64_t token, int64_t res, uint32_t flags)
 {
@@ -1565,6 +1611,7 @@ static void resolve(Lane *l, uint64_t token, int64_t res, uint32_t flags)
     if (s->accepts) { deliver_accepts(l, i, res, flags); return; }
     if (s->group) { deliver_group(l, i, res); return; }
     if (s->call && !s->raw) { deliver_call(l, i, res); return; }
+    if (s->settles) { deliver_settled(l, i, res); return; }
     PyObject *v;
     PyObject *meth = str_set_result;
     if (s->raw) {

@@ -204,7 +204,7 @@ class _Slot:
     __slots__ = (
         "fut", "obj", "orphan", "orphan_res", "gen", "len", "reads", "raw", "busy", "stream", "view", "ints",
         "call", "loop", "stopping", "cancelled", "multi", "quiet", "accepts", "group", "left", "results", "fd",
-        "pos", "nr", "end", "answer", "stat_out",
+        "pos", "nr", "end", "answer", "stat_out", "settles",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -236,6 +236,7 @@ class _Slot:
         self.end: Any = None
         self.answer: int | None = None  # a blocking entry's result once found (kept across an interrupt)
         self.stat_out = 0  # a stat call: the caller's struct stat, filled from the slot's statx buffer
+        self.settles = False  # its waiter's cancel() asked the kernel to cancel it: a failure ends it cancelled
 
 
 class Lane:
@@ -425,6 +426,7 @@ class Lane:
         s.raw = s.reads = s.stream = s.ints = s.call = s.loop = s.stopping = False
         s.cancelled = s.multi = s.quiet = s.accepts = False
         s.group = s.left = s.stat_out = 0
+        s.settles = False
         s.answer = None
         if not self._inflight:
             _IN_FLIGHT[self._serial] = self._slots
@@ -892,6 +894,8 @@ class Lane:
         s.ints = ints
         s.fut = fut
         t = self._token(i)
+        if fut.__class__ is waiter_reference.Waiter:  # it settles its own cancellation through this lane
+            fut._bind(self, t)
         self._write_entry(t, nr, a, eflags)
         return t
 
@@ -1399,6 +1403,38 @@ class Lane:
                 pass
         self._slot_free(li)
 
+    def _deliver_settled(self, i: int, res: int) -> None:
+        """The answer to an entry whose waiter asked for its cancellation: a failure (the cancellation among
+        them) ends the waiter cancelled, anything else with its value; one that gave up waiting (the settle
+        time) has it dropped."""
+        s = self._slots[i]
+        w = s.fut
+        if not w.done():
+            if res < 0:
+                w._cancel_now()
+            else:
+                try:
+                    v = res if s.ints else self._value_of(s, res)
+                except Exception:  # noqa: BLE001 - no memory for the bytes: as cancelled
+                    w._cancel_now()
+                else:
+                    w.set_result(v)
+        self._slot_free(i)
+
+    def _settle_entry(self, token: int, w: Any) -> float | None:
+        """Ask the kernel to cancel *w*'s entry: the settle time, or None (no such entry)."""
+        i = token & _SLOT_MASK
+        if i >= self._nslots:
+            return None
+        s = self._slots[i]
+        if not s.busy or s.gen != (token >> GEN_SHIFT) & _U32 or s.fut is not w or s.group or s.call or s.raw:
+            return None
+        s.settles = True
+        if self._mine_and_open():
+            self._submit()  # an entry still queued reaches the kernel first, so the cancel finds it
+            self._submit_cancel(token)
+        return self._settle_ns / 1e9
+
     def _resolve(self, token: int, res: int, flags: int) -> None:
         """A completion to its future: the value, the OSError, or (result, value) for a settle."""
         i = token & _SLOT_MASK
@@ -1418,6 +1454,9 @@ class Lane:
             return
         if s.call and not s.raw:
             self._deliver_call(i, res)
+            return
+        if s.settles:
+            self._deliver_settled(i, res)
             return
         if s.raw:
             try:

@@ -14,6 +14,17 @@
  * A turn called from inside a task (asyncio lets no other task step while
  * one runs) leaves its batch to call_soon.
  *
+ * A waiter started as one lane entry (start, start_read, start_write,
+ * start_sqe) settles its own cancellation: cancel() asks the kernel to cancel
+ * the entry and the waiter stays pending until the kernel answers (at most the
+ * lane's settle time). Cancelled in the kernel, or failed, it ends cancelled;
+ * done anyway, it ends with the value, and the task that takes it is
+ * uncancelled (as asyncio.wait_for delivers a result that won the race), so no
+ * byte read or written goes unseen. A cancellation thrown into a task awaiting
+ * one that is already done takes the value the same way. It is also a
+ * coroutine (send, throw, close): a front end can return it as the operation
+ * itself, and asyncio.create_task accepts it.
+ *
  * A callback that raises an Exception is reported to the loop's exception
  * handler, as the loop does for a Handle; a BaseException (KeyboardInterrupt,
  * SystemExit) propagates out of the turn, and the callbacks not yet run are
@@ -33,10 +44,18 @@ typedef struct {
     PyObject *more;        /* the further callbacks: a list of (fn, context), or NULL */
     PyObject *value;       /* the result, or the exception */
     PyObject *cancel_msg;
+    PyObject *lane;        /* the lane whose entry resolves it, while pending: cancel() settles through it */
+    PyObject *timer;       /* while settling: the loop's handle for the settle time's end */
+    uint64_t token;        /* its entry in lane */
     int state;
     int blocking;          /* _asyncio_future_blocking: set while a task awaits it */
+    int entry;             /* started as one lane entry: a late cancellation takes its value */
+    int settling;          /* cancel() asked the kernel to cancel the entry: pending until it answers */
     PyObject *weakrefs;
 } Waiter;
+
+/* lane.c: ask the kernel to cancel w's entry; 1 and *settle_s, 0 (no such entry), -1 (error set). */
+static int lane_settle_entry(PyObject *lane, uint64_t token, PyObject *w, double *settle_s);
 
 static PyTypeObject WaiterType;
 
@@ -48,7 +67,7 @@ struct waiter_batch {
 static _Thread_local struct waiter_batch *current_batch;
 
 static PyObject *exc_cancelled, *exc_invalid_state, *fn_current_task, *str_call_soon, *str_call_exception_handler,
-    *kw_context;
+    *kw_context, *str_call_later, *str_cancel, *str_uncancel, *str_expire;
 
 static int waiter_import_asyncio(void)
 {
@@ -243,6 +262,20 @@ static int waiter_batch_close(struct waiter_batch *b)
     return 0;
 }
 
+/* w is done: let go of its lane, and of the settle time's handle (cancelled). */
+static int waiter_release(Waiter *w)
+{
+    Py_CLEAR(w->lane);
+    PyObject *timer = w->timer;
+    if (!timer) return 0;
+    w->timer = NULL;
+    PyObject *r = PyObject_CallMethodNoArgs(timer, str_cancel);
+    Py_DECREF(timer);
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 /* Resolve w (the lane's fast path for set_result/set_exception): 0, or -1 with InvalidStateError when it was
  * done already (cancelled first). */
 static int waiter_set(Waiter *w, int state, PyObject *value)
@@ -253,6 +286,7 @@ static int waiter_set(Waiter *w, int state, PyObject *value)
     }
     w->state = state;
     Py_XSETREF(w->value, Py_NewRef(value));
+    if (waiter_release(w) < 0) return -1;
     return waiter_done(w);
 }
 
@@ -264,9 +298,10 @@ static PyObject *waiter_make(PyTypeObject *type, PyObject *loop)
     Waiter *w = PyObject_GC_New(Waiter, type);
     if (!w) return NULL;
     w->loop = Py_NewRef(loop);
-    w->cb0 = w->ctx0 = w->more = w->value = w->cancel_msg = NULL;
+    w->cb0 = w->ctx0 = w->more = w->value = w->cancel_msg = w->lane = w->timer = NULL;
+    w->token = 0;
     w->state = W_PENDING;
-    w->blocking = 0;
+    w->blocking = w->entry = w->settling = 0;
     w->weakrefs = NULL;
     PyObject_GC_Track(w);
     return (PyObject *)w;
@@ -293,14 +328,14 @@ static PyObject *Waiter_vectorcall(PyObject *type, PyObject *const *args, size_t
 static int Waiter_traverse(Waiter *w, visitproc visit, void *arg)
 {
     Py_VISIT(w->loop); Py_VISIT(w->cb0); Py_VISIT(w->ctx0); Py_VISIT(w->more); Py_VISIT(w->value);
-    Py_VISIT(w->cancel_msg);
+    Py_VISIT(w->cancel_msg); Py_VISIT(w->lane); Py_VISIT(w->timer);
     return 0;
 }
 
 static int Waiter_clear(Waiter *w)
 {
     Py_CLEAR(w->loop); Py_CLEAR(w->cb0); Py_CLEAR(w->ctx0); Py_CLEAR(w->more); Py_CLEAR(w->value);
-    Py_CLEAR(w->cancel_msg);
+    Py_CLEAR(w->cancel_msg); Py_CLEAR(w->lane); Py_CLEAR(w->timer);
     return 0;
 }
 
@@ -317,6 +352,12 @@ static PyObject *waiter_cancelled_error(Waiter *w)
     PyObject *e = w->cancel_msg ? PyObject_CallOneArg(exc_cancelled, w->cancel_msg) : PyObject_CallNoArgs(exc_cancelled);
     if (e) { PyErr_SetObject(exc_cancelled, e); Py_DECREF(e); }
     return NULL;
+}
+
+/* _make_cancelled_error(): what asyncio.gather takes from a cancelled child. */
+static PyObject *Waiter_make_cancelled_error(Waiter *w, PyObject *Py_UNUSED(ignored))
+{
+    return w->cancel_msg ? PyObject_CallOneArg(exc_cancelled, w->cancel_msg) : PyObject_CallNoArgs(exc_cancelled);
 }
 
 static PyObject *Waiter_result(Waiter *w, PyObject *Py_UNUSED(ignored))
@@ -358,16 +399,76 @@ static PyObject *Waiter_set_exception(Waiter *w, PyObject *exc)
     return r < 0 ? NULL : Py_NewRef(Py_None);
 }
 
+/* Cancelled now: its callbacks run (or join the turn's batch). */
+static int waiter_cancel_now(Waiter *w)
+{
+    w->state = W_CANCELLED;
+    if (waiter_release(w) < 0) return -1;
+    return waiter_done(w);
+}
+
+/* loop.call_later(secs, w._expire): the settle time's end. */
+static int waiter_arm_timer(Waiter *w, double secs)
+{
+    PyObject *expire = PyObject_GetAttr((PyObject *)w, str_expire);
+    if (!expire) return -1;
+    PyObject *s = PyFloat_FromDouble(secs);
+    PyObject *h = s ? PyObject_CallMethodObjArgs(w->loop, str_call_later, s, expire, NULL) : NULL;
+    Py_XDECREF(s);
+    Py_DECREF(expire);
+    if (!h) return -1;
+    Py_XSETREF(w->timer, h);
+    return 0;
+}
+
+/* cancel(msg): 1 if it is cancelled or settling now, 0 if it was done already, -1 on an error. */
+static int waiter_cancel(Waiter *w, PyObject *msg)
+{
+    if (w->state != W_PENDING) return 0;
+    if (w->settling) return 1;   /* asked already: the settle goes on */
+    Py_XSETREF(w->cancel_msg, msg == Py_None ? NULL : Py_NewRef(msg));
+    if (w->lane) {
+        double secs = 0;
+        int r = lane_settle_entry(w->lane, w->token, (PyObject *)w, &secs);
+        if (r < 0) return -1;
+        if (r) {
+            w->settling = 1;
+            if (waiter_arm_timer(w, secs) < 0) return -1;
+            return 1;
+        }
+    }
+    return waiter_cancel_now(w) < 0 ? -1 : 1;
+}
+
 static PyObject *Waiter_cancel(Waiter *w, PyObject *args, PyObject *kw)
 {
     static char *names[] = {"msg", NULL};
     PyObject *msg = Py_None;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:cancel", names, &msg)) return NULL;
-    if (w->state != W_PENDING) Py_RETURN_FALSE;
-    w->state = W_CANCELLED;
-    Py_XSETREF(w->cancel_msg, msg == Py_None ? NULL : Py_NewRef(msg));
-    if (waiter_done(w) < 0) return NULL;
-    Py_RETURN_TRUE;
+    int r = waiter_cancel(w, msg);
+    if (r < 0) return NULL;
+    return PyBool_FromLong(r);
+}
+
+/* The settle time passed and the kernel has not answered: cancelled (the lane keeps the entry's memory). */
+static PyObject *Waiter_expire(Waiter *w, PyObject *Py_UNUSED(ignored))
+{
+    Py_CLEAR(w->timer);
+    if (w->state == W_PENDING && waiter_cancel_now(w) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* The task taking a value that a cancellation did not stop: it is not cancelled (as asyncio.wait_for). */
+static int waiter_uncancel(Waiter *w)
+{
+    w->settling = 0;
+    PyObject *task = PyObject_CallOneArg(fn_current_task, w->loop);
+    if (!task) return -1;
+    PyObject *r = task == Py_None ? Py_NewRef(Py_None) : PyObject_CallMethodNoArgs(task, str_uncancel);
+    Py_DECREF(task);
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 0;
 }
 
 /* add_done_callback(fn, *, context=None): fast calls, as a task makes one per operation. */
@@ -441,19 +542,64 @@ static PySendResult Waiter_send(Waiter *w, PyObject *Py_UNUSED(arg), PyObject **
         *out = Py_NewRef(w);
         return PYGEN_NEXT;
     }
+    if (w->settling && w->state == W_RESULT && waiter_uncancel(w) < 0) { *out = NULL; return PYGEN_ERROR; }
     *out = Waiter_result(w, NULL);
     return *out ? PYGEN_RETURN : PYGEN_ERROR;
 }
 
-static PyObject *Waiter_next(Waiter *w)
+static PyObject *waiter_step(PySendResult r, PyObject *v)
 {
-    PyObject *v;
-    switch (Waiter_send(w, Py_None, &v)) {
+    switch (r) {
     case PYGEN_NEXT: return v;
     case PYGEN_RETURN: _PyGen_SetStopIterationValue(v); Py_DECREF(v); return NULL;
     default: return NULL;
     }
 }
+
+static PyObject *Waiter_next(Waiter *w)
+{
+    PyObject *v;
+    return waiter_step(Waiter_send(w, Py_None, &v), v);
+}
+
+/* send(value): the coroutine protocol (the value is ignored, as a Future's iterator does). */
+static PyObject *Waiter_send_method(Waiter *w, PyObject *Py_UNUSED(arg)) { return Waiter_next(w); }
+
+/* throw(exc) / throw(type[, value[, tb]]): a CancelledError thrown into a task awaiting an entry's waiter
+ * settles the entry (pending) or takes its value (done, and not failed); anything else is raised. */
+static PyObject *Waiter_throw(Waiter *w, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) { PyErr_SetString(PyExc_TypeError, "throw(type[, value[, tb]])"); return NULL; }
+    PyObject *typ = args[0], *val = nargs > 1 ? args[1] : Py_None, *tb = nargs > 2 ? args[2] : Py_None;
+    PyObject *e;
+    if (PyExceptionInstance_Check(typ)) e = Py_NewRef(typ);
+    else if (PyExceptionClass_Check(typ)) e = val == Py_None ? PyObject_CallNoArgs(typ)
+                                            : PyExceptionInstance_Check(val) ? Py_NewRef(val) : PyObject_CallOneArg(typ, val);
+    else { PyErr_SetString(PyExc_TypeError, "exceptions must derive from BaseException"); return NULL; }
+    if (!e) return NULL;
+    if (tb != Py_None && PyException_SetTraceback(e, tb) < 0) { Py_DECREF(e); return NULL; }
+    if (w->entry && PyErr_GivenExceptionMatches(e, exc_cancelled)) {
+        if (w->state == W_PENDING) {
+            int r = waiter_cancel(w, Py_None);
+            if (r < 0) { Py_DECREF(e); return NULL; }
+            if (w->state == W_PENDING) {   /* settling: wait for the kernel's answer */
+                Py_DECREF(e);
+                w->blocking = 1;
+                return Py_NewRef(w);
+            }
+        } else if (w->state == W_RESULT && !(PyLong_CheckExact(w->value) && _PyLong_Sign(w->value) < 0)) {
+            Py_DECREF(e);
+            if (waiter_uncancel(w) < 0) return NULL;
+            PyObject *v = Py_NewRef(w->value);
+            return waiter_step(PYGEN_RETURN, v);
+        }
+    }
+    PyErr_SetObject((PyObject *)Py_TYPE(e), e);
+    Py_DECREF(e);
+    return NULL;
+}
+
+static PyObject *Waiter_close(Waiter *Py_UNUSED(w), PyObject *Py_UNUSED(ignored)) { Py_RETURN_NONE; }
 
 static PyObject *Waiter_get_blocking(Waiter *w, void *Py_UNUSED(c)) { return PyBool_FromLong(w->blocking); }
 static int Waiter_set_blocking(Waiter *w, PyObject *v, void *Py_UNUSED(c))
@@ -465,6 +611,10 @@ static int Waiter_set_blocking(Waiter *w, PyObject *v, void *Py_UNUSED(c))
     return 0;
 }
 static PyObject *Waiter_get_loop_attr(Waiter *w, void *Py_UNUSED(c)) { return Py_NewRef(w->loop); }
+static PyObject *Waiter_get_cancel_message(Waiter *w, void *Py_UNUSED(c))
+{
+    return Py_NewRef(w->cancel_msg ? w->cancel_msg : Py_None);
+}
 
 static PyMethodDef Waiter_methods[] = {
     {"result", (PyCFunction)Waiter_result, METH_NOARGS, "The value, or raise the exception or CancelledError."},
@@ -478,12 +628,18 @@ static PyMethodDef Waiter_methods[] = {
     {"get_loop", (PyCFunction)Waiter_get_loop, METH_NOARGS, "The event loop it belongs to."},
     {"done", (PyCFunction)Waiter_done_, METH_NOARGS, "Resolved or cancelled."},
     {"cancelled", (PyCFunction)Waiter_cancelled, METH_NOARGS, "Cancelled."},
+    {"send", (PyCFunction)Waiter_send_method, METH_O, "send(value): the coroutine protocol's step."},
+    {"throw", (PyCFunction)(void (*)(void))Waiter_throw, METH_FASTCALL, "throw(exc): into the awaiting task."},
+    {"close", (PyCFunction)Waiter_close, METH_NOARGS, "Nothing to close (the entry runs on)."},
+    {"_expire", (PyCFunction)Waiter_expire, METH_NOARGS, "The settle time's end."},
+    {"_make_cancelled_error", (PyCFunction)Waiter_make_cancelled_error, METH_NOARGS, "As asyncio.Future's."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef Waiter_getset[] = {
     {"_asyncio_future_blocking", (getter)Waiter_get_blocking, (setter)Waiter_set_blocking, NULL, NULL},
     {"_loop", (getter)Waiter_get_loop_attr, NULL, NULL, NULL},
+    {"_cancel_message", (getter)Waiter_get_cancel_message, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -514,7 +670,12 @@ static int waiter_init_module(PyObject *m)
     str_call_soon = PyUnicode_InternFromString("call_soon");
     str_call_exception_handler = PyUnicode_InternFromString("call_exception_handler");
     kw_context = Py_BuildValue("(s)", "context");
-    if (!str_call_soon || !str_call_exception_handler || !kw_context) return -1;
+    str_call_later = PyUnicode_InternFromString("call_later");
+    str_cancel = PyUnicode_InternFromString("cancel");
+    str_uncancel = PyUnicode_InternFromString("uncancel");
+    str_expire = PyUnicode_InternFromString("_expire");
+    if (!str_call_soon || !str_call_exception_handler || !kw_context || !str_call_later || !str_cancel
+        || !str_uncancel || !str_expire) return -1;
     Py_INCREF(&WaiterType);
     return PyModule_AddObject(m, "Waiter", (PyObject *)&WaiterType);
 }
