@@ -121,10 +121,6 @@ class Lane(Protocol):
         cannot keep it going while the event loop's other callbacks wait."""
         ...
 
-    def abandon(self, token: int, fut: Any) -> bool:
-        """The entry's future was cancelled: cancel it in the kernel, give ``(result, value)`` to *fut*."""
-        ...
-
     def register_eventfd(self, fd: int) -> None:
         """The kernel signals *fd* when it posts a completion."""
         ...

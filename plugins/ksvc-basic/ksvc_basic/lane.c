@@ -133,12 +133,10 @@ struct kernel_ts { int64_t tv_sec; int64_t tv_nsec; };
 struct slot {
     PyObject *fut;     /* the loop lane's future (NULL: free, or a blocking call) */
     PyObject *obj;     /* bytes being read into, or what the buffer belongs to */
-    PyObject *orphan;  /* the value of a completion whose future was already cancelled */
-    int64_t orphan_res;
+    PyObject *orphan;  /* a multishot receive's on_data exception, for on_end once the series ends */
     uint32_t gen;
     uint32_t len;      /* bytes requested (reads into obj) */
     uint8_t reads;     /* nonzero: obj is a bytes object the kernel reads into */
-    uint8_t raw;       /* deliver (result, value) to fut: the settle of a cancelled entry */
     uint8_t busy;
     uint8_t stream;    /* a stream read: bytes a cancelled one got are kept */
     uint8_t has_view;  /* view holds the buffer a write sends from */
@@ -376,7 +374,7 @@ static int slot_take(Lane *l)
     if (!l->n_free) return -1;
     uint32_t i = l->free_list[--l->n_free];
     struct slot *s = &l->slots[i];
-    s->busy = 1; s->gen++; s->raw = 0; s->reads = 0; s->stream = 0; s->ints = 0;
+    s->busy = 1; s->gen++; s->reads = 0; s->stream = 0; s->ints = 0;
     s->call = 0; s->loop = 0; s->stopping = 0; s->cancelled = 0; s->multi = 0; s->quiet = 0;
     s->group = 0; s->left = 0; s->accepts = 0; s->stat_out = 0; s->settles = 0;
     l->inflight++;
@@ -1589,7 +1587,7 @@ static int lane_settle_entry(PyObject *lane, uint64_t token, PyObject *w, double
     uint32_t i = (uint32_t)(token & ((1u << GEN_SHIFT) - 1));
     if (i >= l->nslots) return 0;
     struct slot *s = &l->slots[i];
-    if (!s->busy || s->gen != (uint32_t)(token >> GEN_SHIFT) || s->fut != w || s->group || s->call || s->raw)
+    if (!s->busy || s->gen != (uint32_t)(token >> GEN_SHIFT) || s->fut != w || s->group || s->call)
         return 0;
     s->settles = 1;
     if (l->ring_fd >= 0 && thread_serial() == l->owner) {
@@ -1600,7 +1598,7 @@ static int lane_settle_entry(PyObject *lane, uint64_t token, PyObject *w, double
     return 1;
 }
 
-/* Hand one completion to its future: the value, the OSError, or (result, value) for a settle. */
+/* Hand one completion to its future: the value or the OSError (a settling waiter's: deliver_settled). */
 static void resolve(Lane *l, uint64_t token, int64_t res, uint32_t flags)
 {
     uint32_t i = (uint32_t)(token & ((1u << GEN_SHIFT) - 1));
@@ -1610,39 +1608,18 @@ static void resolve(Lane *l, uint64_t token, int64_t res, uint32_t flags)
     if (s->multi) { deliver_multishot(l, i, res, flags); return; }
     if (s->accepts) { deliver_accepts(l, i, res, flags); return; }
     if (s->group) { deliver_group(l, i, res); return; }
-    if (s->call && !s->raw) { deliver_call(l, i, res); return; }
+    if (s->call) { deliver_call(l, i, res); return; }
     if (s->settles) { deliver_settled(l, i, res); return; }
-    PyObject *v;
     PyObject *meth = str_set_result;
-    if (s->raw) {
-        PyObject *data = res > 0 && s->reads ? value_of(s, res) : (Py_INCREF(Py_None), Py_None);
-        if (!data) { PyErr_Clear(); data = Py_None; Py_INCREF(data); }
-        v = Py_BuildValue("(LN)", (long long)res, data);
-    } else {
-        v = s->ints ? PyLong_FromLongLong(res) : value_of(s, res);
-        if (!v) {
-            v = take_error();
-            meth = str_set_exception;
-        }
+    PyObject *v = s->ints ? PyLong_FromLongLong(res) : value_of(s, res);
+    if (!v) {
+        v = take_error();
+        meth = str_set_exception;
     }
-    if (v) {
-        PyObject *r = fut_resolve(s->fut, meth, v);
-        if (r) Py_DECREF(r);
-        else {
-            /* The future was cancelled first: keep the answer for the cancelling task (abandon()). */
-            PyErr_Clear();
-            if (!s->raw) {
-                s->orphan_res = res;
-                if (meth == str_set_result) { s->orphan = v; v = NULL; }
-                Py_CLEAR(s->fut);
-                Py_XDECREF(v);
-                return;
-            }
-        }
-        Py_DECREF(v);
-    } else {
-        PyErr_Clear();
-    }
+    PyObject *r = v ? fut_resolve(s->fut, meth, v) : NULL;
+    if (r) Py_DECREF(r);
+    else PyErr_Clear();   /* a future cancelled on its own (not a settling waiter) lets the answer go */
+    Py_XDECREF(v);
     slot_free(l, i);
 }
 
@@ -1688,41 +1665,6 @@ static PyObject *Lane_turn(Lane *l, PyObject *const *args, Py_ssize_t nargs)
     l->in_turn = 0;
     if (waiter_batch_close(&batch) < 0) return NULL;   /* wake the tasks of this reap, in order */
     return PyLong_FromLong(done);
-}
-
-PyDoc_STRVAR(abandon_doc,
-    "abandon(token, fut) -> bool: the entry's future was cancelled; cancel it in the kernel and deliver\n"
-    "(result, value) to fut once it is answered (at once if it already was). False: unknown token.");
-static PyObject *Lane_abandon(Lane *l, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "abandon(token, fut)"); return NULL; }
-    unsigned long long token = PyLong_AsUnsignedLongLong(args[0]);
-    if (PyErr_Occurred()) return NULL;
-    uint32_t i = (uint32_t)(token & ((1u << GEN_SHIFT) - 1));
-    if (i >= l->nslots) Py_RETURN_FALSE;
-    struct slot *s = &l->slots[i];
-    if (!s->busy || s->gen != (uint32_t)(token >> GEN_SHIFT)) Py_RETURN_FALSE;
-    if (!s->fut) {
-        /* Answered already, while the future was being cancelled. */
-        PyObject *data = s->orphan ? s->orphan : Py_None;
-        s->orphan = NULL;
-        if (data == Py_None) Py_INCREF(data);
-        PyObject *v = Py_BuildValue("(LN)", (long long)s->orphan_res, data);
-        PyObject *r = v ? fut_resolve(args[1], str_set_result, v) : NULL;
-        Py_XDECREF(v);
-        if (!r) PyErr_Clear(); else Py_DECREF(r);
-        slot_free(l, i);
-        Py_RETURN_TRUE;
-    }
-    Py_XDECREF(s->fut);
-    Py_INCREF(args[1]);
-    s->fut = args[1];
-    s->raw = 1;
-    if (l->ring_fd >= 0 && thread_serial() == l->owner) {
-        lane_submit(l);   /* an entry still queued reaches the kernel first, so the cancel finds it */
-        submit_cancel(l, token);
-    }
-    Py_RETURN_TRUE;
 }
 
 PyDoc_STRVAR(cancel_all_doc, "cancel_all() -> how many: ask the kernel to cancel every entry in flight (loop lanes).");
@@ -1850,7 +1792,6 @@ static PyMethodDef Lane_methods[] = {
     {"watch", (PyCFunction)Lane_watch, METH_O, watch_doc},
     {"retarget", (PyCFunction)(void (*)(void))Lane_retarget, METH_FASTCALL, retarget_doc},
     {"cancel", (PyCFunction)Lane_cancel, METH_O, cancel_doc},
-    {"abandon", (PyCFunction)(void (*)(void))Lane_abandon, METH_FASTCALL, abandon_doc},
     {"cancel_all", (PyCFunction)Lane_cancel_all, METH_NOARGS, cancel_all_doc},
     {"register_eventfd", (PyCFunction)Lane_register_eventfd, METH_O, register_eventfd_doc},
     {"take_late", (PyCFunction)Lane_take_late, METH_NOARGS, take_late_doc},

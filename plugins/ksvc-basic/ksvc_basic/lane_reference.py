@@ -202,7 +202,7 @@ class _Slot:
     """One entry in flight (lane.c's struct slot)."""
 
     __slots__ = (
-        "fut", "obj", "orphan", "orphan_res", "gen", "len", "reads", "raw", "busy", "stream", "view", "ints",
+        "fut", "obj", "orphan", "gen", "len", "reads", "busy", "stream", "view", "ints",
         "call", "loop", "stopping", "cancelled", "multi", "quiet", "accepts", "group", "left", "results", "fd",
         "pos", "nr", "end", "answer", "stat_out", "settles",
     )  # fmt: skip
@@ -210,12 +210,10 @@ class _Slot:
     def __init__(self) -> None:
         self.fut: Any = None  # the future, or the callable of a callback entry
         self.obj: Any = None  # the scratch buffer a read goes into, or what the caller asked to keep
-        self.orphan: Any = None  # the value of a completion whose future was already cancelled
-        self.orphan_res = 0
+        self.orphan: Any = None  # a multishot receive's on_data exception, for on_end once the series ends
         self.gen = 0
         self.len = 0
         self.reads = False
-        self.raw = False  # deliver (result, value): the settle of an abandoned entry
         self.busy = False
         self.stream = False
         self.view: Any = None  # the buffer a write sends from
@@ -423,7 +421,7 @@ class Lane:
         s = self._slots[i]
         s.busy = True
         s.gen = (s.gen + 1) & _U32
-        s.raw = s.reads = s.stream = s.ints = s.call = s.loop = s.stopping = False
+        s.reads = s.stream = s.ints = s.call = s.loop = s.stopping = False
         s.cancelled = s.multi = s.quiet = s.accepts = False
         s.group = s.left = s.stat_out = 0
         s.settles = False
@@ -1427,7 +1425,7 @@ class Lane:
         if i >= self._nslots:
             return None
         s = self._slots[i]
-        if not s.busy or s.gen != (token >> GEN_SHIFT) & _U32 or s.fut is not w or s.group or s.call or s.raw:
+        if not s.busy or s.gen != (token >> GEN_SHIFT) & _U32 or s.fut is not w or s.group or s.call:
             return None
         s.settles = True
         if self._mine_and_open():
@@ -1436,7 +1434,7 @@ class Lane:
         return self._settle_ns / 1e9
 
     def _resolve(self, token: int, res: int, flags: int) -> None:
-        """A completion to its future: the value, the OSError, or (result, value) for a settle."""
+        """A completion to its future: the value or the OSError (a settling waiter's: _deliver_settled)."""
         i = token & _SLOT_MASK
         if i >= self._nslots:
             return
@@ -1452,22 +1450,11 @@ class Lane:
         if s.group:
             self._deliver_group(i, res)
             return
-        if s.call and not s.raw:
+        if s.call:
             self._deliver_call(i, res)
             return
         if s.settles:
             self._deliver_settled(i, res)
-            return
-        if s.raw:
-            try:
-                data = self._value_of(s, res) if res > 0 and s.reads else None
-            except MemoryError:
-                data = None
-            try:
-                s.fut.set_result((res, data))
-            except Exception:  # noqa: BLE001
-                pass
-            self._slot_free(i)
             return
         failed = False
         v: Any
@@ -1483,12 +1470,8 @@ class Lane:
                 s.fut.set_exception(v)
             else:
                 s.fut.set_result(v)
-        except Exception:  # noqa: BLE001
-            # The future was cancelled first: keep the answer for the cancelling task (abandon()).
-            s.orphan_res = res
-            s.orphan = None if failed else v
-            s.fut = None
-            return
+        except Exception:  # noqa: BLE001 - a future cancelled on its own (not a settling waiter) lets it go
+            pass
         self._slot_free(i)
 
     def turn(self, *args: Any) -> int:
@@ -1534,38 +1517,6 @@ class Lane:
         self._in_turn = False
         waiter_reference.batch_close(outer)  # wake the tasks of this reap, in order
         return done
-
-    def abandon(self, *args: Any) -> bool:
-        """abandon(token, fut) -> bool: the entry's future was cancelled; cancel it in the kernel and deliver
-        (result, value) to fut once answered (at once if it already was). False: unknown token."""
-        if len(args) != 2:
-            raise TypeError("abandon(token, fut)")
-        token, fut = args
-        if not isinstance(token, int):
-            raise TypeError(f"an integer is required, not {type(token).__name__}")
-        if not 0 <= token <= _U64:
-            raise OverflowError("token out of range")
-        i = token & _SLOT_MASK
-        if i >= self._nslots:
-            return False
-        s = self._slots[i]
-        if not s.busy or s.gen != (token >> GEN_SHIFT) & _U32:
-            return False
-        if s.fut is None:
-            # Answered already, while the future was being cancelled.
-            data, s.orphan = s.orphan, None
-            try:
-                fut.set_result((s.orphan_res, data))
-            except Exception:  # noqa: BLE001
-                pass
-            self._slot_free(i)
-            return True
-        s.fut = fut
-        s.raw = True
-        if self._mine_and_open():
-            self._submit()  # an entry still queued reaches the kernel first, so the cancel finds it
-            self._submit_cancel(token)
-        return True
 
     def cancel_all(self) -> int:
         """cancel_all() -> how many: ask the kernel to cancel every entry in flight (loop lanes)."""
