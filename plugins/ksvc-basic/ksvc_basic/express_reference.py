@@ -19,7 +19,7 @@ from ksvc_basic.express_cdef import STRUCTS
 from ksvc_basic.translation import K_POSITIONED, NR_TABLE, args_fit, fd_suits, sqe_fields
 from ksvc_host import native
 from ksvc_host.abi import layout as L
-from ksvc_host.abi.io_uring import EnterFlag, SqRingFlag
+from ksvc_host.abi.io_uring import CQE_SIZE, SQE_SIZE, SQE_STRUCT, EnterFlag, SqRingFlag
 from ksvc_host.abi.syscalls import SYSCALLS
 
 ffi = cffi.FFI()
@@ -28,10 +28,7 @@ ffi.cdef(STRUCTS)
 _U64 = struct.Struct("<Q")
 _SUBMIT_WORDS = struct.Struct("<8Q")
 _COMPLETE_WORDS = struct.Struct("<QqII")
-_SQE = struct.Struct("<BBHiQQIIQHHIQQ")
-_CQE = struct.Struct("<Qi")
-_SQE_SIZE = 64
-_CQE_SIZE = 16
+_CQE_HEAD = struct.Struct("<Qi")  # a CQE's user_data and res
 _FD_CACHE = 8
 _NEED_WAKEUP = int(SqRingFlag.NEED_WAKEUP)
 _SQ_WAKEUP = int(EnterFlag.SQ_WAKEUP)
@@ -83,8 +80,8 @@ def express_submit(x: Any, max_take: int) -> int:
     if avail > x.smask + 1:
         return -errno.EUCLEAN
     limit = min(max_take, avail, x.room)
-    sqes = _view(x.sqes, x.sq_entries * _SQE_SIZE)
-    a_sqes = _view(x.a_sqes, x.a_sq_entries * _SQE_SIZE) if assist else sqes  # (unused without the ring)
+    sqes = _view(x.sqes, x.sq_entries * SQE_SIZE)
+    a_sqes = _view(x.a_sqes, x.a_sq_entries * SQE_SIZE) if assist else sqes  # (unused without the ring)
     n = nm = na = 0
     while n < limit:
         corr, nr_flags, fd, addr, length, off, a4, a5 = _SUBMIT_WORDS.unpack_from(
@@ -107,15 +104,15 @@ def express_submit(x: Any, max_take: int) -> int:
         sqe_fd, sqe_off, sqe_addr, sqe_len, op_flags = sqe_fields(kind, a)
         if not _fd_ok(cache, sqe_fd, kind):
             break
-        fields = (x.opcode[nr], 0, 0, sqe_fd, sqe_off, sqe_addr, sqe_len, op_flags, x.tag | corr, 0, 0, 0, 0, 0)
+        fields = (x.opcode[nr], 0, 0, sqe_fd, sqe_off, sqe_addr, sqe_len, op_flags, x.tag | corr, 0, 0, 0, 0)
         if to_assist:
             idx = (a_tail + na) & x.a_sq_mask
-            _SQE.pack_into(a_sqes, idx * _SQE_SIZE, *fields)
+            SQE_STRUCT.pack_into(a_sqes, idx * SQE_SIZE, *fields)
             x.a_sq_array[idx] = idx
             na += 1
         else:
             idx = (sq_tail + nm) & x.sq_mask
-            _SQE.pack_into(sqes, idx * _SQE_SIZE, *fields)
+            SQE_STRUCT.pack_into(sqes, idx * SQE_SIZE, *fields)
             x.sq_array[idx] = idx
             nm += 1
         n += 1
@@ -158,11 +155,11 @@ def _reap_cq(x: Any, cq_head: Any, cq_tail: Any, cq_mask: int, cqes_ptr: Any, ch
     head = int(cq_head[0])
     tail = int(cq_tail[0])
     cring = _ring_view(x.cring, x.csize, L.COMPLETION_ENTRY_SIZE)
-    cqes = _view(cqes_ptr, (cq_mask + 1) * _CQE_SIZE)
+    cqes = _view(cqes_ptr, (cq_mask + 1) * CQE_SIZE)
     tag = int(x.tag)
     n = 0
     while head != tail:
-        ud, res = _CQE.unpack_from(cqes, (head & cq_mask) * _CQE_SIZE)
+        ud, res = _CQE_HEAD.unpack_from(cqes, (head & cq_mask) * CQE_SIZE)
         if ud & ~(tag - 1) != tag:
             break
         if x.ctail - chead >= x.csize:
