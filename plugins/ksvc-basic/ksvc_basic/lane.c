@@ -1847,11 +1847,13 @@ PyMODINIT_FUNC PyInit__lane(void)
         "SUBMIT_SIZE", SUBMIT_SIZE, "COMPLETE_SIZE", (Py_ssize_t)COMPLETE_SIZE, "SLOTS", (Py_ssize_t)LANE_SLOTS,
         "TURN_FLUSH", TURN_FLUSH, "TURN_BUDGET", TURN_BUDGET);
     if (!c || PyModule_AddObject(m, "CONSTANTS", c) < 0) return NULL;
-    PyObject *kinds = Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "stream", K_STREAM,
+    PyObject *kinds = Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "stream", K_STREAM,
                                     "positioned", K_POSITIONED, "socket", K_SOCKET, "close", K_CLOSE, "fsync", K_FSYNC,
                                     "fdatasync", K_FDATASYNC, "openat", K_OPENAT, "accept", K_ACCEPT,
                                     "accept_plain", K_ACCEPT_PLAIN, "connect", K_CONNECT, "stat", K_STAT,
-                                    "lstat", K_LSTAT, "fstat", K_FSTAT, "fstatat", K_FSTATAT);
+                                    "lstat", K_LSTAT, "fstat", K_FSTAT, "fstatat", K_FSTATAT,
+                                    "vectored", K_VECTORED, "vectored_positioned", K_VECTORED_POSITIONED,
+                                    "vectored_v2", K_VECTORED_V2);
     if (!kinds || PyModule_AddObject(m, "KINDS", kinds) < 0) return NULL;
     return m;
 }

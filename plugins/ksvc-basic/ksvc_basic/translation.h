@@ -55,6 +55,10 @@ enum kind {
     K_LSTAT,       /* lstat: path, statbuf (STATX, AT_SYMLINK_NOFOLLOW) */
     K_FSTAT,       /* fstat: fd, statbuf (STATX of "", AT_EMPTY_PATH) */
     K_FSTATAT,     /* newfstatat: dirfd, path, statbuf, flags */
+    K_VECTORED,    /* readv, writev: fd, iov, iovcnt at the file position; a blocking descriptor */
+    K_VECTORED_POSITIONED, /* preadv, pwritev: fd, iov, iovcnt, off >= 0; a seekable descriptor */
+    K_VECTORED_V2, /* preadv2, pwritev2: fd, iov, iovcnt, off >= -1 (-1: the file position), -, flags;
+                    * a blocking, seekable descriptor (a pipe at its position is left to the host) */
     K_LIMIT
 };
 
@@ -71,9 +75,11 @@ static inline int args_fit(int kind, const uint64_t *a)
     if (kind == K_STAT || kind == K_LSTAT) return 1;   /* a[0] is the path */
     if (fd < INT32_MIN || fd > INT32_MAX) return 0;
     switch (kind) {
-    case K_STREAM: case K_POSITIONED: case K_SOCKET:
+    case K_VECTORED_V2:
+        return a[2] <= UINT32_MAX && (int64_t)a[3] >= -1 && a[5] <= UINT32_MAX;
+    case K_STREAM: case K_POSITIONED: case K_SOCKET: case K_VECTORED: case K_VECTORED_POSITIONED:
         if (a[2] > UINT32_MAX) return 0;
-        if (kind == K_POSITIONED && (int64_t)a[3] < 0) return 0;
+        if ((kind == K_POSITIONED || kind == K_VECTORED_POSITIONED) && (int64_t)a[3] < 0) return 0;
         if (kind == K_SOCKET && (a[4] || a[5] || a[3] > UINT32_MAX)) return 0;
         return 1;
     case K_ACCEPT:
@@ -90,9 +96,10 @@ static inline int args_fit(int kind, const uint64_t *a)
 /* Would io_uring give exactly the syscall's answer on this descriptor? (One or two syscalls.) */
 static inline int fd_suits(int kind, int32_t fd)
 {
-    if (kind == K_POSITIONED)
-        return syscall(SYS_lseek, fd, 0L, SEEK_CUR) >= 0;
-    if (kind == K_STREAM || kind == K_SOCKET || kind == K_ACCEPT || kind == K_ACCEPT_PLAIN || kind == K_CONNECT) {
+    if (kind == K_POSITIONED || kind == K_VECTORED_POSITIONED || kind == K_VECTORED_V2)
+        if (syscall(SYS_lseek, fd, 0L, SEEK_CUR) < 0) return 0;
+    if (kind == K_STREAM || kind == K_SOCKET || kind == K_ACCEPT || kind == K_ACCEPT_PLAIN || kind == K_CONNECT
+        || kind == K_VECTORED || kind == K_VECTORED_V2) {
         long fl = syscall(SYS_fcntl, fd, F_GETFL);
         return !(fl >= 0 && (fl & O_NONBLOCK));
     }
@@ -110,6 +117,9 @@ static inline void fill_sqe(uint8_t *s, uint8_t opcode, int kind, const uint64_t
     switch (kind) {
     case K_STREAM: addr = a[1]; len = (uint32_t)a[2]; off = UINT64_MAX; break;   /* -1: the file position */
     case K_POSITIONED: addr = a[1]; len = (uint32_t)a[2]; off = a[3]; break;
+    case K_VECTORED: addr = a[1]; len = (uint32_t)a[2]; off = UINT64_MAX; break;   /* len: the iovec count */
+    case K_VECTORED_POSITIONED: addr = a[1]; len = (uint32_t)a[2]; off = a[3]; break;
+    case K_VECTORED_V2: addr = a[1]; len = (uint32_t)a[2]; off = a[3]; op_flags = (uint32_t)a[5]; break;
     case K_SOCKET: addr = a[1]; len = (uint32_t)a[2]; op_flags = (uint32_t)a[3]; break;
     case K_FDATASYNC: op_flags = FSYNC_DATASYNC; break;
     case K_OPENAT: addr = a[1]; op_flags = (uint32_t)a[2]; len = (uint32_t)a[3]; break;

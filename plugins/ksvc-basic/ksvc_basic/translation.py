@@ -20,7 +20,9 @@ the generic path.
 * descriptor (:func:`fd_suits`): a positioned call on a seekable file (on a
   pipe or socket the syscall says ``ESPIPE`` while io_uring would wait); a
   stream, socket, accept or connect call on a blocking descriptor (with
-  ``O_NONBLOCK`` the syscall says ``EAGAIN`` at once, io_uring would wait).
+  ``O_NONBLOCK`` the syscall says ``EAGAIN`` at once, io_uring would wait);
+  ``preadv2``/``pwritev2`` both (their offset may be -1, the file position:
+  on a pipe the lane leaves them to the host's translation).
 
 A call's arguments are the six unsigned 64-bit words of its submit entry.
 """
@@ -52,7 +54,11 @@ K_STAT: Final = 11  # stat: path, statbuf (STATX at AT_FDCWD)
 K_LSTAT: Final = 12  # lstat: path, statbuf (STATX, AT_SYMLINK_NOFOLLOW)
 K_FSTAT: Final = 13  # fstat: fd, statbuf (STATX of "", AT_EMPTY_PATH)
 K_FSTATAT: Final = 14  # newfstatat: dirfd, path, statbuf, flags
-K_LIMIT: Final = 15
+K_VECTORED: Final = 15  # readv, writev: fd, iov, iovcnt at the file position; a blocking descriptor
+K_VECTORED_POSITIONED: Final = 16  # preadv, pwritev: fd, iov, iovcnt, off >= 0; a seekable descriptor
+K_VECTORED_V2: Final = 17  # preadv2, pwritev2: fd, iov, iovcnt, off >= -1 (-1: the file position), -, flags;
+# a blocking, seekable descriptor (a pipe at its position is left to the host)
+K_LIMIT: Final = 18
 STAT_KINDS: Final = frozenset({K_STAT, K_LSTAT, K_FSTAT, K_FSTATAT})
 """The stat calls: STATX into the lane's buffer, converted into the caller's ``struct stat`` on completion."""
 
@@ -60,6 +66,7 @@ KINDS: Final[dict[str, int]] = {
     "stream": K_STREAM, "positioned": K_POSITIONED, "socket": K_SOCKET, "close": K_CLOSE, "fsync": K_FSYNC,
     "fdatasync": K_FDATASYNC, "openat": K_OPENAT, "accept": K_ACCEPT, "accept_plain": K_ACCEPT_PLAIN,
     "connect": K_CONNECT, "stat": K_STAT, "lstat": K_LSTAT, "fstat": K_FSTAT, "fstatat": K_FSTATAT,
+    "vectored": K_VECTORED, "vectored_positioned": K_VECTORED_POSITIONED, "vectored_v2": K_VECTORED_V2,
 }  # fmt: skip
 """Kind names (as the compiled lane exports them too) -> numbers."""
 
@@ -81,6 +88,12 @@ CALLS: Final[dict[str, tuple[U.IoringOp, str]]] = {
     "lstat": (U.IoringOp.STATX, "lstat"),
     "fstat": (U.IoringOp.STATX, "fstat"),
     "newfstatat": (U.IoringOp.STATX, "fstatat"),
+    "readv": (U.IoringOp.READV, "vectored"),
+    "writev": (U.IoringOp.WRITEV, "vectored"),
+    "preadv": (U.IoringOp.READV, "vectored_positioned"),
+    "pwritev": (U.IoringOp.WRITEV, "vectored_positioned"),
+    "preadv2": (U.IoringOp.READV, "vectored_v2"),
+    "pwritev2": (U.IoringOp.WRITEV, "vectored_v2"),
 }
 """The syscalls the lanes translate: io_uring opcode and kind of call. The express lane takes the
 reads and writes among them (:data:`ksvc_basic.express.EXPRESS_KINDS`). The stat calls are x86-64's
@@ -97,7 +110,11 @@ _U64: Final = (1 << 64) - 1
 _I32_MIN: Final = -(1 << 31)
 _I32_MAX: Final = (1 << 31) - 1
 _I64_MAX: Final = (1 << 63) - 1
-_NONBLOCKING_KINDS: Final = frozenset({K_STREAM, K_SOCKET, K_ACCEPT, K_ACCEPT_PLAIN, K_CONNECT})
+_NONBLOCKING_KINDS: Final = frozenset({K_STREAM, K_SOCKET, K_ACCEPT, K_ACCEPT_PLAIN, K_CONNECT, K_VECTORED,
+                                       K_VECTORED_V2})  # fmt: skip
+_POSITIONED_KINDS: Final = frozenset({K_POSITIONED, K_VECTORED_POSITIONED})
+_SEEKABLE_KINDS: Final = frozenset({K_POSITIONED, K_VECTORED_POSITIONED, K_VECTORED_V2})
+_BUFFER_KINDS: Final = frozenset({K_STREAM, K_POSITIONED, K_SOCKET, K_VECTORED, K_VECTORED_POSITIONED})
 
 
 def table(supported: frozenset[int], kinds: frozenset[int] | None = None) -> dict[int, tuple[int, int]]:
@@ -129,10 +146,12 @@ def args_fit(kind: int, a: Sequence[int]) -> bool:
         return True
     if not _I32_MIN <= i64(a[0]) <= _I32_MAX:
         return False
-    if kind in (K_STREAM, K_POSITIONED, K_SOCKET):
+    if kind == K_VECTORED_V2:
+        return a[2] <= _U32 and i64(a[3]) >= -1 and a[5] <= _U32
+    if kind in _BUFFER_KINDS:
         if a[2] > _U32:
             return False
-        if kind == K_POSITIONED and i64(a[3]) < 0:
+        if kind in _POSITIONED_KINDS and i64(a[3]) < 0:
             return False
         return not (kind == K_SOCKET and (a[4] or a[5] or a[3] > _U32))
     if kind == K_ACCEPT:
@@ -146,8 +165,8 @@ def args_fit(kind: int, a: Sequence[int]) -> bool:
 
 def fd_suits(kind: int, fd: int) -> bool:
     """Would io_uring give exactly the syscall's answer on descriptor *fd*? (One or two syscalls.)"""
-    if kind == K_POSITIONED:
-        return native.syscall(_NR_LSEEK, fd, 0, os.SEEK_CUR) >= 0
+    if kind in _SEEKABLE_KINDS and native.syscall(_NR_LSEEK, fd, 0, os.SEEK_CUR) < 0:
+        return False
     if kind in _NONBLOCKING_KINDS:
         fl = native.syscall(_NR_FCNTL, fd, _F_GETFL)
         return not (fl >= 0 and fl & os.O_NONBLOCK)
@@ -158,10 +177,12 @@ def sqe_fields(kind: int, a: Sequence[int]) -> tuple[int, int, int, int, int]:
     """The SQE fields of a call of *kind* (arguments *a*, passed by :func:`args_fit`):
     ``(fd, off, addr, len, op_flags)``."""
     off = addr = length = op_flags = 0
-    if kind == K_STREAM:
-        addr, length, off = a[1], a[2] & _U32, _U64  # -1: at the file position
-    elif kind == K_POSITIONED:
+    if kind in (K_STREAM, K_VECTORED):
+        addr, length, off = a[1], a[2] & _U32, _U64  # -1: at the file position (length: the iovec count)
+    elif kind in _POSITIONED_KINDS:
         addr, length, off = a[1], a[2] & _U32, a[3]
+    elif kind == K_VECTORED_V2:
+        addr, length, off, op_flags = a[1], a[2] & _U32, a[3], a[5] & _U32
     elif kind == K_SOCKET:
         addr, length, op_flags = a[1], a[2] & _U32, a[3] & _U32
     elif kind == K_FDATASYNC:

@@ -39,6 +39,14 @@ CASES: list[tuple[int, tuple[int, ...], bool]] = [  # kind, the six argument wor
     (T.K_ACCEPT_PLAIN, (9, 0x6000, 0x6100, 0, 0, 0), True),
     (T.K_CONNECT, (9, 0x7000, 16, 0, 0, 0), True),
     (T.K_CONNECT, (9, 0x7000, 1 << 32, 0, 0, 0), False),
+    (T.K_VECTORED, (3, 0x8000, 4, 0, 0, 0), True),
+    (T.K_VECTORED, (3, 0x8000, 1 << 32, 0, 0, 0), False),  # an iovec count the SQE cannot hold
+    (T.K_VECTORED_POSITIONED, (3, 0x8000, 2, 4096, 0, 0), True),
+    (T.K_VECTORED_POSITIONED, (3, 0x8000, 2, U64, 0, 0), False),  # offset -1: preadv says EINVAL
+    (T.K_VECTORED_V2, (3, 0x8000, 2, 4096, 0, 0x10), True),  # RWF_APPEND: the SQE's rw_flags
+    (T.K_VECTORED_V2, (3, 0x8000, 2, U64, 0, 0), True),  # offset -1: preadv2 reads at the file position
+    (T.K_VECTORED_V2, (3, 0x8000, 2, U64 - 1, 0, 0), False),  # offset -2: EINVAL
+    (T.K_VECTORED_V2, (3, 0x8000, 2, 0, 0, 1 << 32), False),  # flags past 32 bits
 ]
 OPCODE = 42
 USER_DATA = 0x1234_5678_9ABC
@@ -105,11 +113,15 @@ def test_descriptors_the_syscall_answers_at_once_stay_off_io_uring(tmp_path: Pat
         with pytest.raises(OSError) as exc:
             os.pread(r, 1, 0)
         assert not T.fd_suits(T.K_POSITIONED, r), f"os.pread on a pipe says {exc.value}; io_uring would wait"
+        assert not T.fd_suits(T.K_VECTORED_POSITIONED, r), "os.preadv on a pipe says ESPIPE"
+        assert T.fd_suits(T.K_VECTORED_POSITIONED, f) and T.fd_suits(T.K_VECTORED_V2, f)
+        assert not T.fd_suits(T.K_VECTORED_V2, r), "a pipe: left to the host (positioned or not)"
         assert T.fd_suits(T.K_STREAM, r) and T.fd_suits(T.K_SOCKET, a.fileno())
         a.setblocking(False)
         with pytest.raises(BlockingIOError):
             a.recv(1)
         assert not T.fd_suits(T.K_SOCKET, a.fileno()), "nonblocking: the syscall says EAGAIN at once"
+        assert not T.fd_suits(T.K_VECTORED, a.fileno()), "readv on it says EAGAIN at once too"
         assert T.fd_suits(T.K_CLOSE, r) and T.fd_suits(T.K_FSYNC, f)
     finally:
         for fd in (f, r, w):
