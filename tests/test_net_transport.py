@@ -13,6 +13,7 @@ import gc
 import os
 import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -337,6 +338,38 @@ def test_echoing_leaves_nothing_for_the_cycle_collector() -> None:
 
     found = run(main)
     assert found < 50, f"{found} objects left to the cycle collector by 2000 echoes"
+
+
+def test_an_idle_connection_is_answered_at_once() -> None:
+    # One message in flight on an otherwise idle loop: its completion must wake the loop at once (a ring whose
+    # completions wait for the loop's next entry into the kernel held each echo back 4-8 ms).
+    class Echo(Recorder):
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)
+
+    async def main() -> float:
+        server, port, made = await _serve(Echo)
+        loop = asyncio.get_running_loop()
+        async with server:
+            peer = _peer(port)
+            peer.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def talk(n: int) -> list[float]:
+                times = []
+                for i in range(n):
+                    msg = i.to_bytes(8, "little") * 8
+                    t = time.perf_counter()
+                    peer.sendall(msg)
+                    assert _recv_exactly(peer, len(msg)) == msg
+                    times.append(time.perf_counter() - t)
+                return times
+
+            times = sorted(await loop.run_in_executor(None, talk, 200))
+            peer.close()
+            return times[len(times) // 2]
+
+    median = run(main)
+    assert median < 0.002, f"median echo of an idle connection {median * 1e6:.0f} us (expected ~100 us)"
 
 
 def test_gc_and_fork_mid_flight_leave_the_connections_serving() -> None:
