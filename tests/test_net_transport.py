@@ -56,6 +56,13 @@ class Recorder(asyncio.Protocol):
             self.lost.set_result(exc)
 
 
+class Echo(Recorder):
+    """Writes back whatever arrives."""
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
 async def _serve(factory: Callable[[], asyncio.Protocol]) -> tuple[Any, int, list[Any]]:
     made: list[Any] = []
 
@@ -185,10 +192,6 @@ def test_tcp_connections_send_without_delay_as_asyncio_does() -> None:
 
 
 def test_a_burst_of_connections_is_accepted_and_every_one_served() -> None:
-    class Echo(Recorder):
-        def data_received(self, data: bytes) -> None:
-            self.transport.write(data)
-
     async def main() -> None:
         server, port, made = await _serve(Echo)
         loop = asyncio.get_running_loop()
@@ -309,10 +312,6 @@ def test_write_copies_a_mutable_buffer_and_sends_in_order() -> None:
 
 
 def test_echoing_leaves_nothing_for_the_cycle_collector() -> None:
-    class Echo(Recorder):
-        def data_received(self, data: bytes) -> None:
-            self.transport.write(data)
-
     async def main() -> int:
         server, port, made = await _serve(Echo)
         loop = asyncio.get_running_loop()
@@ -343,10 +342,6 @@ def test_echoing_leaves_nothing_for_the_cycle_collector() -> None:
 def test_an_idle_connection_is_answered_at_once() -> None:
     # One message in flight on an otherwise idle loop: its completion must wake the loop at once (a ring whose
     # completions wait for the loop's next entry into the kernel held each echo back 4-8 ms).
-    class Echo(Recorder):
-        def data_received(self, data: bytes) -> None:
-            self.transport.write(data)
-
     async def main() -> float:
         server, port, made = await _serve(Echo)
         loop = asyncio.get_running_loop()
